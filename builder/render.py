@@ -1,0 +1,268 @@
+"""Recipes + templates + secrets -> NodeTree (the files that land on one node).
+
+No artifact format is known here: writers turn the NodeTree into packages/images.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import cache
+from typing import Any
+
+import jinja2
+
+from builder import hcl
+from builder.agent_config import agent_config
+from builder.data import data_path, data_root
+from builder.model import Cluster, Node
+from builder.nodetree import NodeDir, NodeFile, NodeTree, Service, ServiceAccount
+from builder.state import CASpec, CertSpec, State
+
+ROLE_TEXT = {"server": "server", "client": "client", "both": "server+client"}
+
+
+@dataclass(frozen=True)
+class NodeSecrets:
+    ca_cert: bytes
+    node_cert: bytes
+    node_key: bytes
+    gossip_key: str | None  # servers only: clients are not in the gossip pool
+
+
+def ca_spec(cluster: Cluster) -> CASpec:
+    return CASpec(
+        common_name=f"nomad-build CA {cluster.name}",
+        permitted_dns=cluster.permitted_dns,
+        days=cluster.pki.ca_days,
+    )
+
+
+def cert_spec(cluster: Cluster, node: Node) -> CertSpec:
+    cn, dns, ips = cluster.cert_names(node)
+    return CertSpec(
+        common_name=cn,
+        dns_names=dns,
+        ip_addresses=ips,
+        days=cluster.pki.cert_days,
+        renew_before=timedelta(days=cluster.pki.renew_before_days),
+        backdate=timedelta(minutes=cluster.pki.backdate_minutes),
+    )
+
+
+def node_secrets(cluster: Cluster, node: Node, state: State) -> NodeSecrets:
+    """The node's secrets from the store, created or re-issued there as needed."""
+    ca = state.ca(ca_spec(cluster))
+    assert ca is not None, "a writable store always returns the CA"
+    pair = state.node_cert(node.name, cert_spec(cluster, node), ca)
+    assert pair is not None
+    key, cert = pair
+    gossip = state.gossip_key() if node.is_server else None
+    # Only the CA *certificate* travels; the CA key never leaves state/.
+    return NodeSecrets(ca_cert=ca[1], node_cert=cert, node_key=key, gossip_key=gossip)
+
+
+def render_node(cluster: Cluster, node: Node, state: State) -> NodeTree:
+    return render_tree(cluster, node, node_secrets(cluster, node, state))
+
+
+@cache
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(data_root())),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,  # HCL, shell and unit files; values are escaped by filters
+    )
+    env.filters["hcl"] = lambda config: hcl.dumps(config).rstrip("\n")
+    return env
+
+
+@cache
+def _toml(*parts: str) -> dict[str, Any]:
+    with open(data_path(*parts), "rb") as f:
+        return tomllib.load(f)
+
+
+def render_tree(cluster: Cluster, node: Node, secrets: NodeSecrets) -> NodeTree:
+    svc = _toml("packaging", node.os, "service.toml")
+    account = _account(node, svc)
+    root_group = svc["root_group"]
+    # With a bundled binary Debian gets a complete unit instead of a drop-in.
+    variant = "bundled_binary" if node.packages.bundle is not None else "packaged_binary"
+    service_files = [f for f in svc["files"] if f.get("when", variant) == variant]
+    unit_path = next(f["path"] for f in service_files if f["kind"] in ("unit", "script"))
+    fields = {
+        "config_file": node.config_file,
+        "config_dir": node.config_dir,
+        "tls_dir": node.tls_dir,
+        "user": account.user,
+        "group": account.group,
+        "root_group": root_group,
+        # A root-run agent needs nothing from the group; an unprivileged one reads via it.
+        "secret_mode": "0600" if account.user == "root" else "0640",
+    }
+    recipe = _toml("recipes", node.role, "recipe.toml")
+    tls_files = {}
+    for f in recipe["files"]:
+        key = {"ca_cert": "ca_file", "node_cert": "cert_file", "node_key": "key_file"}.get(
+            f["source"]
+        )
+        if key:
+            tls_files[key] = f["path"].format(**fields)
+    context = {
+        "node": node,
+        "cluster": cluster,
+        "role_text": ROLE_TEXT[node.role],
+        "account": account,
+        "service_name": svc["service_name"],
+        "binary": svc["binary"],
+        "source_name": cluster.source.name,
+    }
+    content = {
+        "agent_config": lambda: _render(
+            "recipes/common/nomad.hcl.j2",
+            context,
+            config=agent_config(cluster, node, tls_files=tls_files, gossip_key=secrets.gossip_key),
+        ),
+        "ca_cert": lambda: secrets.ca_cert,
+        "node_cert": lambda: secrets.node_cert,
+        "node_key": lambda: secrets.node_key,
+    }
+    files: list[NodeFile] = []
+    for f in recipe["files"]:
+        files.append(
+            NodeFile(
+                path=f["path"].format(**fields),
+                content=content[f["source"]](),
+                mode=int(f["mode"].format(**fields), 8),
+                owner=f["owner"].format(**fields),
+                group=f["group"].format(**fields),
+                kind=f["kind"],
+            )
+        )
+    notes: list[str] = []
+    for f in service_files:
+        path = f["path"].format(**fields)
+        extra = _firewall_context(cluster, node, path) if f["kind"] == "firewall" else {}
+        files.append(
+            NodeFile(
+                path=path,
+                content=_render(f["template"], context, **extra),
+                mode=int(f.get("mode", "0644"), 8),
+                owner="root",
+                group=f.get("group", root_group),
+                kind=f["kind"],
+            )
+        )
+        if f["kind"] == "firewall" and node.os == "openbsd":
+            notes.append(
+                f'Load the Nomad firewall rules from /etc/pf.conf: anchor "nomad" and '
+                f'load anchor "nomad" from "{path}", then pfctl -f /etc/pf.conf'
+            )
+        elif f["kind"] == "firewall":
+            notes.append(
+                f'Load the Nomad firewall rules: add include "{path}" to /etc/nftables.conf, '
+                "then systemctl reload nftables"
+            )
+    if node.packages.bundle is not None:
+        files.append(
+            NodeFile(
+                path=svc["binary"],
+                content=node.packages.bundle.binary.read_bytes(),
+                mode=0o755,
+                owner="root",
+                group=root_group if node.os == "debian" else "bin",
+                kind="binary",
+            )
+        )
+    files.sort(key=lambda f: f.path)
+    owner_group = (account.user, account.group)
+    dirs = (NodeDir(node.data_dir, 0o700, *owner_group),)
+    return NodeTree(
+        node=node.name,
+        os=node.os,
+        service=Service(
+            name=svc["service_name"],
+            unit_path=unit_path,
+            config_path=node.config_file,
+            data_dir=node.data_dir,
+            account=account,
+        ),
+        files=tuple(files),
+        dirs=dirs,
+        notes=tuple(notes),
+    )
+
+
+def _account(node: Node, svc: dict[str, Any]) -> ServiceAccount:
+    extra_groups = ("docker",) if "docker" in node.drivers and node.user != "root" else ()
+    if node.user == "root":
+        return ServiceAccount(user="root", group=svc["root_group"], create=False)
+    port_user = node.os == "openbsd" and node.user == "_nomad"
+    uid = svc.get("server_uid") if port_user else None
+    return ServiceAccount(
+        user=node.user,
+        group=node.user,
+        create=True,
+        uid=uid,
+        gid=uid,
+        home=node.data_dir,
+        extra_groups=extra_groups,
+    )
+
+
+def _render(template: str, context: dict[str, Any], **extra: Any) -> bytes:
+    return _env().get_template(template).render(**context, **extra).encode()
+
+
+def _firewall_context(cluster: Cluster, node: Node, path: str) -> dict[str, Any]:
+    """Who may reach this node: every agent may call a server's RPC (4647); only
+    servers gossip (4648 tcp+udp) and call clients' RPC (alloc logs/exec)."""
+    servers = [ip for n in cluster.servers if n is not node for ip in n.ips]
+    everyone = [ip for n in cluster.nodes if n is not node for ip in n.ips]
+    if node.os == "openbsd":
+        tables: list[tuple[str, list[str]]] = []
+        rules: list[str] = []
+
+        def allow(table: str, addrs: list[str], rule: str) -> None:
+            if addrs:  # pf refuses a rule naming an undefined table; skip empty ones
+                if table not in (t for t, _ in tables):
+                    tables.append((table, addrs))
+                rules.append(rule)
+
+        if node.is_server:
+            allow(
+                "nomad_peers", everyone, "pass in proto tcp from <nomad_peers> to (self) port 4647"
+            )
+            allow(
+                "nomad_servers",
+                servers,
+                "pass in proto { tcp udp } from <nomad_servers> to (self) port 4648",
+            )
+        else:
+            allow(
+                "nomad_servers",
+                servers,
+                "pass in proto tcp from <nomad_servers> to (self) port 4647",
+            )
+        return {"tables": tables, "rules": rules, "anchor_path": path}
+    sets: list[tuple[str, str, list[str]]] = []
+    accepts: list[str] = []
+
+    def add(name: str, addrs: list[str], ports: list[str]) -> None:
+        for family, keyword, version in (("ipv4", "ip", 4), ("ipv6", "ip6", 6)):
+            chosen = [a for a in addrs if ipaddress.ip_address(a).version == version]
+            if chosen:
+                set_name = f"{name}{version}"
+                sets.append((family, set_name, chosen))
+                accepts.extend(f"{keyword} saddr @{set_name} {p}" for p in ports)
+
+    if node.is_server:
+        add("peers", everyone, ["tcp dport 4647"])
+        add("servers", servers, ["tcp dport 4648", "udp dport 4648"])
+    else:
+        add("servers", servers, ["tcp dport 4647"])
+    return {"sets": sets, "accepts": accepts}
