@@ -17,8 +17,10 @@ import jinja2
 from builder import hcl
 from builder.agent_config import agent_config
 from builder.data import data_path, data_root
+from builder.errors import BuildError
 from builder.model import Cluster, Node
 from builder.nodetree import NodeDir, NodeFile, NodeTree, Service, ServiceAccount
+from builder.pki import inspect_cert
 from builder.state import CASpec, CertSpec, State
 
 ROLE_TEXT = {"server": "server", "client": "client", "both": "server+client"}
@@ -87,6 +89,7 @@ def _toml(*parts: str) -> dict[str, Any]:
 
 
 def render_tree(cluster: Cluster, node: Node, secrets: NodeSecrets) -> NodeTree:
+    _check_cert_region(cluster, node, secrets.node_cert)
     svc = _toml("packaging", node.os, "service.toml")
     account = _account(node, svc)
     root_group = svc["root_group"]
@@ -195,6 +198,19 @@ def render_tree(cluster: Cluster, node: Node, secrets: NodeSecrets) -> NodeTree:
         dirs=dirs,
         notes=tuple(notes),
     )
+
+
+def _check_cert_region(cluster: Cluster, node: Node, cert_pem: bytes) -> None:
+    """The seed's bug, refused: a config for region R with a certificate that does not
+    name <role>.R.nomad fails verify_server_hostname on every RPC."""
+    _, wanted, _ = cluster.cert_names(node)
+    have = set(inspect_cert(cert_pem).dns_names)
+    missing = [n for n in wanted if n.endswith(".nomad") and n not in have]
+    if missing:
+        raise BuildError(
+            f"node {node.name}: its certificate lacks {', '.join(missing)} "
+            f"but the config sets region {cluster.region!r}"
+        )
 
 
 def _account(node: Node, svc: dict[str, Any]) -> ServiceAccount:
