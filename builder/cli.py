@@ -19,7 +19,7 @@ from builder import cluster as cluster_mod
 from builder import pipeline, publish
 from builder.errors import BuildError, UserError
 from builder.model import Cluster
-from builder.render import cert_spec
+from builder.render import ca_spec, cert_spec
 from builder.state import State
 
 CLUSTER_OPTION = click.option(
@@ -100,35 +100,25 @@ def check(cluster_file: Path, state_dir: Path | None) -> None:
     """Validate the cluster file and print the plan; writes nothing."""
     cluster = cluster_mod.load(cluster_file)
     st = State.open(_state_dir(cluster, state_dir), create=False)
-    now = datetime.now(UTC)
     click.echo(
         f"cluster {cluster.name}: region {cluster.region}, datacenter {cluster.datacenter}, "
         f"domain {cluster.domain}, {len(cluster.servers)} servers "
         f"(bootstrap_expect {cluster.bootstrap_expect}), {len(cluster.nodes)} nodes"
     )
+    # Read-only, the store records what a writing run would create or re-issue, and why.
+    ca = st.ca(ca_spec(cluster))
+    st.gossip_key()
     rows = [("NODE", "ROLE", "OS", "ADDRESSES", "CERTIFICATE NAMES", "CERT EXPIRES")]
     for node in cluster.nodes:
         spec = cert_spec(cluster, node)
+        current = st.node_cert(node.name, spec, ca)
         info = st.cert_info(node.name)
         if info is None:
             expiry = "to be issued"
         else:
-            expiry = info.not_after.strftime("%Y-%m-%d")
-            if set(info.dns_names) != set(spec.dns_names) or set(info.ip_addresses) != set(
-                spec.ip_addresses
-            ):
-                expiry += " (re-issue: names changed)"
-            elif (info.not_after - now).days < cluster.pki.renew_before_days:
-                expiry += " (re-issue: renewal window)"
+            expiry = info.not_after.strftime("%Y-%m-%d") + ("" if current else " (re-issue)")
         rows.append(
-            (
-                node.name,
-                node.role,
-                node.os,
-                ",".join(node.ips),
-                ",".join(spec.dns_names),
-                expiry,
-            )
+            (node.name, node.role, node.os, ",".join(node.ips), ",".join(spec.dns_names), expiry)
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
@@ -137,6 +127,11 @@ def check(cluster_file: Path, state_dir: Path | None) -> None:
         "secrets: every node's package and image holds that node's private key; "
         "server packages and images also hold the gossip key; the CA key stays in state/."
     )
+    for ev in st.events:
+        click.echo(
+            f"plan: {ev.kind.replace('created', 'create').replace('reissued', 're-issue')}"
+            f" {ev.what} ({ev.reason})"
+        )
     for w in cluster.warnings:
         click.echo(f"warning: {w}", err=True)
 
