@@ -1,0 +1,455 @@
+"""OpenBSD binary package (pkg_add(1)) of one node's NodeTree.
+
+Layout, as pkg_add's OpenBSD::PackingElement / Ustar / ArcCheck read it:
+
+- gzip'd ustar: ``+CONTENTS`` (the packing list) first, then ``+DESC`` and
+  ``+DISPLAY``, then every payload file in packing-list order; tar mtimes 0
+  (the time is in ``@ts``), owners/modes as the packing list annotates them.
+- Everything is installed from ``@cwd /``. Files under /etc are the admin's
+  (``@sample``): the package carries them under
+  /usr/local/share/examples/nomad-config/<path> (the ports convention) and pkg_add
+  copies one to its place only if absent, with the @owner/@group/@mode in force
+  at the ``@sample`` line -- so secrets get the same restrictive annotations on
+  both the example and the sample. pkg_delete / pkg_add -u remove a sample that is
+  still identical to the example it came from, keep (and report) an edited one.
+- The rc.d script is ``@rcscript /etc/rc.d/<name>`` (as pkg_create writes
+  ``@rcscript ${RCDIR}/<name>``), enabled by ``@exec-add rcctl enable`` on first
+  install and stopped/disabled by ``@unexec-delete`` on removal (not on update).
+- Signed with ``signify -zS`` semantics (builder.signify), verified by pkg_add
+  against /etc/signify/<key_name>.pub.
+
+Package name: <node.openbsd_stem>-<version>, version a plain integer (pkg_add's
+dewey comparison is numeric, so n+1 is newer than n, 10 newer than 9).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import textwrap
+from dataclasses import dataclass
+from functools import cache
+
+import jinja2
+
+from builder import signify
+from builder.archive import TarEntry, gzip_bytes, ustar
+from builder.data import data_root
+from builder.errors import BuildError, UserError
+from builder.model import Node
+from builder.nodetree import NodeFile, NodeTree
+from builder.writers import Artifact
+
+__all__ = [
+    "EXAMPLES_DIR",
+    "PORT_PKGPATH",
+    "build_openbsd_pkg",
+    "elf_arch",
+    "package_name",
+    "split_package_name",
+]
+
+EXAMPLES_DIR = "/usr/local/share/examples/nomad-config"
+PORT_PKGPATH = "sysutils/nomad"  # the port whose binary a config-only package depends on
+# Directories every OpenBSD install has; other parents of @sample files get an
+# "@sample <dir>/" line so pkg_add creates them first.
+_BASE_DIRS = frozenset({"/etc", "/etc/ssl", "/etc/ssl/private", "/etc/rc.d", "/etc/signify"})
+# Numeric ids only matter to tools that ignore names; pkg_add looks names up.
+_IDS = {"root": 0, "wheel": 0, "daemon": 1, "bin": 7}
+_PATH_OK = re.compile(r"^(/[A-Za-z0-9._+-]+)+$")
+_NAME_OK = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
+_KSH_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_VERSION_SPLIT = re.compile(r"^(.*?)-(\d.*)$")  # OpenBSD::PackageName: first "-<digit>"
+
+# ELF e_machine -> OpenBSD package architecture (MACHINE_ARCH).
+_ELF_MACHINES = {
+    3: "i386",
+    20: "powerpc",
+    21: "powerpc64",
+    40: "arm",
+    43: "sparc64",
+    62: "amd64",
+    183: "aarch64",
+    243: "riscv64",
+}
+_ELFOSABI_OPENBSD = 12
+
+
+# ---------------------------------------------------------------- names
+
+
+def split_package_name(name: str) -> tuple[str, str]:
+    """(stem, version) as pkg_add splits a package name: at the FIRST '-<digit>'."""
+    m = _VERSION_SPLIT.match(name)
+    if not m:
+        raise ValueError(f"{name}: no '-<digit>' version part")
+    return m.group(1), m.group(2)
+
+
+def package_name(node: Node, version: int) -> str:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise BuildError(f"{node.name}: package version must be a positive integer: {version!r}")
+    stem = node.openbsd_stem
+    if not _NAME_OK.match(stem):
+        raise BuildError(f"{node.name}: OpenBSD package stem {stem!r} has unusable characters")
+    name = f"{stem}-{version}"
+    # The stem must survive pkg_add's split; the model maps "-<digit>" to "_<digit>".
+    if split_package_name(name) != (stem, str(version)):
+        raise BuildError(f"{node.name}: pkg_add would misread {name} (stem {stem} has -<digit>)")
+    return name
+
+
+# ---------------------------------------------------------------- bundled binary
+
+
+def elf_arch(binary: bytes, what: str = "bundled nomad binary") -> str:
+    """OpenBSD architecture of an OpenBSD ELF executable (UserError for anything else)."""
+    if binary[:4] != b"\x7fELF" or len(binary) < 64:
+        raise UserError(f"{what}: not an ELF executable")
+    cls, data, osabi = binary[4], binary[5], binary[7]
+    if cls not in (1, 2) or data not in (1, 2):
+        raise UserError(f"{what}: malformed ELF header")
+    order = "little" if data == 1 else "big"
+    machine = int.from_bytes(binary[18:20], order)
+    arch = _ELF_MACHINES.get(machine)
+    if arch is None:
+        raise UserError(f"{what}: ELF machine {machine} is not an OpenBSD architecture")
+    if osabi != _ELFOSABI_OPENBSD and not _has_openbsd_note(binary, cls, order):
+        raise UserError(f"{what}: not an OpenBSD executable (no OpenBSD ELF ABI or ident note)")
+    return arch
+
+
+def _has_openbsd_note(elf: bytes, cls: int, order: str) -> bool:
+    """True when a section is named .note.openbsd.ident (OpenBSD's cc and Go both add it)."""
+
+    def num(off: int, size: int) -> int:
+        return int.from_bytes(elf[off : off + size], order)
+
+    try:
+        if cls == 2:
+            shoff, shentsize, shnum, shstrndx = num(40, 8), num(58, 2), num(60, 2), num(62, 2)
+            name_at, off_at, off_size = 0, 24, 8
+        else:
+            shoff, shentsize, shnum, shstrndx = num(32, 4), num(46, 2), num(48, 2), num(50, 2)
+            name_at, off_at, off_size = 0, 16, 4
+        if not shoff or shstrndx >= shnum:
+            return False
+        strtab = num(shoff + shstrndx * shentsize + off_at, off_size)
+        for i in range(shnum):
+            sh = shoff + i * shentsize
+            name_off = strtab + num(sh + name_at, 4)
+            end = elf.index(b"\0", name_off)
+            if elf[name_off:end] == b".note.openbsd.ident":
+                return True
+    except (ValueError, IndexError):
+        return False
+    return False
+
+
+# ---------------------------------------------------------------- packing list
+
+
+@dataclass(frozen=True)
+class _Member:
+    name: str  # tar member name == packing-list name
+    data: bytes
+    mode: int
+    owner: str
+    group: str
+
+
+def _sha(data: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def _rel(path: str) -> str:
+    return path.lstrip("/")
+
+
+def _check_path(path: str) -> None:
+    if not _PATH_OK.match(path) or "/../" in path + "/" or "/./" in path + "/":
+        raise BuildError(f"cannot package {path!r}: not a plain absolute path")
+
+
+def _check_field(value: str, what: str) -> str:
+    if not value or any(c in value for c in ":\n"):
+        raise BuildError(f"{what} {value!r} cannot go into a packing list")
+    return value
+
+
+class _Plist:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.members: list[_Member] = []
+
+    def add(self, *lines: str) -> None:
+        self.lines.extend(lines)
+
+    def _modes(self, owner: str, group: str, mode: int, plain_mode: int) -> tuple[list, list]:
+        """Annotations for anything but root:wheel with the plain mode, and their resets."""
+        on: list[str] = []
+        off: list[str] = []
+        if owner != "root":
+            on.append(f"@owner {_check_field(owner, 'owner')}")
+            off.append("@owner")
+        if group != "wheel":
+            on.append(f"@group {_check_field(group, 'group')}")
+            off.append("@group")
+        if mode != plain_mode:
+            if mode & ~0o7777:
+                raise BuildError(f"mode {mode:o} is not a permission mode")
+            on.append(f"@mode {mode:o}")
+            off.append("@mode")
+        return on, off
+
+    def file(
+        self,
+        keyword: str,
+        name: str,
+        data: bytes,
+        *,
+        owner: str,
+        group: str,
+        mode: int,
+        mtime: int,
+        sample: str | None = None,
+    ) -> None:
+        """A payload file (plain when keyword is ""), optionally @sample'd to `sample`."""
+        on, off = self._modes(owner, group, mode, 0o644)
+        self.add(*on)
+        self.add(f"@{keyword} {name}" if keyword else name)
+        self.add(f"@sha {_sha(data)}", f"@size {len(data)}", f"@ts {mtime}")
+        if sample is not None:
+            self.add(f"@sample {sample}")  # same annotations: a secret stays a secret
+        self.add(*off)
+        self.members.append(_Member(name, data, mode, owner, group))
+
+    def special(self, name: str, data: bytes) -> None:
+        # +DESC etc.: listed before any @cwd (pkg_add only treats them as info files
+        # there), with @sha/@size (checked when the package is signed), no @ts.
+        self.add(name, f"@sha {_sha(data)}", f"@size {len(data)}")
+        self.members.append(_Member(name, data, 0o444, "root", "wheel"))
+
+    def directory(self, keyword: str, name: str, *, owner: str, group: str, mode: int) -> None:
+        on, off = self._modes(owner, group, mode, 0o755)
+        self.add(*on, f"@{keyword} {name}", *off)
+
+
+# ---------------------------------------------------------------- templates
+
+
+@cache
+def _env() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(data_root())),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+def _render(name: str, **context: object) -> bytes:
+    text = _env().get_template(f"packaging/openbsd/{name}").render(**context)
+    return text.encode()
+
+
+def _role_text(node: Node) -> str:
+    return {"server": "server", "client": "client", "both": "server and client"}[node.role]
+
+
+# ---------------------------------------------------------------- the writer
+
+
+def _check_tree(node: Node, tree: NodeTree) -> NodeFile:
+    if tree.os != "openbsd" or node.os != "openbsd":
+        raise BuildError(f"{node.name}: an OpenBSD package needs an OpenBSD NodeTree")
+    if tree.node != node.name:
+        raise BuildError(f"NodeTree of {tree.node} given for node {node.name}")
+    svc = tree.service
+    if not _KSH_IDENT.match(svc.name):
+        raise BuildError(f"rc.d script name {svc.name!r} is not a ksh identifier")
+    if svc.unit_path != f"/etc/rc.d/{svc.name}":
+        raise BuildError(f"rc.d script {svc.unit_path} is not /etc/rc.d/{svc.name}")
+    try:
+        script = tree.file(svc.unit_path)
+    except KeyError:
+        raise BuildError(f"{node.name}: the NodeTree has no {svc.unit_path}") from None
+    paths = [f.path for f in tree.files] + [d.path for d in tree.dirs]
+    if len(set(paths)) != len(paths):
+        raise BuildError(f"{node.name}: a path appears twice in the NodeTree")
+    for p in paths:
+        _check_path(p)
+        if p.startswith(EXAMPLES_DIR + "/"):
+            raise BuildError(f"{p}: collides with the package's own examples directory")
+    if svc.account.extra_groups:
+        raise UserError(
+            f"{node.name}: extra groups for {svc.account.user} are not supported on OpenBSD"
+        )
+    return script
+
+
+def _notes_block(tree: NodeTree) -> str:
+    """tree.notes for +DISPLAY: wrapped paragraphs, each after a blank line."""
+    out = ""
+    for note in tree.notes:
+        lines = textwrap.wrap(note, 72, break_long_words=False, break_on_hyphens=False)
+        out += "\n" + "\n".join(lines) + "\n"
+    return out
+
+
+def build_openbsd_pkg(
+    node: Node,
+    tree: NodeTree,
+    *,
+    version: int,
+    mtime: int,
+    signing_key: bytes | None,
+    key_name: str,
+) -> Artifact:
+    """openbsd/<stem>-<version>.tgz for one node; signed unless signing_key is None."""
+    script = _check_tree(node, tree)
+    pkgname = package_name(node, version)
+    if mtime < 0:
+        raise BuildError(f"mtime must not be negative: {mtime}")
+    svc = tree.service
+    account = svc.account
+    bundle = node.packages.bundle
+    binaries = [f for f in tree.files if f.kind == "binary"]
+    if bundle is not None and not binaries:
+        raise BuildError(f"{node.name}: a bundled binary is configured but not in the NodeTree")
+    if bundle is None and binaries:
+        raise BuildError(f"{node.name}: the NodeTree has a binary but no bundle is configured")
+    arch = "*"
+    for b in binaries:
+        arch = elf_arch(b.content, f"{b.path} (bundled)")
+    min_version = node.packages.nomad_min_version
+    if not re.fullmatch(r"\d+(\.\d+)*", min_version):
+        raise UserError(f"packages.nomad_min_version {min_version!r} is not like 1.7.0")
+
+    context = {
+        "node": node,
+        "service": svc,
+        "role_text": _role_text(node),
+        "bundled": bundle is not None,
+        "bundle_version": bundle.version if bundle else "",
+        "arch": arch,
+        "min_version": min_version,
+        "notes_block": _notes_block(tree),
+    }
+    desc = _render("+DESC.j2", **context)
+    display = _render("+DISPLAY.j2", **context)
+
+    pl = _Plist()
+    pl.add(
+        f"@name {pkgname}",
+        # pkg_add -u only replaces a package by one with a matching pkgpath;
+        # ftp=no: it holds private keys, not for public mirrors.
+        f"@comment pkgpath=nomad-build/{node.openbsd_stem} ftp=no",
+        f"@comment nomad-build: Nomad {_role_text(node)} configuration for {node.name}",
+        f"@arch {arch}",
+    )
+    pl.special("+DESC", desc)
+    pl.special("+DISPLAY", display)
+    if bundle is None:
+        pl.add(f"@depend {PORT_PKGPATH}:nomad->={min_version}:nomad-{min_version}")
+    else:
+        # Our binary is /usr/local/bin/nomad, the port's file: never both.
+        pl.add("@conflict nomad-*")
+    if account.create:
+        gid = "" if account.gid is None else str(account.gid)
+        uid = "" if account.uid is None else str(account.uid)
+        group = _check_field(account.group, "group")
+        user = _check_field(account.user, "user")
+        home = _check_field(account.home, "home")
+        pl.add(
+            f"@newgroup {group}:{gid}",
+            f"@newuser {user}:{uid}:{group}:daemon:Nomad Agent:{home}:/sbin/nologin",
+        )
+    pl.add("@cwd /")
+
+    # 1. Files outside /etc (the bundled binary), installed as they are.
+    etc = [f for f in tree.files if f.path.startswith("/etc/") and f is not script]
+    plain = [f for f in tree.files if f not in etc and f is not script]
+    for f in plain:
+        pl.file(
+            "",
+            _rel(f.path),
+            f.content,
+            owner=f.owner,
+            group=f.group,
+            mode=f.mode,
+            mtime=mtime,
+        )
+    # 2. /etc: directories pkg_add must create, then example + @sample pairs.
+    parents: set[str] = set()
+    for f in etc:
+        d = f.path.rsplit("/", 1)[0]
+        while d not in _BASE_DIRS and d.startswith("/etc/"):
+            parents.add(d)
+            d = d.rsplit("/", 1)[0]
+    for d in sorted(parents):
+        pl.directory("sample", d + "/", owner="root", group="wheel", mode=0o755)
+    for f in etc:
+        pl.file(
+            "",
+            _rel(EXAMPLES_DIR + f.path),
+            f.content,
+            owner=f.owner,
+            group=f.group,
+            mode=f.mode,
+            mtime=mtime,
+            sample=f.path,
+        )
+    # 3. Directories no file creates (the agent's data dir).
+    for d in tree.dirs:
+        pl.directory("dir", _rel(d.path), owner=d.owner, group=d.group, mode=d.mode)
+    # 4. The service: stop/disable before its script goes away, enable once it is there.
+    pl.add(
+        f"@unexec-delete rcctl stop {svc.name} >/dev/null 2>&1 || true",
+        f"@unexec-delete rcctl disable {svc.name}",
+    )
+    pl.file(
+        "rcscript",
+        script.path,
+        script.content,
+        owner=script.owner,
+        group=script.group,
+        mode=script.mode,
+        mtime=mtime,
+    )
+    # Older pkg_add moved the cwd to the @rcscript's directory; pkg_create re-states it.
+    pl.add("@cwd /", f"@exec-add rcctl enable {svc.name}")
+
+    contents = ("\n".join(pl.lines) + "\n").encode()
+    names = [m.name for m in pl.members]
+    if len(set(names)) != len(names):
+        raise BuildError(f"{pkgname}: two package members share a name")
+    entries = [_tar_entry("+CONTENTS", contents, 0o444, "root", "wheel", account)]
+    entries += [_tar_entry(m.name, m.data, m.mode, m.owner, m.group, account) for m in pl.members]
+    gz = gzip_bytes(ustar(entries))
+    if signing_key is not None:
+        if not re.fullmatch(r"[A-Za-z0-9._]+(-[A-Za-z0-9._]+)*-pkg", key_name):
+            raise UserError(f"signing key name {key_name!r} must end in -pkg (pkg_add -t pkg)")
+        gz = signify.zsign(gz, signing_key, key_name=key_name, mtime=mtime)
+    return Artifact(f"openbsd/{pkgname}.tgz", gz, secret=bool(tree.secrets))
+
+
+def _tar_entry(name: str, data: bytes, mode: int, owner: str, group: str, account) -> TarEntry:
+    ids = dict(_IDS)
+    if account.create:
+        if account.uid is not None:
+            ids.setdefault(account.user, account.uid)
+        if account.gid is not None:
+            ids.setdefault(account.group, account.gid)
+    # mtime 0: the packing list's @ts carries the time (pkg_add sets it from there).
+    return TarEntry(
+        name=name,
+        data=data,
+        mode=mode,
+        mtime=0,
+        uid=ids.get(owner, 0),
+        gid=ids.get(group, 0),
+        uname=owner,
+        gname=group,
+    )

@@ -1,0 +1,72 @@
+"""The OpenBSD package directory: repo/openbsd/, usable as PKG_PATH or over HTTP.
+
+- the packages themselves (<stem>-<version>.tgz, signed);
+- index.html: one ``<a href="<pkg>.tgz">`` per line, the form every pkg_add
+  version's HTTP listing parser accepts (OpenBSD::PackageRepository
+  get_http_list: ``<A\\s+HREF="(.*?\\.tgz)">``, line by line, case-insensitive;
+  newer ones also allow other attributes);
+- SHA256: ``SHA256 (<file>) = <base64>`` lines sorted, what ``pkg_sign -C``
+  appends (it runs ``sha256 -b``), checkable with ``signify -C``;
+- <key_name>.pub: the signify public key, to install as /etc/signify/<key_name>.pub.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import posixpath
+import re
+
+from builder.errors import BuildError
+from builder.writers import Artifact
+
+__all__ = ["REPO_DIR", "build_pkg_repo"]
+
+REPO_DIR = "repo/openbsd"
+_PKG_FILE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]*-\d[A-Za-z0-9._+-]*\.tgz$")
+
+
+def build_pkg_repo(pkgs: list[Artifact], *, pub_key: bytes | None, key_name: str) -> list[Artifact]:
+    """repo/openbsd/: the packages, index.html, SHA256 and <key_name>.pub (when signed)."""
+    by_name: dict[str, Artifact] = {}
+    for a in pkgs:
+        name = posixpath.basename(a.path)
+        if not a.path.startswith("openbsd/") or not _PKG_FILE.match(name):
+            raise BuildError(f"not an OpenBSD package artifact: {a.path}")
+        if name in by_name:
+            raise BuildError(f"two packages named {name}")
+        by_name[name] = a
+    names = sorted(by_name)
+
+    out = [Artifact(f"{REPO_DIR}/{n}", by_name[n].data, by_name[n].secret) for n in names]
+    sums = "".join(
+        f"SHA256 ({n}) = {base64.b64encode(hashlib.sha256(by_name[n].data).digest()).decode()}\n"
+        for n in names
+    )
+    extra = ["SHA256"]
+    if pub_key is not None:
+        if not re.fullmatch(r"[A-Za-z0-9._-]+-pkg", key_name):
+            raise BuildError(f"signing key name {key_name!r} must end in -pkg")
+        extra.append(f"{key_name}.pub")
+        out.append(Artifact(f"{REPO_DIR}/{key_name}.pub", pub_key, secret=False))
+    out.append(Artifact(f"{REPO_DIR}/SHA256", sums.encode(), secret=False))
+    out.append(Artifact(f"{REPO_DIR}/index.html", _index(names, extra), secret=False))
+    return out
+
+
+def _index(names: list[str], extra: list[str]) -> bytes:
+    lines = [
+        "<!DOCTYPE html>",
+        "<html>",
+        "<head><title>nomad-build OpenBSD packages</title></head>",
+        "<body>",
+        "<h1>nomad-build OpenBSD packages</h1>",
+        "<pre>",
+    ]
+    # One link per line and nothing between <a and href: the oldest parser's form.
+    lines += [f'<a href="{html.escape(n)}">{html.escape(n)}</a>' for n in names]
+    lines += ["</pre>", "<p>"]
+    lines += [f'<a href="{html.escape(n)}">{html.escape(n)}</a><br>' for n in extra]
+    lines += ["</p>", "</body>", "</html>"]
+    return ("\n".join(lines) + "\n").encode()
