@@ -23,9 +23,13 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import os
 import re
+import shutil
+import subprocess
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from builder import signify
 
@@ -729,3 +733,50 @@ def http_listing(page: str) -> list[list[str]]:
                     names.append(name)
         out.append(names)
     return out
+
+
+# ---------------------------------------------------------------- the real signify
+
+
+def signify_tool(
+    *args: str, input: bytes | None = None, cwd: str | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """Debian's signify-openbsd (OpenBSD's signify), the oracle for keys and signatures."""
+    exe = shutil.which("signify-openbsd")
+    assert exe, "signify-openbsd is required (apt-get install signify-openbsd)"
+    return subprocess.run([exe, *args], input=input, cwd=cwd, capture_output=True, check=False)
+
+
+def pkg_add_verify(pkg: bytes, pub: bytes, key_name: str, workdir: Path) -> bytes | None:
+    """Run the check pkg_add runs, `signify -zV -t pkg -x - -m -` with the key taken
+    from /etc/signify/<name from the signature>.pub, in a private mount namespace
+    whose /etc is an overlay (the host's /etc is untouched).
+
+    Returns signify's output (the verified gzip) or raises PkgError when signify
+    refuses; None when this machine cannot make the namespace (no unshare/overlayfs).
+    """
+    exe = shutil.which("signify-openbsd")
+    unshare = shutil.which("unshare")
+    assert exe, "signify-openbsd is required (apt-get install signify-openbsd)"
+    if unshare is None or os.geteuid() != 0:
+        return None
+    upper, work, keys = workdir / "upper", workdir / "work", workdir / "keys"
+    for d in (upper, work, keys):
+        d.mkdir(parents=True, exist_ok=True)
+    (keys / f"{key_name}.pub").write_bytes(pub)
+    script = (
+        'mount -t overlay overlay -o "lowerdir=/etc,upperdir=$1,workdir=$2" /etc || exit 99\n'
+        'mkdir -p /etc/signify && cp "$3"/*.pub /etc/signify/ || exit 99\n'
+        'exec "$4" -zV -t pkg -x - -m -\n'
+    )
+    r = subprocess.run(
+        [unshare, "--mount", "sh", "-c", script, "sh", str(upper), str(work), str(keys), exe],
+        input=pkg,
+        capture_output=True,
+        check=False,
+    )
+    if r.returncode == 99 or b"unshare failed" in r.stderr:
+        return None
+    if r.returncode != 0:
+        raise PkgError(f"signify -zV -t pkg: {r.stderr.decode(errors='replace').strip()}")
+    return r.stdout
