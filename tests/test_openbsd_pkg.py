@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import grp
 import gzip
 import hashlib
 import io
+import os
 import re
+import shutil
+import stat
+import subprocess
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -218,7 +223,7 @@ def test_service_enabled_on_install_stopped_and_disabled_on_delete(
     for name, art in built.items():
         pkg = _read(rendered_openbsd, name, art)
         lines = pkg.plist.lines
-        assert pkg.plist.execs == [
+        assert [x for x in pkg.plist.execs if "rcctl" in x[1]] == [
             ("unexec-delete", "rcctl stop nomad_agent >/dev/null 2>&1 || true"),
             ("unexec-delete", "rcctl disable nomad_agent"),
             ("exec-add", "rcctl enable nomad_agent"),
@@ -243,6 +248,49 @@ def test_display_carries_the_firewall_instructions(
         assert "rcctl start nomad_agent" in display
         files, _ = pkg.installed()
         assert files["/etc/nomad/pf.anchor"].data == tree.file("/etc/nomad/pf.anchor").content
+
+
+def test_ports_pristine_demo_config_is_replaced_on_first_install(
+    rendered_openbsd: Rendered, built: dict[str, Artifact], tmp_path: Path
+) -> None:
+    """sysutils/nomad (installed first, as our dependency) @samples a demo
+    /etc/nomad/nomad.hcl, which makes our @sample of that path a no-op; the
+    @exec-add puts ours in place while the port's copy is untouched."""
+    name = "bi-core-sbg-1"
+    tree = rendered_openbsd.trees[name]
+    pkg = _read(rendered_openbsd, name, built[name])
+    lines = pkg.plist.lines
+    (cmd,) = [c for k, c in pkg.plist.execs if k == "exec-add" and "cmp -s" in c]
+    assert lines.index(f"@exec-add {cmd}") > lines.index("@sample /etc/nomad/nomad.hcl")
+    assert lines.index(f"@exec-add {cmd}") > lines.index("@newgroup _nomad:819")
+    ours = tree.file("/etc/nomad/nomad.hcl")
+    demo = b'data_dir = "/tmp/nomad"\nserver {\n  enabled = true\n  bootstrap_expect = 1\n}\n'
+    group = grp.getgrgid(os.getgid()).gr_name  # _nomad does not exist on this machine
+    for case, before in (("pristine", demo), ("edited", demo + b"# mine\n"), ("absent", None)):
+        root = tmp_path / case
+        for path, data in (
+            ("/usr/local/share/examples/nomad/nomad.hcl", demo),
+            (EXAMPLES_DIR + "/etc/nomad/nomad.hcl", ours.content),
+            ("/etc/nomad/nomad.hcl", before),
+        ):
+            if data is not None:
+                (root / path[1:]).parent.mkdir(parents=True, exist_ok=True)
+                (root / path[1:]).write_bytes(data)
+        local = cmd.replace(" /etc/", f" {root}/etc/").replace(" /usr/", f" {root}/usr/")
+        local = local.replace(" -g _nomad ", f" -g {group} ")
+        r = subprocess.run(["sh", "-c", local], capture_output=True, check=False)
+        assert r.returncode == 0, r.stderr  # pkg_add logs a failing @exec-add
+        target = root / "etc/nomad/nomad.hcl"
+        if case == "pristine":
+            assert target.read_bytes() == ours.content
+            assert stat.S_IMODE(target.stat().st_mode) == ours.mode
+        elif case == "edited":
+            assert target.read_bytes() == before
+        else:
+            assert not target.exists()  # here pkg_add's own @sample installed ours
+    mksh = shutil.which("mksh")  # OpenBSD's sh is a ksh
+    if mksh:
+        assert subprocess.run([mksh, "-n", "-c", cmd], check=False).returncode == 0
 
 
 # ---------------------------------------------------------------- signatures
@@ -398,6 +446,7 @@ def test_bundled_binary_replaces_the_port_dependency(
     pkg = _read(rendered, name, art, pub=keypair[1])
     assert pkg.plist.unique["arch"] == "amd64"
     assert pkg.plist.depends == [] and pkg.plist.conflicts == ["nomad-*"]
+    assert not [c for _, c in pkg.plist.execs if "cmp -s" in c], "no port, no demo config"
     files, _ = pkg.installed()
     nomad = files["/usr/local/bin/nomad"]
     assert (nomad.data, nomad.owner, nomad.group, nomad.mode) == (binary, "root", "bin", 0o755)

@@ -12,6 +12,9 @@ Layout, as pkg_add's OpenBSD::PackingElement / Ustar / ArcCheck read it:
   at the ``@sample`` line -- so secrets get the same restrictive annotations on
   both the example and the sample. pkg_delete / pkg_add -u remove a sample that is
   still identical to the example it came from, keep (and report) an edited one.
+- The sysutils/nomad port (our dependency, so installed first) @samples its demo
+  /etc/nomad/nomad.hcl; where our file has that path, an ``@exec-add`` replaces
+  the port's copy while it is still identical to the port's example.
 - The rc.d script is ``@rcscript /etc/rc.d/<name>`` (as pkg_create writes
   ``@rcscript ${RCDIR}/<name>``), enabled by ``@exec-add rcctl enable`` on first
   install and stopped/disabled by ``@unexec-delete`` on removal (not on update).
@@ -44,6 +47,7 @@ from builder.writers import Artifact
 __all__ = [
     "EXAMPLES_DIR",
     "PORT_PKGPATH",
+    "PORT_SAMPLES",
     "build_openbsd_pkg",
     "elf_arch",
     "package_name",
@@ -55,6 +59,10 @@ PORT_PKGPATH = "sysutils/nomad"  # the port whose binary a config-only package d
 # Directories every OpenBSD install has; other parents of @sample files get an
 # "@sample <dir>/" line so pkg_add creates them first.
 _BASE_DIRS = frozenset({"/etc", "/etc/ssl", "/etc/ssl/private", "/etc/rc.d", "/etc/signify"})
+# Files the sysutils/nomad port installs with @sample, and its example copies. The
+# port (our dependency) is installed first, so our @sample of the same path would
+# find the port's demo config there and leave it: replace it while still pristine.
+PORT_SAMPLES = {"/etc/nomad/nomad.hcl": "/usr/local/share/examples/nomad/nomad.hcl"}
 # Numeric ids only matter to tools that ignore names; pkg_add looks names up.
 _IDS = {"root": 0, "wheel": 0, "daemon": 1, "bin": 7}
 _PATH_OK = re.compile(r"^(/[A-Za-z0-9._+-]+)+$")
@@ -289,10 +297,29 @@ def _check_tree(node: Node, tree: NodeTree) -> NodeFile:
     return script
 
 
-def _notes_block(tree: NodeTree) -> str:
+def _replace_port_sample(f: NodeFile) -> str:
+    """Shell for @exec-add: put our file in place of the port's untouched sample.
+
+    Runs on first install only (not on pkg_add -u); an edited file is left alone.
+    """
+    ours = EXAMPLES_DIR + f.path
+    return (
+        f"if cmp -s {f.path} {PORT_SAMPLES[f.path]}; then "
+        f"install -o {f.owner} -g {f.group} -m {f.mode:o} {ours} {f.path}; fi"
+    )
+
+
+def _notes_block(tree: NodeTree, port: bool) -> str:
     """tree.notes for +DISPLAY: wrapped paragraphs, each after a blank line."""
+    notes = list(tree.notes)
+    if port:
+        notes.insert(
+            0,
+            f"Do not also enable the port's rc.d script nomad: {tree.service.name} "
+            "runs the agent with this configuration.",
+        )
     out = ""
-    for note in tree.notes:
+    for note in notes:
         lines = textwrap.wrap(note, 72, break_long_words=False, break_on_hyphens=False)
         out += "\n" + "\n".join(lines) + "\n"
     return out
@@ -335,7 +362,7 @@ def build_openbsd_pkg(
         "bundle_version": bundle.version if bundle else "",
         "arch": arch,
         "min_version": min_version,
-        "notes_block": _notes_block(tree),
+        "notes_block": _notes_block(tree, port=bundle is None),
     }
     desc = _render("+DESC.j2", **context)
     display = _render("+DISPLAY.j2", **context)
@@ -401,6 +428,8 @@ def build_openbsd_pkg(
             mtime=mtime,
             sample=f.path,
         )
+        if bundle is None and f.path in PORT_SAMPLES:
+            pl.add(f"@exec-add {_replace_port_sample(f)}")
     # 3. Directories no file creates (the agent's data dir).
     for d in tree.dirs:
         pl.directory("dir", _rel(d.path), owner=d.owner, group=d.group, mode=d.mode)
