@@ -214,6 +214,7 @@ def image(
     """Build one node's boot seed (cloud-init ISO, Ubuntu autoinstall, OpenBSD autoinstall)."""
     cluster = cluster_mod.load(cluster_file)
     node = cluster.node(node_name)
+    pipeline.check_image_request(cluster, node, kind)
     with State.open(_state_dir(cluster, state_dir), create=True) as st:
         artifacts = pipeline.Build(cluster, st).images([node], [kind])
         st.flush()

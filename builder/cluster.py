@@ -197,6 +197,26 @@ class _Reader:
         return data
 
 
+def _layer(r: _Reader, data: Any, where: str, schema: Mapping[str, Check]) -> dict[str, Any]:
+    """A [defaults], [roles.<role>] or [[nodes]] table, its values checked where written,
+    so an error names the line the operator has to fix, not every node that inherits it."""
+    layer = r.table(data, where, schema)
+    level = layer.get("log_level")
+    if level is not None and level.upper() not in LOG_LEVELS:
+        raise r.fail(f"{where}.log_level", f"{level!r} is not one of {LOG_LEVELS}")
+    node_class = layer.get("node_class")
+    if node_class is not None and not node_class.strip():
+        raise r.fail(f"{where}.node_class", "must not be empty")
+    for k, v in layer.get("meta", {}).items():
+        if not isinstance(v, str):
+            raise r.fail(f"{where}.meta.{k}", f"must be a string, not {_describe(v)}")
+    problems = hcl.validate({"telemetry": layer.get("telemetry", {})}, where=where)
+    problems += hcl.validate(layer.get("extra", {}), where=f"{where}.extra")
+    if problems:
+        raise r.fail("", problems[0])
+    return layer
+
+
 def _closest(name: str, candidates: Mapping[str, Any] | tuple[str, ...]) -> str | None:
     import difflib
 
@@ -254,7 +274,7 @@ def _build(r: _Reader, data: dict[str, Any]) -> Cluster:
     packages = _packages(r, data.get("packages", {}), name)
     images = _images(r, data.get("images", {}))
 
-    defaults = r.table(data.get("defaults", {}), "defaults", LAYER_KEYS)
+    defaults = _layer(r, data.get("defaults", {}), "defaults", LAYER_KEYS)
     roles_data = data.get("roles", {})
     if not isinstance(roles_data, dict):
         raise r.fail("roles", f"must be a table, not {_describe(roles_data)}")
@@ -262,7 +282,7 @@ def _build(r: _Reader, data: dict[str, Any]) -> Cluster:
     for role, layer in roles_data.items():
         if role not in ROLES:
             raise r.fail(f"roles.{role}", f"unknown role (valid: {', '.join(ROLES)})")
-        roles[role] = r.table(layer, f"roles.{role}", LAYER_KEYS)
+        roles[role] = _layer(r, layer, f"roles.{role}", LAYER_KEYS)
 
     nodes_data = data.get("nodes")
     if nodes_data is None:
@@ -433,7 +453,7 @@ class _NodeContext:
             raise r.fail(where, f"must be a table, not {_describe(data)}")
         if isinstance(data.get("name"), str):
             where = f"nodes[{index}] ({data['name']})"
-        r.table(data, where, {**NODE_ONLY_KEYS, **LAYER_KEYS})
+        _layer(r, data, where, {**NODE_ONLY_KEYS, **LAYER_KEYS})
         for key in ("name", "role", "address"):
             if key not in data:
                 raise r.fail(f"{where}.{key}", "missing (required)")
@@ -502,24 +522,12 @@ class _NodeContext:
                 raise r.fail(f"{where}.{key}", f"{value!r} must be an absolute path")
             paths[key] = value.rstrip("/")
 
+        # Values were checked in the layer that wrote them (_layer); the merge is valid too.
         log_level = s.get("log_level", "INFO").upper()
-        if log_level not in LOG_LEVELS:
-            raise r.fail(f"{where}.log_level", f"{s['log_level']!r} is not one of {LOG_LEVELS}")
         node_class = s.get("node_class")
-        if node_class is not None and not node_class.strip():
-            raise r.fail(f"{where}.node_class", "must not be empty")
         meta = s.get("meta", {})
-        for k, v in meta.items():
-            if not isinstance(v, str):
-                raise r.fail(f"{where}.meta.{k}", f"must be a string, not {_describe(v)}")
         telemetry = s.get("telemetry", {})
-        problems = hcl.validate({"telemetry": telemetry})
-        if problems:
-            raise r.fail(where, problems[0])
         extra = s.get("extra", {})
-        problems = hcl.validate(extra)
-        if problems:
-            raise r.fail(f"{where}.extra", problems[0])
         if role == "server" and ("client" in extra):
             raise r.fail(f"{where}.extra.client", "a server-only node has no client block")
         if role == "client" and ("server" in extra):

@@ -34,7 +34,8 @@ def quote(value: str) -> str:
             out.append("\\t")
         elif ch == "$" and value[i + 1 : i + 2] == "{":
             out.append("\\u0024")
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F or ch == "\ue123":
+            # hcl/scanner refuses U+E123 anywhere in a file ("reserved for internal use")
             out.append(f"\\u{ord(ch):04x}")
         else:
             out.append(ch)
@@ -43,7 +44,8 @@ def quote(value: str) -> str:
 
 
 def _key(name: str) -> str:
-    return name if _BARE_KEY.match(name) else quote(name)
+    # A bare true/false scans as a BOOL token, which hcl's parser refuses as a key.
+    return name if _BARE_KEY.match(name) and name not in ("true", "false") else quote(name)
 
 
 def _scalar(value: Any) -> str:

@@ -167,11 +167,7 @@ class Build:
         nodes, kinds = list(nodes), list(kinds)
         for kind in kinds:
             for n in nodes:
-                if n.os != IMAGE_OS[kind]:
-                    raise UserError(
-                        f"{self.cluster.source}: node {n.name} runs {n.os}; "
-                        f"a {kind} image is for {IMAGE_OS[kind]} nodes"
-                    )
+                check_image_request(self.cluster, n, kind)
         pkgs = {a_node.name: a for a_node, a in zip(nodes, self.packages(nodes), strict=True)}
         out: list[Artifact] = []
         if "cloud-init" in kinds or "autoinstall" in kinds:
@@ -234,6 +230,25 @@ def check_request(cluster: Cluster, node: Node, *, role: str | None, fmt: str | 
         raise UserError(
             f"{cluster.source}: node {node.name} runs {node.os}; "
             f"its package format is {PACKAGE_FORMATS[node.os]}, not {fmt}"
+        )
+
+
+def check_image_request(cluster: Cluster, node: Node, kind: str) -> None:
+    """Refuse an image the node cannot use, or one the cluster file lacks settings for."""
+    if node.os != IMAGE_OS[kind]:
+        raise UserError(
+            f"{cluster.source}: node {node.name} runs {node.os}; "
+            f"a {kind} image is for {IMAGE_OS[kind]} nodes"
+        )
+    if kind == "autoinstall" and not node.images.password_hash:
+        raise UserError(
+            f"{cluster.source}: images.password_hash: missing (the Ubuntu installer's identity "
+            "needs a crypt(3) hash, e.g. from `mkpasswd -m sha-512`)"
+        )
+    if kind == "openbsd-autoinstall" and not node.images.openbsd_sets_url:
+        raise UserError(
+            f"{cluster.source}: images.openbsd_sets_url: missing (where the installer "
+            "fetches the sets, e.g. http://10.20.130.1/pub/OpenBSD/7.8/amd64)"
         )
 
 

@@ -300,7 +300,10 @@ def bare_key_token(key: str) -> str | None:
 def tokenize(src: str) -> list[tuple[str, str]]:
     """(type, text) tokens as hcl/scanner produces them; GoSyntaxError otherwise."""
     data = src.encode("utf-8")
-    text_of = lambda a, b: data[a:b].decode("utf-8")  # noqa: E731
+
+    def text_of(start: int, end: int) -> str:
+        return data[start:end].decode("utf-8")
+
     tokens: list[tuple[str, str]] = []
     i = 0
     while i < len(data):
