@@ -118,8 +118,13 @@ class Build:
             return pair["sec"]
 
         sec = self.state.secret(f"{name}.sec", make_secret)
-        pub = self.state.public(f"{name}.pub", lambda: pair.get("pub") or _missing_pub(name))
-        assert sec is not None and pub is not None
+        assert sec is not None
+        # A lost .pub is derived again from the secret key (signify keeps it there too).
+        pub = self.state.public(
+            f"{name}.pub", lambda: pair.get("pub") or signify.public_key_from_secret(sec)
+        )
+        assert pub is not None
+        signify.check_keypair(sec, pub)  # a mismatched pair would sign what no node accepts
         return sec, pub
 
     def apt_key(self) -> bytes:
@@ -250,13 +255,6 @@ def check_image_request(cluster: Cluster, node: Node, kind: str) -> None:
             f"{cluster.source}: images.openbsd_sets_url: missing (where the installer "
             "fetches the sets, e.g. http://10.20.130.1/pub/OpenBSD/7.8/amd64)"
         )
-
-
-def _missing_pub(name: str) -> bytes:
-    raise UserError(
-        f"state: {name}.sec exists but {name}.pub is missing; restore it from a backup "
-        f"or move {name}.sec away to make a new key (nodes must then trust the new one)"
-    )
 
 
 def open_build(cluster: Cluster, state_dir: Path) -> tuple[State, Build]:

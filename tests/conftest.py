@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +20,19 @@ from builder.state import State
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "bi-sbg.toml"
+
+
+def nomad_build(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The command line, run as an operator runs it (a fresh process, in cwd)."""
+    return subprocess.run(
+        [sys.executable, "-m", "builder.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=False,
+        timeout=300,
+    )
 
 
 def example_text(os_name: str = "openbsd") -> str:

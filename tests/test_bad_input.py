@@ -10,14 +10,13 @@ import hashlib
 import os
 import re
 import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, example_text
+from conftest import example_text, nomad_build
 
 CLUSTER = "cluster.toml"
 NODE_INDEX = {
@@ -354,19 +353,6 @@ CASES = [
 
 
 # ---------------------------------------------------------------- running
-
-
-def nomad_build(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, "-m", "builder.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-        timeout=120,
-    )
 
 
 def listing(directory: Path) -> list[tuple[str, int, int]]:

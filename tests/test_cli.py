@@ -3,10 +3,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,7 +12,7 @@ from cryptography import x509
 
 import builder
 
-from conftest import REPO, write_cluster
+from conftest import nomad_build, write_cluster
 
 NODES = {
     # name: (role, address)
@@ -38,18 +35,6 @@ COMMANDS = [
     ["pki", "status"],
     ["pki", "renew"],
 ]
-
-
-def nomad_build(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "builder.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        check=False,
-        timeout=120,
-    )
 
 
 def entries(directory: Path) -> list[tuple[str, int]]:

@@ -6,14 +6,13 @@ import base64
 import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from conftest import REPO, Rendered, write_cluster
+from conftest import Rendered, nomad_build, write_cluster
 
 SERVER, CLIENT = "bi-core-sbg-1", "bi-node-sbg-1"
 
@@ -56,18 +55,6 @@ MODES = {
         "opt/nomad/data": 0o700,
     },
 }
-
-
-def nomad_build(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "builder.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        check=False,
-        timeout=120,
-    )
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int, bytes | None]]:
