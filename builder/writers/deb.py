@@ -1,0 +1,386 @@
+"""Debian binary package (.deb) of one node's NodeTree, written without dpkg-deb.
+
+Layout, as dpkg-deb(1) writes it and dpkg/apt/lintian read it:
+
+- an ar archive: ``debian-binary`` ("2.0"), ``control.tar.gz``, ``data.tar.gz``;
+- data.tar: ``./`` then every directory and file in path order, owners root:root
+  (numeric 0), mtimes = the build's mtime. Secrets (node key, a server's config
+  with the gossip key) are shipped 0600 -- dpkg unpacks before the service user
+  exists, so postinst hands them over (owner, group, mode from the NodeTree).
+  The data dir is made by postinst, not shipped (it is the agent's, and under
+  /opt, where Debian packages ship nothing);
+- control.tar: control, md5sums (conffiles excluded, as dh_md5sums does),
+  conffiles (every file under /etc), the maintainer scripts rendered from
+  packaging/debian/*.j2 and, with HashiCorp's package, a ``triggers`` file.
+
+Coexisting with HashiCorp's ``nomad`` package (REFERENCE.md):
+
+- its /etc/nomad.d/nomad.hcl enables server AND client: preinst diverts it to
+  /etc/nomad.d/nomad.hcl.hashicorp (``dpkg-divert --rename``); postrm gives it
+  back on purge (on remove only when our own conffile is gone, since dpkg cannot
+  rename it over the one we leave behind), and on abort-install;
+- its postinst runs ``chown -R nomad:nomad /etc/nomad.d`` on every configure:
+  the file trigger on /usr/bin/nomad re-runs our postinst after each install
+  or upgrade of HashiCorp's package, which puts owners and modes back;
+- its unit runs ``nomad agent -config /etc/nomad.d`` as root: the NodeTree's
+  drop-in runs our config as our user. With a bundled binary the NodeTree
+  carries a complete unit and /usr/bin/nomad instead, and the package conflicts
+  with ``nomad``.
+
+Versions: the integer the state keeps per node, written as is ("1", "2", ...):
+a native version, compared numerically by dpkg, so n+1 is newer than n and 10
+newer than 9. Architecture "all", or the bundled ELF binary's architecture (the
+file is then ``<pkg>_<v>_<arch>.deb``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+import textwrap
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from functools import cache
+from pathlib import PurePosixPath
+
+import jinja2
+
+from builder.archive import TarEntry, ar, gzip_bytes, ustar
+from builder.data import data_root
+from builder.errors import BuildError, UserError
+from builder.model import Node
+from builder.nodetree import NodeFile, NodeTree
+from builder.writers import Artifact
+
+__all__ = [
+    "DIVERTED",
+    "VIRTUAL",
+    "build_deb",
+    "deb_arch",
+    "deb_version",
+]
+
+VIRTUAL = "nomad-config"  # Provides/Conflicts/Replaces: one node's package per host
+HASHICORP_PACKAGE = "nomad"
+HASHICORP_CONFIG = "/etc/nomad.d/nomad.hcl"  # HashiCorp's conffile (server+client demo)
+DIVERTED = HASHICORP_CONFIG + ".hashicorp"
+NOMAD_BINARY = "/usr/bin/nomad"  # HashiCorp's binary: the trigger path
+
+_PATH_OK = re.compile(r"^(/[A-Za-z0-9._+@-]+)+$")
+_NAME_OK = re.compile(r"^[a-z_][a-z0-9_-]*[$]?$")  # adduser's default NAME_REGEX, roughly
+_PKG_OK = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")  # Debian policy 5.6.1
+_UNIT_OK = re.compile(r"^[A-Za-z0-9:_.@-]+$")
+_DEB_VERSION_OK = re.compile(r"^\d+(\.\d+)*$")
+
+# ELF e_machine -> Debian architecture (little-endian unless noted).
+_ELF_MACHINES = {3: "i386", 40: "armhf", 62: "amd64", 183: "arm64", 243: "riscv64"}
+
+
+# ---------------------------------------------------------------- names
+
+
+def deb_version(version: int) -> str:
+    """The Debian version of state's integer package version: "1", "2", ..."""
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise BuildError(f"package version must be a positive integer: {version!r}")
+    return str(version)
+
+
+def deb_arch(binary: bytes | None, what: str = "bundled nomad binary") -> str:
+    """Debian architecture of a package carrying `binary` ("all" for none or a script)."""
+    if binary is None or binary[:2] == b"#!":
+        return "all"
+    if binary[:4] != b"\x7fELF" or len(binary) < 64:
+        raise UserError(f"{what}: neither an ELF executable nor a script")
+    if binary[5] != 1:
+        raise UserError(f"{what}: big-endian ELF is not a Debian architecture this tool knows")
+    machine = int.from_bytes(binary[18:20], "little")
+    arch = _ELF_MACHINES.get(machine)
+    if arch is None:
+        raise UserError(f"{what}: ELF machine {machine} is not a Debian architecture")
+    if binary[7] not in (0, 3):  # ELFOSABI_NONE / ELFOSABI_GNU: a Linux binary
+        raise UserError(f"{what}: not a Linux executable (ELF OS ABI {binary[7]})")
+    return arch
+
+
+def _role_text(node: Node) -> str:
+    return {"server": "server", "client": "client", "both": "server and client"}[node.role]
+
+
+# ---------------------------------------------------------------- templates
+
+
+def _sh(value: object) -> str:
+    return shlex.quote(str(value))
+
+
+def _long_description(text: str) -> str:
+    """Paragraphs (blank-line separated) as a control file's extended description."""
+    paragraphs = [" ".join(p.split()) for p in re.split(r"\n\s*\n", text.strip())]
+    lines: list[str] = []
+    for p in paragraphs:
+        if lines:
+            lines.append(" .")
+        lines += [f" {ln}" for ln in textwrap.wrap(p, 72, break_on_hyphens=False)]
+    return "\n".join(lines) + "\n"
+
+
+@cache
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(data_root())),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,  # shell and control files: values are quoted by the sh filter
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["sh"] = _sh
+    env.filters["octal"] = lambda mode: f"{mode:04o}"
+    env.filters["deb_long"] = _long_description
+    return env
+
+
+def _render(name: str, **context: object) -> bytes:
+    return _env().get_template(f"packaging/debian/{name}").render(**context).encode()
+
+
+# ---------------------------------------------------------------- checks
+
+
+def _check_text(value: str, what: str) -> str:
+    if not value or "\n" in value or "\r" in value or value != value.strip():
+        raise UserError(f"{what} {value!r} cannot go into a Debian control file")
+    return value
+
+
+def _check_tree(node: Node, tree: NodeTree) -> None:
+    if tree.os != "debian" or node.os != "debian":
+        raise BuildError(f"{node.name}: a Debian package needs a Debian NodeTree")
+    if tree.node != node.name:
+        raise BuildError(f"NodeTree of {tree.node} given for node {node.name}")
+    if not _PKG_OK.match(node.deb_package):
+        raise BuildError(f"{node.deb_package!r} is not a valid Debian package name")
+    paths = [f.path for f in tree.files] + [d.path for d in tree.dirs]
+    if len(set(paths)) != len(paths):
+        raise BuildError(f"{node.name}: a path appears twice in the NodeTree")
+    for p in paths:
+        if not _PATH_OK.match(p) or "/../" in p + "/" or "/./" in p + "/":
+            raise BuildError(f"cannot package {p!r}: not a plain absolute path")
+    svc = tree.service
+    if not _UNIT_OK.match(svc.name):
+        raise BuildError(f"systemd unit name {svc.name!r} has unusable characters")
+    acct = svc.account
+    for name in (acct.user, acct.group, *acct.extra_groups):
+        if not _NAME_OK.match(name):
+            raise BuildError(f"user or group name {name!r} is not usable on Debian")
+    for f in tree.files:
+        for name in (f.owner, f.group):
+            if not _NAME_OK.match(name):
+                raise BuildError(f"{f.path}: owner/group {name!r} is not usable on Debian")
+        if f.mode & ~0o7777:
+            raise BuildError(f"{f.path}: mode {f.mode:o} is not a permission mode")
+    for d in tree.dirs:
+        if d.mode & ~0o7777:
+            raise BuildError(f"{d.path}: mode {d.mode:o} is not a permission mode")
+    if svc.unit_path not in {f.path for f in tree.files}:
+        raise BuildError(f"{node.name}: the NodeTree has no {svc.unit_path}")
+
+
+# ---------------------------------------------------------------- contents
+
+
+@dataclass(frozen=True)
+class _Payload:
+    """One regular file of data.tar and what postinst must make of it."""
+
+    path: str  # absolute
+    data: bytes
+    mode: int  # as shipped
+    final: NodeFile | None  # the NodeTree file (None for generated docs)
+
+    @property
+    def fixup(self) -> bool:
+        """True when postinst must chown/chmod it (shipped root:root <mode>)."""
+        f = self.final
+        return f is not None and (f.owner, f.group, f.mode) != ("root", "root", self.mode)
+
+
+def _shipped_mode(f: NodeFile) -> int:
+    """Secrets travel root:root 0600; the rest with their final mode (setuid bits dropped
+    when the final owner is not root: postinst sets them after chown)."""
+    if f.is_secret:
+        return 0o600
+    if (f.owner, f.group) != ("root", "root"):
+        return f.mode & 0o700
+    return f.mode
+
+
+def _changelog(pkg: str, version: str, node: Node, tree: NodeTree, mtime: int) -> bytes:
+    when = format_datetime(datetime.fromtimestamp(mtime, UTC))
+    return _render(
+        "changelog.j2",
+        package=pkg,
+        version=version,
+        node=node,
+        role_text=_role_text(node),
+        digest=tree.digest()[:16],
+        maintainer=node.packages.maintainer,
+        date=when,
+    )
+
+
+def _installed_size(payload: list[_Payload], dirs: list[str]) -> int:
+    """KiB as dpkg-gencontrol counts: each file rounded up, each directory one."""
+    return sum((len(p.data) + 1023) // 1024 for p in payload) + len(dirs)
+
+
+def _parents(path: str) -> list[str]:
+    return [str(p) for p in PurePosixPath(path).parents if str(p) != "/"]
+
+
+def _sort_key(path: str) -> tuple[str, ...]:
+    return PurePosixPath(path).parts
+
+
+def build_deb(node: Node, tree: NodeTree, *, version: int, mtime: int) -> Artifact:
+    """debian/<pkg>_<version>_<arch>.deb for one node (arch "all" unless an ELF is bundled)."""
+    _check_tree(node, tree)
+    if mtime < 0:
+        raise BuildError(f"mtime must not be negative: {mtime}")
+    pkg = node.deb_package
+    ver = deb_version(version)
+    settings = node.packages
+    maintainer = _check_text(settings.maintainer, "packages.maintainer")
+    min_version = settings.nomad_min_version
+    if not _DEB_VERSION_OK.match(min_version):
+        raise UserError(f"packages.nomad_min_version {min_version!r} is not like 1.7.0")
+
+    svc = tree.service
+    bundle = settings.bundle
+    binaries = [f for f in tree.files if f.kind == "binary"]
+    if bundle is not None and not binaries:
+        raise BuildError(f"{node.name}: a bundled binary is configured but not in the NodeTree")
+    if bundle is None and binaries:
+        raise BuildError(f"{node.name}: the NodeTree has a binary but no bundle is configured")
+    arch = "all"
+    for b in binaries:
+        arch = deb_arch(b.content, f"{b.path} (bundled)")
+    bundled = bundle is not None
+    unit = f"{svc.name}.service"
+    # Our own unit (bundled) or a drop-in for HashiCorp's.
+    ships_unit = svc.unit_path.endswith(f"/{unit}")
+
+    doc = f"/usr/share/doc/{pkg}"
+    payload: list[_Payload] = [_Payload(f.path, f.content, _shipped_mode(f), f) for f in tree.files]
+    context: dict[str, object] = {
+        "package": pkg,
+        "version": ver,
+        "node": node,
+        "tree": tree,
+        "service": svc,
+        "account": svc.account,
+        "unit": unit,
+        "ships_unit": ships_unit,
+        "role_text": _role_text(node),
+        "bundled": bundled,
+        "bundle_version": bundle.version if bundle else "",
+        "hashicorp_config": HASHICORP_CONFIG,
+        "diverted": DIVERTED,
+        "maintainer": maintainer,
+        "min_version": min_version,
+        "virtual": VIRTUAL,
+        "odd_modes": [(p.path, p.mode) for p in payload if p.mode not in (0o644, 0o755)],
+        "snippets": [
+            (p.path, p.data[2:].split(maxsplit=1)[0].decode())
+            for p in payload
+            if p.data.startswith(b"#!/") and not p.mode & 0o111
+        ],
+        "year": datetime.fromtimestamp(mtime, UTC).year,
+    }
+    payload += [
+        _Payload(f"{doc}/copyright", _render("copyright.j2", **context), 0o644, None),
+        _Payload(
+            f"{doc}/changelog.gz",
+            gzip_bytes(_changelog(pkg, ver, node, tree, mtime)),
+            0o644,
+            None,
+        ),
+        _Payload(
+            f"/usr/share/lintian/overrides/{pkg}",
+            _render("lintian-overrides.j2", **context),
+            0o644,
+            None,
+        ),
+    ]
+    payload.sort(key=lambda p: _sort_key(p.path))
+    if len({p.path for p in payload}) != len(payload):
+        raise BuildError(f"{node.name}: a NodeTree file collides with the package's own files")
+
+    dirs = sorted({d for p in payload for d in _parents(p.path)}, key=_sort_key)
+    conffiles = [p.path for p in payload if p.path.startswith("/etc/")]
+    fixups = [p.final for p in payload if p.fixup and p.final is not None]
+
+    # data.tar: "./", directories and files in path order (parents first).
+    entries = [TarEntry("./", mode=0o755, mtime=mtime, type="dir")]
+    by_path: dict[str, TarEntry] = {}
+    for d in dirs:
+        by_path[d] = TarEntry(f".{d}/", mode=0o755, mtime=mtime, type="dir")
+    for p in payload:
+        by_path[p.path] = TarEntry(f".{p.path}", p.data, mode=p.mode, mtime=mtime)
+    entries += [by_path[k] for k in sorted(by_path, key=_sort_key)]
+    data_tar = gzip_bytes(ustar(entries))
+
+    # control.tar
+    context.update(
+        fixups=fixups,
+        data_dirs=list(tree.dirs),
+        conffiles=conffiles,
+        trigger=not bundled,
+        nomad_binary=NOMAD_BINARY,
+        installed_size=_installed_size(payload, dirs),
+        arch=arch,
+        depends=", ".join(
+            ([] if bundled else [f"{HASHICORP_PACKAGE} (>= {min_version})"]) + ["adduser"]
+        ),
+        conflicts=", ".join([VIRTUAL] + ([HASHICORP_PACKAGE] if bundled else [])),
+        replaces=", ".join([VIRTUAL] + ([HASHICORP_PACKAGE] if bundled else [])),
+        provides=VIRTUAL,
+    )
+    control = _render("control.j2", **context)
+    md5sums = "".join(
+        f"{hashlib.md5(p.data).hexdigest()}  {p.path.lstrip('/')}\n"
+        for p in payload
+        if p.path not in conffiles
+    ).encode()
+    members: list[tuple[str, bytes, int]] = [
+        ("conffiles", "".join(f"{c}\n" for c in conffiles).encode(), 0o644),
+        ("control", control, 0o644),
+        ("md5sums", md5sums, 0o644),
+    ]
+    for script in ("postinst", "postrm", "preinst", "prerm"):
+        members.append((script, _render(f"{script}.j2", **context), 0o755))
+    if not bundled:
+        members.append(("triggers", _render("triggers.j2", **context), 0o644))
+    members.sort()
+    control_entries = [TarEntry("./", mode=0o755, mtime=mtime, type="dir")]
+    control_entries += [
+        TarEntry(f"./{name}", data, mode=mode, mtime=mtime) for name, data, mode in members
+    ]
+    control_tar = gzip_bytes(ustar(control_entries))
+
+    deb = ar(
+        [
+            ("debian-binary", b"2.0\n"),
+            ("control.tar.gz", control_tar),
+            ("data.tar.gz", data_tar),
+        ],
+        mtime=mtime,
+    )
+    return Artifact(
+        path=f"debian/{pkg}_{ver}_{arch}.deb",
+        data=deb,
+        secret=any(f.is_secret for f in tree.files),
+    )
