@@ -201,12 +201,6 @@ class _Payload:
     mode: int  # as shipped
     final: NodeFile | None  # the NodeTree file (None for generated docs)
 
-    @property
-    def fixup(self) -> bool:
-        """True when postinst must chown/chmod it (shipped root:root <mode>)."""
-        f = self.final
-        return f is not None and (f.owner, f.group, f.mode) != ("root", "root", self.mode)
-
 
 def _shipped_mode(f: NodeFile) -> int:
     """Secrets travel root:root 0600; the rest with their final mode (setuid bits dropped
@@ -321,7 +315,11 @@ def build_deb(node: Node, tree: NodeTree, *, version: int, mtime: int) -> Artifa
 
     dirs = sorted({d for p in payload for d in _parents(p.path)}, key=_sort_key)
     conffiles = [p.path for p in payload if p.path.startswith("/etc/")]
-    fixups = [p.final for p in payload if p.fixup and p.final is not None]
+    # postinst sets owner, group and mode of every NodeTree file (HashiCorp's
+    # postinst chowns /etc/nomad.d recursively; the trigger runs ours again after it)
+    # and puts the directories of ours under /etc back to root:root 0755.
+    owned = list(tree.files)
+    etc_dirs = [d for d in dirs if d.startswith("/etc/")]
 
     # data.tar: "./", directories and files in path order (parents first).
     entries = [TarEntry("./", mode=0o755, mtime=mtime, type="dir")]
@@ -335,7 +333,8 @@ def build_deb(node: Node, tree: NodeTree, *, version: int, mtime: int) -> Artifa
 
     # control.tar
     context.update(
-        fixups=fixups,
+        owned=owned,
+        etc_dirs=etc_dirs,
         data_dirs=list(tree.dirs),
         conffiles=conffiles,
         trigger=not bundled,
