@@ -1,0 +1,318 @@
+"""The signed apt repository: repo/debian/, served as is by any web server.
+
+SERVE IT ONLY TO THE CLUSTER'S OWN NODES, OVER A PRIVATE NETWORK. Each
+node's .deb holds that node's TLS private key (and a server's holds the
+gossip key); the repository's signature proves where a package comes from,
+it hides nothing. Anyone who can fetch pool/ can read every node's key.
+
+Layout (Debian's "dists + pool" archive format, what apt-ftparchive writes):
+
+- ``pool/<component>/<prefix>/<package>/<file>.deb``: the packages, byte for
+  byte (prefix: first letter, or "lib" + one letter for lib* names);
+- ``dists/<suite>/<component>/binary-<arch>/Packages`` and ``Packages.gz``:
+  one stanza per package, its control fields (read from the .deb itself:
+  ar → control.tar.* → ./control) plus Filename, Size, MD5sum, SHA256;
+  arch is the packages' Architecture (``all`` for nomad-build's packages);
+- ``dists/<suite>/Release``: Origin, Label, Suite, Codename, Date,
+  Architectures, Components, Description, Acquire-By-Hash: no, and the
+  MD5Sum / SHA256 lists (hash, size, path) of every index file;
+- ``dists/<suite>/InRelease`` (clear-signed Release) and ``Release.gpg``
+  (detached), both signed with the repository key (builder.openpgp) and
+  dated from ``mtime``;
+- ``nomad-build-archive-keyring.gpg``: the binary public keyring, to install
+  as ``/etc/apt/keyrings/nomad-build-archive-keyring.gpg``;
+- ``nomad-build.sources``: the deb822 source for /etc/apt/sources.list.d/,
+  ``Signed-By:`` that keyring. ``URIs:`` is ``repo_url`` — the URL at which
+  this ``repo/debian/`` directory is served — or, without one, a marked
+  placeholder in the reserved ``.invalid`` domain that apt cannot reach.
+
+No Valid-Until: the same state must rebuild the same bytes, so a mirror can
+replay an older (validly signed) Release; publish over a network you trust.
+Everything is sorted and a function of the inputs: two builds are identical.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import lzma
+import posixpath
+import re
+import tarfile
+import time
+
+from builder import openpgp
+from builder.archive import gzip_bytes
+from builder.errors import BuildError
+from builder.writers import Artifact
+
+__all__ = [
+    "KEYRING_FILE",
+    "KEYRING_PATH",
+    "REPO_DIR",
+    "SOURCES_FILE",
+    "build_apt_repo",
+    "deb_control",
+    "parse_control",
+]
+
+REPO_DIR = "repo/debian"
+KEYRING_FILE = "nomad-build-archive-keyring.gpg"
+KEYRING_PATH = f"/etc/apt/keyrings/{KEYRING_FILE}"  # where the .sources file expects it
+SOURCES_FILE = "nomad-build.sources"
+PLACEHOLDER_URL = "https://REPLACE-WITH-REPO-URL.invalid/debian"
+ORIGIN = "nomad-build"
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9.+-]+$")  # Debian policy §5.6.1
+_WORD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+_ADDED = ("Filename", "Size", "MD5sum", "SHA1", "SHA256", "SHA512")
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+# ---------------------------------------------------------------- reading a .deb
+
+
+def _ar_members(data: bytes, what: str) -> dict[str, bytes]:
+    if not data.startswith(b"!<arch>\n"):
+        raise BuildError(f"{what}: not a .deb (no ar magic)")
+    members: dict[str, bytes] = {}
+    pos = 8
+    while pos < len(data):
+        header = data[pos : pos + 60]
+        if len(header) < 60 or header[58:60] != b"`\n":
+            raise BuildError(f"{what}: corrupt ar header at byte {pos}")
+        name = header[:16].decode("ascii", "replace").rstrip().removesuffix("/")
+        try:
+            size = int(header[48:58].decode("ascii").strip())
+        except ValueError:
+            raise BuildError(f"{what}: corrupt ar member size at byte {pos}") from None
+        start = pos + 60
+        if start + size > len(data):
+            raise BuildError(f"{what}: truncated ar member {name}")
+        members[name] = data[start : start + size]
+        pos = start + size + (size & 1)
+    return members
+
+
+def deb_control(deb: bytes, what: str = ".deb") -> bytes:
+    """The ./control file of a binary package, read from its bytes."""
+    members = _ar_members(deb, what)
+    if members.get("debian-binary", b"")[:4] != b"2.0\n":
+        raise BuildError(f"{what}: not a Debian binary package (debian-binary is not 2.0)")
+    names = [n for n in members if n == "control.tar" or n.startswith("control.tar.")]
+    if len(names) != 1:
+        raise BuildError(f"{what}: expected one control.tar member, found {names}")
+    blob = members[names[0]]
+    try:
+        if names[0] == "control.tar.gz":
+            blob = gzip.decompress(blob)
+        elif names[0] == "control.tar.xz":
+            blob = lzma.decompress(blob)
+        elif names[0] != "control.tar":
+            raise BuildError(f"{what}: {names[0]}: compression not supported here")
+        with tarfile.open(fileobj=io.BytesIO(blob), mode="r:") as tar:
+            for info in tar:
+                if info.name in ("./control", "control") and info.isfile():
+                    f = tar.extractfile(info)
+                    assert f is not None
+                    return f.read()
+    except (OSError, EOFError, lzma.LZMAError, tarfile.TarError) as e:
+        raise BuildError(f"{what}: unreadable {names[0]}: {e}") from None
+    raise BuildError(f"{what}: {names[0]} has no ./control")
+
+
+def parse_control(text: bytes, what: str = "control") -> list[tuple[str, str]]:
+    """One deb822 stanza as (field, value) in order; continuation lines kept in the value."""
+    try:
+        s = text.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BuildError(f"{what}: not UTF-8") from None
+    fields: list[tuple[str, str]] = []
+    for line in s.rstrip("\n").split("\n"):
+        if not line.strip():
+            raise BuildError(f"{what}: more than one stanza")
+        if line[0] in " \t":
+            if not fields:
+                raise BuildError(f"{what}: continuation line before any field")
+            name, value = fields[-1]
+            fields[-1] = (name, value + "\n" + line)
+            continue
+        name, sep, value = line.partition(":")
+        if not sep or not re.fullmatch(r"[!-9;-~][!-9;-~]*", name):
+            raise BuildError(f"{what}: not a field: {line!r}")
+        fields.append((name, value.strip()))
+    names = [n.lower() for n, _ in fields]
+    if len(set(names)) != len(names):
+        raise BuildError(f"{what}: a field appears twice")
+    return fields
+
+
+# ---------------------------------------------------------------- the repository
+
+
+def _pool_prefix(package: str) -> str:
+    return package[:4] if package.startswith("lib") and len(package) > 3 else package[0]
+
+
+def _rfc2822(mtime: int) -> str:
+    t = time.gmtime(mtime)
+    return (
+        f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "
+        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} UTC"
+    )
+
+
+def _stanza(fields: list[tuple[str, str]]) -> str:
+    return "".join(f"{n}: {v}\n" if v else f"{n}:\n" for n, v in fields)
+
+
+def _check_word(kind: str, value: str) -> None:
+    if not _WORD.match(value) or "/" in value:
+        raise BuildError(f"apt repository {kind} {value!r}: letters, digits and . _ + - only")
+
+
+def build_apt_repo(
+    debs: list[Artifact],
+    *,
+    suite: str,
+    component: str,
+    signing_key: bytes,
+    mtime: int,
+    repo_url: str | None = None,
+) -> list[Artifact]:
+    """repo/debian/: pool, Packages(.gz), Release, InRelease, Release.gpg, keyring, .sources."""
+    _check_word("suite", suite)
+    _check_word("component", component)
+    if not debs:
+        raise BuildError("an apt repository needs at least one .deb")
+
+    # (architecture, package, version) -> (pool path, artifact, control fields)
+    entries: dict[tuple[str, str, str], tuple[str, Artifact, list[tuple[str, str]]]] = {}
+    pool_paths: set[str] = set()
+    for a in debs:
+        name = posixpath.basename(a.path)
+        if not name.endswith(".deb") or len(name) <= 4:
+            raise BuildError(f"not a .deb artifact: {a.path}")
+        fields = parse_control(deb_control(a.data, a.path), f"{a.path}: control")
+        got = dict(fields)
+        for need in ("Package", "Version", "Architecture", "Maintainer", "Description"):
+            if not got.get(need):
+                raise BuildError(f"{a.path}: control has no {need}")
+        if any(f in got for f in _ADDED):
+            raise BuildError(f"{a.path}: control already has repository fields")
+        pkg, version, arch = got["Package"], got["Version"], got["Architecture"]
+        if not _NAME.match(pkg) or not _WORD.match(arch):
+            raise BuildError(f"{a.path}: bad Package {pkg!r} or Architecture {arch!r}")
+        key = (arch, pkg, version)
+        if key in entries:
+            raise BuildError(f"two packages {pkg} {version} ({arch}): {a.path}")
+        pool = f"pool/{component}/{_pool_prefix(pkg)}/{pkg}/{name}"
+        if pool in pool_paths:
+            raise BuildError(f"two packages would be {pool}")
+        pool_paths.add(pool)
+        entries[key] = (pool, a, fields)
+
+    out: list[Artifact] = []
+    for pool, a, _ in sorted(entries.values(), key=lambda e: e[0]):
+        out.append(Artifact(f"{REPO_DIR}/{pool}", a.data, a.secret))
+
+    # Index files, by architecture; paths relative to dists/<suite>/.
+    indexes: dict[str, bytes] = {}
+    for arch in sorted({k[0] for k in entries}):
+        stanzas = []
+        for k in sorted(k for k in entries if k[0] == arch):
+            pool, a, fields = entries[k]
+            added = [
+                ("Filename", pool),
+                ("Size", str(len(a.data))),
+                ("MD5sum", hashlib.md5(a.data).hexdigest()),
+                ("SHA256", hashlib.sha256(a.data).hexdigest()),
+            ]
+            # dpkg-scanpackages' place for them: after the other fields, before Description.
+            desc = [f for f in fields if f[0] == "Description"]
+            rest = [f for f in fields if f[0] != "Description"]
+            stanzas.append(_stanza(rest + added + desc))
+        packages = "\n".join(stanzas).encode("utf-8")
+        base = f"{component}/binary-{arch}/Packages"
+        indexes[base] = packages
+        indexes[base + ".gz"] = gzip_bytes(packages)
+
+    key = openpgp.parse_secret_key(signing_key)
+    architectures = sorted({k[0] for k in entries})
+    release_fields = [
+        ("Origin", ORIGIN),
+        ("Label", key.user_id),
+        ("Suite", suite),
+        ("Codename", suite),
+        ("Date", _rfc2822(mtime)),
+        ("Architectures", " ".join(architectures)),
+        ("Components", component),
+        ("Description", "Per-node Nomad configuration packages made by nomad-build"),
+        ("Acquire-By-Hash", "no"),
+    ]
+    release = _stanza(release_fields)
+    width = len(str(max(len(d) for d in indexes.values())))
+    for field, fn in (("MD5Sum", hashlib.md5), ("SHA256", hashlib.sha256)):
+        release += f"{field}:\n"
+        for path in sorted(indexes):
+            data = indexes[path]
+            release += f" {fn(data).hexdigest()} {len(data):>{width}} {path}\n"
+    release_bytes = release.encode("utf-8")
+
+    dists = f"{REPO_DIR}/dists/{suite}"
+    for path in sorted(indexes):
+        out.append(Artifact(f"{dists}/{path}", indexes[path], secret=False))
+    out += [
+        Artifact(f"{dists}/Release", release_bytes, secret=False),
+        Artifact(
+            f"{dists}/Release.gpg",
+            openpgp.detached_signature(signing_key, release_bytes, created=mtime),
+            secret=False,
+        ),
+        Artifact(
+            f"{dists}/InRelease",
+            openpgp.clearsign(signing_key, release_bytes, created=mtime),
+            secret=False,
+        ),
+        Artifact(f"{REPO_DIR}/{KEYRING_FILE}", openpgp.public_keyring(signing_key), secret=False),
+        Artifact(
+            f"{REPO_DIR}/{SOURCES_FILE}",
+            sources_file(
+                suite=suite,
+                component=component,
+                repo_url=repo_url,
+                fingerprint=key.fingerprint.hex().upper(),
+            ),
+            secret=False,
+        ),
+    ]
+    return out
+
+
+def sources_file(*, suite: str, component: str, repo_url: str | None, fingerprint: str) -> bytes:
+    """The deb822 source nodes install as /etc/apt/sources.list.d/nomad-build.sources."""
+    lines = [
+        "# nomad-build: the cluster's per-node configuration packages.",
+        f"# Install {KEYRING_FILE} as {KEYRING_PATH} (mode 0644);",
+        f"# key fingerprint {fingerprint}.",
+        "# Serve this repository only to the cluster's nodes, over a private network:",
+        "# each package holds its node's private key.",
+    ]
+    if repo_url is None:
+        lines.append(
+            "# PLACEHOLDER: set URIs to the URL where repo/debian/ is served "
+            "(packages.repo_url in the cluster file)."
+        )
+    url = (repo_url or PLACEHOLDER_URL).rstrip("/")
+    if any(c.isspace() for c in url):
+        raise BuildError(f"repository URL has white space: {url!r}")
+    lines += [
+        "Types: deb",
+        f"URIs: {url}",
+        f"Suites: {suite}",
+        f"Components: {component}",
+        f"Signed-By: {KEYRING_PATH}",
+    ]
+    return ("\n".join(lines) + "\n").encode("utf-8")
