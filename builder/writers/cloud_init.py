@@ -1,0 +1,297 @@
+"""cloud-init NoCloud seed of one Debian node: images/<node>/seed.iso.
+
+The seed is an ISO 9660 image (Joliet + Rock Ridge, volume label ``cidata``)
+written in pure Python with pycdlib, holding:
+
+- ``meta-data``: instance-id derived from everything the seed delivers (a
+  changed package, key or address is a new instance, so cloud-init runs
+  again), local-hostname;
+- ``user-data`` (``#cloud-config``): hostname/FQDN, the admin user with its SSH
+  keys (and crypt(3) password hash, when the cluster file gives one), and the
+  node's ``.deb``: from the signed apt repository when ``packages.repo_url``
+  is set (a deb822 source + its keyring via write_files, then ``packages:``),
+  else embedded (write_files, base64, 0600) and installed by runcmd. The
+  package's maintainer scripts enable and start the agent;
+- ``network-config`` (v2): the node's static address when the cluster file
+  gives a prefix, else DHCP, written the way Debian 12's ifupdown renderer
+  handles (the literal interface name as the key, or a MAC match plus
+  set-name; a bare ``match: {name: …}`` is rendered under the key instead).
+  Left out when the cluster file names neither an interface nor a MAC for a
+  DHCP node: cloud-init's fallback (DHCP on the first NIC) is then right.
+
+The .deb holds the node's private key, so the seed is secret (written 0600).
+Byte-identical for the same inputs: pycdlib's clock is pinned to ``mtime``
+(UTC) while the image is built.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import ipaddress
+import json
+import posixpath
+import re
+import threading
+import time
+import types
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import jinja2
+
+import builder
+from builder.data import data_root
+from builder.errors import BuildError, UserError
+from builder.model import Node
+from builder.nodetree import NodeTree
+from builder.writers import Artifact
+
+__all__ = [
+    "DEB_DIR",
+    "NetworkPlan",
+    "build_cloud_init_seed",
+    "deb_file_name",
+    "keyring_file_name",
+    "network_plan",
+    "render",
+    "seed_iso",
+]
+
+DEB_DIR = "/var/lib/nomad-build"  # where an embedded .deb is written on the node
+KEYRING_DIR = "/etc/apt/keyrings"
+SOURCES_FILE = "/etc/apt/sources.list.d/nomad-build.sources"
+_DEB_NAME = re.compile(r"^[a-z0-9][a-z0-9.+-]*_[A-Za-z0-9.+~:-]+_[a-z0-9-]+\.deb$")
+_ISO_LOCK = threading.Lock()
+
+
+# ---------------------------------------------------------------- templates
+def _yaml_scalar(value: Any) -> str:
+    """A YAML value as JSON (a JSON document is valid YAML): quoting done once, right."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+@cache
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(data_root())),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,  # YAML and shell; values go through the yaml/sh filters
+    )
+    env.filters["yaml"] = _yaml_scalar
+    env.filters["sh"] = _sh_quote
+    env.filters["b64"] = lambda data: base64.b64encode(data).decode("ascii")
+    return env
+
+
+def _sh_quote(value: str) -> str:
+    import shlex
+
+    return shlex.quote(value)
+
+
+def render(template: str, **context: Any) -> bytes:
+    """Render images/<template> with the tool's version in the context."""
+    return _env().get_template(template).render(version=builder.__version__, **context).encode()
+
+
+# ---------------------------------------------------------------- network
+@dataclass(frozen=True)
+class NetworkPlan:
+    """What the node's network-config v2 says, shared with the autoinstall seed."""
+
+    key: str  # the ethernets key: the interface name the node ends up with
+    mac: str | None  # matched by MAC (and renamed to `key` with set-name)
+    static: bool
+    cidr: str  # address/prefix when static
+    dhcp_key: str  # dhcp4 | dhcp6
+    gateway_key: str  # gateway4 | gateway6
+    gateway: str | None
+    nameservers: tuple[str, ...]
+    search: tuple[str, ...]
+
+
+def _domain(node: Node) -> str:
+    suffix = node.fqdn[len(node.name) :]
+    return suffix[1:] if suffix.startswith(".") else ""
+
+
+def network_plan(node: Node, *, fallback_name: str = "eth0") -> NetworkPlan | None:
+    """The node's network, or None when cloud-init's own fallback (DHCP) is right."""
+    try:
+        addr = ipaddress.ip_address(node.address)
+    except ValueError:
+        raise UserError(f"node {node.name}: address {node.address!r} is not an IP") from None
+    static = node.prefix is not None
+    if node.interface is None and node.mac is None:
+        if static:
+            raise UserError(
+                f"node {node.name}: a static address in an image needs the node's "
+                "interface or mac in the cluster file (which NIC gets it?)"
+            )
+        return None
+    key = node.interface or fallback_name
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", key):
+        raise UserError(f"node {node.name}: interface {key!r} is not a Linux interface name")
+    v6 = addr.version == 6
+    return NetworkPlan(
+        key=key,
+        mac=node.mac,
+        static=static,
+        cidr=f"{addr}/{node.prefix}" if static else "",
+        dhcp_key="dhcp6" if v6 else "dhcp4",
+        gateway_key="gateway6" if v6 else "gateway4",
+        gateway=node.gateway if static else None,
+        nameservers=node.nameservers,
+        search=(_domain(node),) if _domain(node) else (),
+    )
+
+
+# ---------------------------------------------------------------- delivery
+def deb_file_name(deb: Artifact) -> str:
+    name = posixpath.basename(deb.path)
+    if not deb.path.startswith("debian/") or not _DEB_NAME.match(name):
+        raise BuildError(f"not a Debian package artifact: {deb.path}")
+    return name
+
+
+def keyring_file_name(keyring: bytes) -> str:
+    """apt reads both: an armored key as .asc, a binary keyring as .gpg."""
+    armored = keyring.lstrip().startswith(b"-----BEGIN PGP PUBLIC KEY BLOCK-----")
+    return f"{KEYRING_DIR}/nomad-build.{'asc' if armored else 'gpg'}"
+
+
+def apt_source(node: Node, keyring_path: str) -> bytes:
+    """deb822 source of the signed repository (`nomad-build repo` writes repo/debian/)."""
+    p = node.packages
+    assert p.repo_url is not None
+    return render(
+        "images/cloud-init/nomad-build.sources.j2",
+        uri=p.repo_url.rstrip("/") + "/debian",
+        suite=p.apt_suite,
+        component=p.apt_component,
+        keyring_path=keyring_path,
+    )
+
+
+# ---------------------------------------------------------------- ISO
+def seed_iso(files: list[tuple[str, bytes]], *, mtime: int, label: str = "cidata") -> bytes:
+    """An ISO 9660 + Joliet + Rock Ridge image of flat files, byte-identical per input.
+
+    pycdlib stamps volume and directory dates from time.time()/localtime(); they
+    are pinned to `mtime` in UTC while building (pycdlib offers no option).
+    """
+    import pycdlib
+    from pycdlib import dates, headervd
+    from pycdlib import pycdlib as pycdlib_core
+
+    if mtime < 0:
+        raise BuildError(f"mtime must not be negative: {mtime}")
+    names = [n for n, _ in files]
+    if len(set(names)) != len(names):
+        raise BuildError(f"two seed files share a name: {names}")
+    clock = types.SimpleNamespace(
+        time=lambda: float(mtime),
+        localtime=time.gmtime,
+        gmtime=time.gmtime,
+        strftime=time.strftime,
+    )
+    modules = (dates, headervd, pycdlib_core)
+    with _ISO_LOCK:
+        saved = [m.time for m in modules]  # type: ignore[attr-defined]
+        for m in modules:
+            m.time = clock  # type: ignore[attr-defined]
+        try:
+            iso = pycdlib.PyCdlib()
+            iso.new(
+                interchange_level=3,
+                joliet=3,
+                rock_ridge="1.09",
+                vol_ident=label,
+                app_ident_str="nomad-build",
+            )
+            for name, data in sorted(files):
+                iso9660 = "/" + re.sub(r"[^A-Z0-9_.]", "_", name.upper()) + ";1"
+                iso.add_fp(
+                    io.BytesIO(data),
+                    len(data),
+                    iso9660,
+                    rr_name=name,
+                    joliet_path="/" + name,
+                    file_mode=0o100400,
+                )
+            out = io.BytesIO()
+            iso.write_fp(out)
+            iso.close()
+        finally:
+            for m, t in zip(modules, saved, strict=True):
+                m.time = t  # type: ignore[attr-defined]
+    return out.getvalue()
+
+
+def content_id(*parts: bytes) -> str:
+    """A short digest of everything a seed delivers (length-prefixed, order-sensitive)."""
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(len(p).to_bytes(8, "big"))
+        h.update(p)
+    return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- the seed
+def user_context(node: Node, tree: NodeTree, deb: Artifact, repo_keyring: bytes | None) -> dict:
+    """What user-data (cloud-init and autoinstall) needs to say about the node."""
+    deb_name = deb_file_name(deb)
+    ctx: dict[str, Any] = {
+        "node": node,
+        "service": tree.service,
+        "domain": _domain(node),
+        "images": node.images,
+        "deb_name": deb_name,
+        "deb_path": f"{DEB_DIR}/{deb_name}",
+        "deb_data": deb.data,
+        "repo": None,
+    }
+    if node.packages.repo_url:
+        if repo_keyring is None:
+            raise BuildError(f"{node.name}: packages.repo_url is set but no repository keyring")
+        keyring_path = keyring_file_name(repo_keyring)
+        ctx["repo"] = {
+            "keyring_path": keyring_path,
+            "keyring": repo_keyring,
+            "sources_path": SOURCES_FILE,
+            "sources": apt_source(node, keyring_path).decode(),
+        }
+    return ctx
+
+
+def build_cloud_init_seed(
+    node: Node,
+    tree: NodeTree,
+    *,
+    deb: Artifact,
+    repo_keyring: bytes | None,
+    mtime: int,
+) -> Artifact:
+    """images/<node>/seed.iso: NoCloud seed that makes a Debian cloud image this node."""
+    if tree.node != node.name or tree.os != "debian":
+        raise BuildError(f"{node.name}: a cloud-init seed needs the node's Debian NodeTree")
+    ctx = user_context(node, tree, deb, repo_keyring)
+    user_data = render("images/cloud-init/user-data.j2", **ctx)
+    plan = network_plan(node)
+    files: list[tuple[str, bytes]] = [("user-data", user_data)]
+    if plan is not None:
+        files.append(
+            (
+                "network-config",
+                render("images/cloud-init/network-config.j2", net=plan, node_name=node.name),
+            )
+        )
+    iid = "nomad-build-" + node.name + "-" + content_id(*(data for _, data in files), deb.data)
+    files.append(
+        ("meta-data", render("images/cloud-init/meta-data.j2", node=node, instance_id=iid))
+    )
+    return Artifact(f"images/{node.name}/seed.iso", seed_iso(files, mtime=mtime), secret=True)
