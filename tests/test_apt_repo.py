@@ -34,6 +34,9 @@ from builder.writers.apt_repo import (
     deb_control,
     parse_control,
 )
+from builder.writers.deb import build_deb
+
+from conftest import render_all
 
 MTIME = 1_700_000_000
 KEY_TIME = MTIME - 3600
@@ -41,6 +44,12 @@ SUITE, COMPONENT = "stable", "main"
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def real_debs(directory: Path, *, version: int = 1) -> list[Artifact]:
+    """Every example node's .deb, rendered for Debian and written by builder.writers.deb."""
+    r = render_all(directory, "debian")
+    return [build_deb(r.node(n), t, version=version, mtime=MTIME) for n, t in r.trees.items()]
 
 
 def dpkg_deb_build(
@@ -500,3 +509,56 @@ def test_apt_refuses_another_keys_signature(
     r = apt.fresh_update()
     assert r.returncode == 100 and "NO_PUBKEY" in r.stdout + r.stderr, r.stdout + r.stderr
     assert apt.candidate("nomad-config-alpha") == "(none)"
+
+
+# ---------------------------------------------------------------- the example cluster's packages
+
+
+@pytest.fixture(scope="module")
+def example_debs(tmp_path_factory: pytest.TempPathFactory) -> list[Artifact]:
+    return real_debs(tmp_path_factory.mktemp("example"))
+
+
+def test_example_cluster_repository(
+    example_debs: list[Artifact], key: bytes, tmp_path: Path
+) -> None:
+    out = build_apt_repo(
+        example_debs, suite=SUITE, component=COMPONENT, signing_key=key, mtime=MTIME
+    )
+    pool = {a.path: a for a in out if a.path.endswith(".deb")}
+    assert len(pool) == len(example_debs) == 6
+    for a in example_debs:
+        name = a.path.removeprefix("debian/")
+        pkg = name.split("_")[0]
+        got = pool[f"{REPO_DIR}/pool/{COMPONENT}/n/{pkg}/{name}"]
+        assert got.data == a.data and got.secret and a.secret  # node keys inside
+    assert not [a.path for a in out if a.secret and not a.path.endswith(".deb")]
+    root = write(out, tmp_path)
+    packages = (root / f"dists/{SUITE}/{COMPONENT}/binary-all/Packages").read_bytes()
+    r = subprocess.run(
+        ["dpkg-scanpackages", "--multiversion", "pool", "/dev/null"],
+        cwd=root,
+        capture_output=True,
+        check=True,
+    )
+    want = [
+        {k: v for k, v in st.items() if k not in ("SHA1", "SHA512")} for st in stanzas(r.stdout)
+    ]
+    assert stanzas(packages) == sorted(want, key=lambda s: s["Package"])
+    assert {st["Package"] for st in stanzas(packages)} == {
+        a.path.removeprefix("debian/").split("_")[0] for a in example_debs
+    }
+    assert not (root / f"dists/{SUITE}/{COMPONENT}/binary-amd64").exists()
+    assert "Architectures: all\n" in (root / f"dists/{SUITE}/Release").read_text()
+
+
+def test_two_builds_from_the_same_state_are_byte_identical(tmp_path: Path, key: bytes) -> None:
+    """The same cluster and state rendered and packaged twice: the same repository bytes."""
+    runs = []
+    for _ in range(2):
+        debs = real_debs(tmp_path / "c")  # the second run reuses the first run's state/
+        runs.append(
+            build_apt_repo(debs, suite=SUITE, component=COMPONENT, signing_key=key, mtime=MTIME)
+        )
+    assert runs[0] == runs[1]
+    assert len(runs[0]) == 6 + 7
