@@ -47,7 +47,7 @@ from builder.data import data_root
 from builder.errors import BuildError, UserError
 from builder.model import Node
 from builder.nodetree import NodeTree
-from builder.writers import Artifact
+from builder.writers import Artifact, apt_repo
 
 __all__ = [
     "DEB_DIR",
@@ -61,8 +61,7 @@ __all__ = [
 ]
 
 DEB_DIR = "/var/lib/nomad-build"  # where an embedded .deb is written on the node
-KEYRING_DIR = "/etc/apt/keyrings"
-SOURCES_FILE = "/etc/apt/sources.list.d/nomad-build.sources"
+SOURCES_FILE = f"/etc/apt/sources.list.d/{apt_repo.SOURCES_FILE}"
 _DEB_NAME = re.compile(r"^[a-z0-9][a-z0-9.+-]*_[A-Za-z0-9.+~:-]+_[a-z0-9-]+\.deb$")
 _ISO_LOCK = threading.Lock()
 
@@ -109,6 +108,7 @@ class NetworkPlan:
     cidr: str  # address/prefix when static
     dhcp_key: str  # dhcp4 | dhcp6
     gateway_key: str  # gateway4 | gateway6
+    default_route: str  # 0.0.0.0/0 | ::/0
     gateway: str | None
     nameservers: tuple[str, ...]
     search: tuple[str, ...]
@@ -144,6 +144,7 @@ def network_plan(node: Node, *, fallback_name: str = "eth0") -> NetworkPlan | No
         cidr=f"{addr}/{node.prefix}" if static else "",
         dhcp_key="dhcp6" if v6 else "dhcp4",
         gateway_key="gateway6" if v6 else "gateway4",
+        default_route="::/0" if v6 else "0.0.0.0/0",
         gateway=node.gateway if static else None,
         nameservers=node.nameservers,
         search=(_domain(node),) if _domain(node) else (),
@@ -159,18 +160,21 @@ def deb_file_name(deb: Artifact) -> str:
 
 
 def keyring_file_name(keyring: bytes) -> str:
-    """apt reads both: an armored key as .asc, a binary keyring as .gpg."""
+    """Where the repository keyring goes (apt_repo's path; .asc if given armored)."""
     armored = keyring.lstrip().startswith(b"-----BEGIN PGP PUBLIC KEY BLOCK-----")
-    return f"{KEYRING_DIR}/nomad-build.{'asc' if armored else 'gpg'}"
+    path = apt_repo.KEYRING_PATH
+    return path.removesuffix(".gpg") + ".asc" if armored else path
 
 
 def apt_source(node: Node, keyring_path: str) -> bytes:
-    """deb822 source of the signed repository (`nomad-build repo` writes repo/debian/)."""
+    """deb822 source of the signed repository; repo_url is where repo/debian/ is served."""
     p = node.packages
     assert p.repo_url is not None
+    if any(c.isspace() for c in p.repo_url):
+        raise UserError(f"packages.repo_url has white space: {p.repo_url!r}")
     return render(
         "images/cloud-init/nomad-build.sources.j2",
-        uri=p.repo_url.rstrip("/") + "/debian",
+        uri=p.repo_url.rstrip("/"),
         suite=p.apt_suite,
         component=p.apt_component,
         keyring_path=keyring_path,
@@ -287,7 +291,12 @@ def build_cloud_init_seed(
         files.append(
             (
                 "network-config",
-                render("images/cloud-init/network-config.j2", net=plan, node_name=node.name),
+                render(
+                    "images/cloud-init/network-config.j2",
+                    net=plan,
+                    node_name=node.name,
+                    routes=False,
+                ),
             )
         )
     iid = "nomad-build-" + node.name + "-" + content_id(*(data for _, data in files), deb.data)

@@ -1,0 +1,76 @@
+"""Ubuntu Server autoinstall seed of one Debian-family node: images/<node>/autoinstall.iso.
+
+The same NoCloud ISO as the cloud-init seed (label ``cidata``, builder.writers.
+cloud_init.seed_iso), for the Ubuntu Server live installer (subiquity):
+
+- ``user-data``: ``#cloud-config`` whose ``autoinstall:`` key (version 1) is the
+  installer's answer file: identity (hostname, admin user, the crypt(3) hash
+  from the cluster file -- never a plain password), SSH server with the admin
+  keys, storage layout (LVM on the largest disk), timezone, network (netplan v2,
+  the cloud-init seed's network plan) and late-commands that install the node's
+  ``.deb`` into /target with ``curtin in-target``;
+- the rest of that user-data is the live session's own cloud-config:
+  ``write_files`` puts the embedded ``.deb`` (0600; or the repository's keyring
+  and deb822 source when ``packages.repo_url`` is set) under
+  /var/lib/nomad-build/ of the installer, where the late-commands copy it from;
+- ``meta-data``: instance-id from the content, local-hostname.
+
+Inside /target no service starts (curtin's chroot); the package enables the
+agent, which starts on the first boot of the installed system. Secret: the
+package holds the node's private key.
+"""
+
+from __future__ import annotations
+
+from builder.errors import BuildError, UserError
+from builder.model import Node
+from builder.nodetree import NodeTree
+from builder.writers import Artifact
+from builder.writers.cloud_init import (
+    DEB_DIR,
+    content_id,
+    network_plan,
+    render,
+    seed_iso,
+    user_context,
+)
+
+__all__ = ["STORAGE_LAYOUT", "build_autoinstall_seed"]
+
+STORAGE_LAYOUT = "lvm"  # subiquity's layouts: "lvm" or "direct" (plain partitions)
+
+
+def build_autoinstall_seed(
+    node: Node,
+    tree: NodeTree,
+    *,
+    deb: Artifact,
+    repo_keyring: bytes | None,
+    mtime: int,
+) -> Artifact:
+    """images/<node>/autoinstall.iso: answers the Ubuntu Server installer for this node."""
+    if tree.node != node.name or tree.os != "debian":
+        raise BuildError(f"{node.name}: an autoinstall seed needs the node's Debian NodeTree")
+    if not node.images.password_hash:
+        raise UserError(
+            f"node {node.name}: an autoinstall seed needs images.password_hash in the "
+            "cluster file (the installer's identity section requires a crypted password)"
+        )
+    ctx = user_context(node, tree, deb, repo_keyring)
+    plan = network_plan(node)
+    network = ""
+    if plan is not None:
+        network = render(
+            "images/cloud-init/network-config.j2", net=plan, node_name=node.name, routes=True
+        )
+    user_data = render(
+        "images/autoinstall/user-data.j2",
+        **ctx,
+        staging=DEB_DIR,
+        layout=STORAGE_LAYOUT,
+        network=network.decode() if network else "",
+    )
+    iid = "nomad-build-autoinstall-" + node.name + "-" + content_id(user_data, deb.data)
+    meta = render("images/cloud-init/meta-data.j2", node=node, instance_id=iid)
+    iso = seed_iso([("user-data", user_data), ("meta-data", meta)], mtime=mtime)
+    return Artifact(f"images/{node.name}/autoinstall.iso", iso, secret=True)
