@@ -341,9 +341,12 @@ def build_deb(node: Node, tree: NodeTree, *, version: int, mtime: int) -> Artifa
         nomad_binary=NOMAD_BINARY,
         installed_size=_installed_size(payload, dirs),
         arch=arch,
-        depends=", ".join(
-            ([] if bundled else [f"{HASHICORP_PACKAGE} (>= {min_version})"]) + ["adduser"]
-        ),
+        # HashiCorp's package must be configured before our preinst diverts its
+        # conffile: unpacked only, the conffile is still nomad.hcl.dpkg-new, which
+        # our own unpack of the same path would overwrite (and HashiCorp's default
+        # be lost). Hence Pre-Depends, not Depends.
+        pre_depends="" if bundled else f"{HASHICORP_PACKAGE} (>= {min_version})",
+        depends="adduser",
         conflicts=", ".join([VIRTUAL] + ([HASHICORP_PACKAGE] if bundled else [])),
         replaces=", ".join([VIRTUAL] + ([HASHICORP_PACKAGE] if bundled else [])),
         provides=VIRTUAL,
