@@ -1,0 +1,324 @@
+"""OpenBSD unattended install (autoinstall(8)) of the cluster's OpenBSD nodes.
+
+Everything lands flat in dist/openbsd-autoinstall/:
+
+- ``<mac>-install.conf`` (the cluster file gives the node's MAC; lower-case,
+  colon-separated, as the installer asks for it) else ``<hostname>-install.conf``:
+  the response file. autoinstall(8) fetches it from the DHCP next-server's
+  HTTP root, so it is served there. ``question = answer`` lines; the installer
+  takes the first line whose question part is a whole-word piece of its
+  question, case-insensitively, and uses each line once (install.sub
+  _autorespond). Answered: hostname, the network interface (by name, else by
+  lladdr) with the node's address or autoconf, default route, DNS, root and
+  admin passwords (a bcrypt hash, which the installer stores as given; no
+  hash: '*************', i.e. no password login), SSH keys, sshd, the root
+  disk and auto layout, sets over HTTP from ``images.openbsd_sets_url`` and
+  ``Set name(s)`` adding the site set.
+- ``site<XY>-<hostname>.tgz``: the node's site set, a tar.gz rooted at ``/``
+  (extracted last): the node's signed package under /var/nomad-build/, the
+  package signing public key as /etc/signify/<key_name>.pub (pkg_add -- signify
+  -t pkg -- trusts /etc/signify/*-pkg.pub), and ``/install.site`` (0755), which
+  the installer runs chrooted into the new system: it pkg_adds the package
+  (signature verified; the nomad port comes from the mirror in
+  /etc/installurl), enables the agent and hands the admin user all its SSH
+  keys and doas. When pkg_add cannot finish there (no route to a package
+  mirror yet), the same steps are left in /etc/rc.firsttime for the first boot.
+- ``index.txt`` and ``SHA256``: these go into the sets directory with the site
+  sets, beside the release's own sets (mirror <release>/<arch> there). The
+  installer only offers sets listed in index.txt, so ours lists the release's
+  sets too; SHA256 (``SHA256 (file) = hex``, like the release's) lists the
+  site sets.
+
+The site set is not in the release's signed SHA256.sig, so the installer asks
+``Unverified sets: site78-<host>.tgz. Continue without verification?``. The
+response file answers yes to exactly that question (the whole question is the
+key): if anything else ever came up unverified -- a release set whose
+SHA256.sig is missing, a second site set -- the question differs, has no
+answer, defaults to no and the install stops. The site set's payload is
+checked anyway: pkg_add verifies the package's signify signature.
+
+Site sets and response files hold a node's private key (inside the package) or
+password hash: secret, written 0600; serve them to the installing machines only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import re
+import urllib.parse
+from typing import Any
+
+from builder import signify
+from builder.archive import TarEntry, gzip_bytes, ustar
+from builder.errors import BuildError, UserError
+from builder.model import Node
+from builder.nodetree import NodeTree
+from builder.writers import Artifact
+from builder.writers.cloud_init import render
+
+__all__ = [
+    "OUT_DIR",
+    "PKG_DIR",
+    "build_openbsd_autoinstall",
+    "release_sets",
+    "response_file_name",
+    "site_set_name",
+    "split_sets_url",
+]
+
+OUT_DIR = "openbsd-autoinstall"
+PKG_DIR = "/var/nomad-build"  # where the site set puts the node's package
+NO_PASSWORD = "*************"  # install.sub: stored as is, no password login
+# Architectures whose release directory carries bsd, bsd.mp and bsd.rd.
+ARCHES = ("amd64", "arm64", "i386")
+_BCRYPT = re.compile(r"^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$")
+_PKG_FILE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]*-\d[A-Za-z0-9._+-]*\.tgz$")
+_KSH_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def xy(release: str) -> str:
+    """'7.8' -> '78' (set names: base78.tgz, site78-<host>.tgz)."""
+    if not re.fullmatch(r"\d\.\d", release):
+        raise UserError(f"images.openbsd_release {release!r} is not like 7.8")
+    return release.replace(".", "")
+
+
+def site_set_name(node: Node) -> str:
+    return f"site{xy(node.images.openbsd_release)}-{node.name}.tgz"
+
+
+def response_file_name(node: Node) -> str:
+    """What autoinstall(8) asks the next-server for: <lladdr>- first, then <hostname>-."""
+    if node.mac:
+        return f"{node.mac.lower()}-install.conf"
+    return f"{node.name}-install.conf"
+
+
+def split_sets_url(url: str) -> tuple[str, str, str, str]:
+    """(scheme, 'HTTP Server' answer, 'Server directory' answer, arch) of the sets URL."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise UserError(f"images.openbsd_sets_url {url!r} must be an http(s):// URL")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise UserError(f"images.openbsd_sets_url {url!r}: no query, fragment or user")
+    directory = parts.path.strip("/")
+    if not directory or re.search(r"[\s=]", directory):
+        raise UserError(
+            f"images.openbsd_sets_url {url!r} must name the sets directory, "
+            "e.g. http://10.20.130.10/pub/OpenBSD/7.8/amd64"
+        )
+    arch = directory.rsplit("/", 1)[-1]
+    if arch not in ARCHES:
+        raise UserError(
+            f"images.openbsd_sets_url {url!r} must end in the architecture "
+            f"({', '.join(ARCHES)}), like a mirror's <release>/<arch> directory"
+        )
+    return parts.scheme, parts.netloc, directory, arch
+
+
+def release_sets(release: str, arch: str) -> list[str]:
+    """The files of an OpenBSD release directory the installer looks for."""
+    v = xy(release)
+    sets = [f"{s}{v}.tgz" for s in ("base", "comp", "man", "game")]
+    sets += [f"{s}{v}.tgz" for s in ("xbase", "xshare", "xfont", "xserv")]
+    return ["BUILDINFO", f"INSTALL.{arch}", "SHA256.sig", "bsd", "bsd.mp", "bsd.rd", *sets]
+
+
+def _domain(node: Node) -> str:
+    suffix = node.fqdn[len(node.name) :]
+    return suffix[1:] if suffix.startswith(".") else ""
+
+
+def _password(node: Node) -> str:
+    pw = node.images.password_hash
+    if pw is None:
+        return NO_PASSWORD
+    if not _BCRYPT.match(pw):
+        raise UserError(
+            "images.password_hash: the OpenBSD installer takes only a bcrypt hash "
+            "($2b$…, e.g. from OpenBSD's `encrypt` or `mkpasswd -m bcrypt`); any "
+            "other value it would take as the password itself"
+        )
+    return pw
+
+
+def _network(node: Node) -> dict[str, Any]:
+    import ipaddress
+
+    try:
+        addr = ipaddress.ip_address(node.address)
+    except ValueError:
+        raise UserError(f"node {node.name}: address {node.address!r} is not an IP") from None
+    iface = node.interface or node.mac  # the installer takes a name or an lladdr
+    if iface is not None and not re.fullmatch(r"[a-z]+[0-9]+|[0-9a-f]{2}(:[0-9a-f]{2}){5}", iface):
+        raise UserError(f"node {node.name}: {iface!r} is not an OpenBSD interface name")
+    static = node.prefix is not None
+    net: dict[str, Any] = {"iface": iface, "static": static, "v6": addr.version == 6}
+    if static:
+        if iface is None:
+            raise UserError(
+                f"node {node.name}: a static address needs the node's interface or mac "
+                "in the cluster file (which NIC gets it?)"
+            )
+        network = ipaddress.ip_interface(f"{addr}/{node.prefix}").network
+        net["address"] = str(addr)
+        net["netmask"] = str(network.netmask) if addr.version == 4 else str(node.prefix)
+        net["gateway"] = node.gateway
+    net["nameservers"] = " ".join(node.nameservers)
+    return net
+
+
+def _check_package(node: Node, pkg: Artifact, pub_key: bytes) -> tuple[str, bool]:
+    """(file name, signed?) of the node's OpenBSD package; a signed one must verify."""
+    name = posixpath.basename(pkg.path)
+    if not pkg.path.startswith("openbsd/") or not _PKG_FILE.match(name):
+        raise BuildError(f"not an OpenBSD package artifact: {pkg.path}")
+    if not name.startswith(node.openbsd_stem + "-"):
+        raise BuildError(f"{pkg.path} is not node {node.name}'s package ({node.openbsd_stem})")
+    signed = len(pkg.data) > 3 and bool(pkg.data[3] & 0x10)  # gzip FCOMMENT: signify -z
+    if signed:
+        try:
+            signify.zverify(pkg.data, pub_key)
+        except UserError as e:
+            raise BuildError(f"{pkg.path}: does not verify with the signing key: {e}") from None
+    return name, signed
+
+
+def _site_set(
+    node: Node,
+    tree: NodeTree,
+    pkg: Artifact,
+    *,
+    pub_key: bytes,
+    key_name: str,
+    mtime: int,
+) -> bytes:
+    pkg_name, signed = _check_package(node, pkg, pub_key)
+    svc = tree.service.name
+    if not _KSH_IDENT.match(svc):
+        raise BuildError(f"{node.name}: service name {svc!r} is not an rc.d script name")
+    install_site = render(
+        "images/openbsd/install.site.j2",
+        node=node,
+        images=node.images,
+        service=svc,
+        pkg_path=f"{PKG_DIR}/{pkg_name}",
+        signed=signed,
+        key_name=key_name,
+        has_password=node.images.password_hash is not None,
+    )
+
+    def entry(name: str, data: bytes = b"", mode: int = 0o644, kind: str = "file") -> TarEntry:
+        return TarEntry(
+            name=name,
+            data=data,
+            mode=mode,
+            mtime=mtime,
+            uname="root",
+            gname="wheel",
+            type=kind,  # type: ignore[arg-type]
+        )
+
+    entries = [
+        entry(f"./etc/signify/{key_name}.pub", pub_key, 0o644),
+        entry("./install.site", install_site, 0o755),
+        entry("." + PKG_DIR, mode=0o700, kind="dir"),
+        entry(f".{PKG_DIR}/{pkg_name}", pkg.data, 0o600),
+    ]
+    return gzip_bytes(ustar(entries))
+
+
+def build_openbsd_autoinstall(
+    items: list[tuple[Node, NodeTree, Artifact]],
+    *,
+    pub_key: bytes,
+    key_name: str,
+    mtime: int,
+) -> list[Artifact]:
+    """openbsd-autoinstall/: response file + site set per node, index.txt, SHA256."""
+    if not items:
+        return []
+    if not re.fullmatch(r"[A-Za-z0-9_.]+(-[A-Za-z0-9_.]+)*-pkg", key_name):
+        raise UserError(f"signing key name {key_name!r} must end in -pkg (pkg_add -t pkg)")
+    signify.parse_public(pub_key)
+    if mtime < 0:
+        raise BuildError(f"mtime must not be negative: {mtime}")
+    first = items[0][0].images
+    for node, tree, _ in items:
+        if node.os != "openbsd" or tree.os != "openbsd" or tree.node != node.name:
+            raise BuildError(f"{node.name}: OpenBSD autoinstall needs the node's OpenBSD tree")
+        if (node.images.openbsd_release, node.images.openbsd_sets_url) != (
+            first.openbsd_release,
+            first.openbsd_sets_url,
+        ):
+            raise BuildError("all nodes of one OpenBSD autoinstall share release and sets URL")
+    if not first.openbsd_sets_url:
+        raise UserError(
+            "images.openbsd_sets_url: needed for OpenBSD autoinstall (the HTTP directory "
+            "holding the release's sets and the site sets)"
+        )
+    scheme, server, directory, arch = split_sets_url(first.openbsd_sets_url)
+
+    out: list[Artifact] = []
+    site_sets: dict[str, bytes] = {}
+    conf_names: set[str] = set()
+    for node, tree, pkg in sorted(items, key=lambda i: i[0].name):
+        site = site_set_name(node)
+        site_sets[site] = _site_set(
+            node, tree, pkg, pub_key=pub_key, key_name=key_name, mtime=mtime
+        )
+        conf_name = response_file_name(node)
+        if conf_name in conf_names:
+            raise UserError(f"two nodes would fetch the same response file {conf_name}")
+        conf_names.add(conf_name)
+        _one_line(
+            node,
+            *node.images.ssh_keys,
+            node.images.admin_user,
+            node.images.timezone,
+            node.images.openbsd_disk,
+            *node.nameservers,
+        )
+        first_key = node.images.ssh_keys[0] if node.images.ssh_keys else "none"
+        conf = render(
+            "images/openbsd/install.conf.j2",
+            node=node,
+            images=node.images,
+            domain=_domain(node),
+            net=_network(node),
+            password=_password(node),
+            user_key=first_key,
+            scheme=scheme,
+            server=server,
+            directory=directory,
+            site_set=site,
+        )
+        _check_response_file(conf, node)
+        out.append(Artifact(f"{OUT_DIR}/{conf_name}", conf, secret=True))
+        out.append(Artifact(f"{OUT_DIR}/{site}", site_sets[site], secret=True))
+
+    index = sorted({*release_sets(first.openbsd_release, arch), *site_sets})
+    out.append(Artifact(f"{OUT_DIR}/index.txt", ("\n".join(index) + "\n").encode(), False))
+    sums = "".join(
+        f"SHA256 ({name}) = {hashlib.sha256(data).hexdigest()}\n"
+        for name, data in sorted(site_sets.items())
+    )
+    out.append(Artifact(f"{OUT_DIR}/SHA256", sums.encode(), secret=False))
+    return sorted(out, key=lambda a: a.path)
+
+
+def _one_line(node: Node, *values: str) -> None:
+    for v in values:
+        if not v.strip() or any(c in v for c in "\r\n\0"):
+            raise UserError(f"node {node.name}: {v!r} cannot be one installer answer")
+
+
+def _check_response_file(conf: bytes, node: Node) -> None:
+    """Every line `question = answer` with a one-line, non-empty answer (install.sub's form)."""
+    for line in conf.decode().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        question, sep, answer = line.partition("=")
+        if not sep or not question.strip() or not answer.strip():
+            raise BuildError(f"{node.name}: response file line {line!r} is not 'question = answer'")
