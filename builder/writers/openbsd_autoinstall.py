@@ -72,7 +72,7 @@ PKG_DIR = "/var/nomad-build"  # where the site set puts the node's package
 NO_PASSWORD = "*************"  # install.sub: stored as is, no password login
 # Architectures whose release directory carries bsd, bsd.mp and bsd.rd.
 ARCHES = ("amd64", "arm64", "i386")
-_BCRYPT = re.compile(r"^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$")
+_BCRYPT = re.compile(r"^\$2[ab]\$\d\d\$[./A-Za-z0-9]{53}$")
 _PKG_FILE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]*-\d[A-Za-z0-9._+-]*\.tgz$")
 _KSH_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -137,7 +137,7 @@ def _password(node: Node) -> str:
     if not _BCRYPT.match(pw):
         raise UserError(
             "images.password_hash: the OpenBSD installer takes only a bcrypt hash "
-            "($2b$…, e.g. from OpenBSD's `encrypt` or `mkpasswd -m bcrypt`); any "
+            "($2b$ or $2a$, e.g. from OpenBSD's `encrypt` or `mkpasswd -m bcrypt`); any "
             "other value it would take as the password itself"
         )
     return pw
