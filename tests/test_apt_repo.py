@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from fake_nomad import STANDIN_VERSION, build_fake_nomad_deb
 
 from builder import openpgp
 from builder.errors import BuildError
@@ -36,6 +37,7 @@ from builder.writers.apt_repo import (
 )
 from builder.writers.deb import build_deb
 
+import debian_chroot
 from conftest import render_all
 
 MTIME = 1_700_000_000
@@ -562,3 +564,116 @@ def test_two_builds_from_the_same_state_are_byte_identical(tmp_path: Path, key: 
         )
     assert runs[0] == runs[1]
     assert len(runs[0]) == 6 + 7
+
+
+# ---------------------------------------------------------------- apt in a bookworm chroot
+
+REPO_INSIDE = "/srv/nomad-build"  # the chroot's copy of dist/: repo/debian/ below it
+NODE, OTHER_NODE = "bi-core-sbg-1", "bi-node-sbg-2"
+
+
+@pytest.fixture(scope="module")
+def chroot_repo(
+    example_debs: list[Artifact], key: bytes, tmp_path_factory: pytest.TempPathFactory
+) -> list[Artifact]:
+    """The example cluster's packages and the TEST-ONLY stand-in `nomad` (tests/fake_nomad)
+    in one repository, as it will be seen inside the chroot (file:, the .sources unchanged)."""
+    stand_in = build_fake_nomad_deb(tmp_path_factory.mktemp("fake-nomad"))
+    debs = [*example_debs, Artifact(f"debian/{stand_in.name}", stand_in.read_bytes(), False)]
+    return build_apt_repo(
+        debs,
+        suite=SUITE,
+        component=COMPONENT,
+        signing_key=key,
+        mtime=MTIME,
+        repo_url=f"file://{REPO_INSIDE}/{REPO_DIR}",
+    )
+
+
+def _node_root(tmp_path: Path, repo: list[Artifact]) -> tuple[Path, Path]:
+    """A fresh bookworm root set up as the .sources file's comments tell an operator."""
+    root = debian_chroot.chroot(tmp_path)
+    served = write(repo, root / REPO_INSIDE.lstrip("/"))  # .../repo/debian
+    keyrings = root / "etc/apt/keyrings"
+    keyrings.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(served / KEYRING_FILE, root / KEYRING_PATH.lstrip("/"))
+    (root / KEYRING_PATH.lstrip("/")).chmod(0o644)
+    shutil.copyfile(served / SOURCES_FILE, root / "etc/apt/sources.list.d" / SOURCES_FILE)
+    # Only our source: everything the packages need is in the base or in our repository
+    # (the stand-in nomad), so no test depends on a mirror being reachable.
+    for other in (root / "etc/apt/sources.list.d").iterdir():
+        if other.name != SOURCES_FILE:
+            other.rename(other.with_name(other.name + ".disabled"))
+    debian_chroot.deny_service_starts(root)
+    return root, served
+
+
+def _update(root: Path) -> subprocess.CompletedProcess[str]:
+    for f in (root / "var/lib/apt/lists").glob("*"):  # apt would keep the last good lists
+        if f.is_file() and f.name != "lock":
+            f.unlink()
+    return debian_chroot.run_in(root, "apt-get", "update", check=False)
+
+
+@pytest.mark.slow
+def test_apt_installs_a_node_package_from_the_signed_repository(
+    chroot_repo: list[Artifact], tmp_path: Path
+) -> None:
+    root, _ = _node_root(tmp_path, chroot_repo)
+    r = _update(root)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert not re.search(r"^(W|E|N):", out, re.M), out
+    assert f"file:{REPO_INSIDE}/{REPO_DIR} {SUITE} InRelease" in out
+    policy = debian_chroot.run_in(root, "apt-cache", "policy", f"nomad-config-{NODE}").stdout
+    assert "Candidate: 1\n" in policy
+    assert f"file:{REPO_INSIDE}/{REPO_DIR} {SUITE}/{COMPONENT} all Packages" in policy
+    r = debian_chroot.run_in(
+        root, "apt-get", "install", "-y", f"nomad-config-{NODE}", check=False, proc=True
+    )
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    # -y would stop at unauthenticated packages; this chroot's lack of /dev/pts makes an
+    # unrelated "E: Can not write log" line, so look for the authentication warning itself.
+    assert "cannot be authenticated" not in out, out
+    assert f"Get:1 file:{REPO_INSIDE}/{REPO_DIR} {SUITE}/{COMPONENT} all nomad all" in out
+    status = debian_chroot.run_in(
+        root, "dpkg-query", "-W", "-f", "${Package} ${Version} ${db:Status-Status}\n",
+        f"nomad-config-{NODE}", "nomad",
+    ).stdout  # fmt: skip
+    assert sorted(status.splitlines()) == [
+        f"nomad {STANDIN_VERSION} installed",
+        f"nomad-config-{NODE} 1 installed",
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("changed", ["Release", "Packages"])
+def test_apt_in_the_chroot_refuses_a_changed_byte(
+    changed: str, chroot_repo: list[Artifact], tmp_path: Path
+) -> None:
+    root, served = _node_root(tmp_path, chroot_repo)
+    assert _update(root).returncode == 0  # the untouched repository is accepted
+    dists = served / f"dists/{SUITE}"
+    if changed == "Release":
+        # The signed Release text in InRelease (what apt reads first) and the Release
+        # file itself (its fallback, with Release.gpg): the same one byte in both.
+        for f in ("InRelease", "Release"):
+            _flip(dists / f, b"Components: main", b"Components: maio")
+        want = "BADSIG"
+    else:
+        packages = dists / f"{COMPONENT}/binary-all/Packages"
+        _flip(packages, b"Version: 1\n", b"Version: 2\n")
+        packages.with_suffix(".gz").write_bytes(gzip.compress(packages.read_bytes(), mtime=0))
+        want = "Hash Sum mismatch"
+    r = _update(root)
+    out = r.stdout + r.stderr
+    assert r.returncode == 100, out
+    assert want in out, out
+    policy = debian_chroot.run_in(root, "apt-cache", "policy", f"nomad-config-{OTHER_NODE}")
+    assert "Candidate: (none)" in policy.stdout or not policy.stdout.strip(), policy.stdout
+    r = debian_chroot.run_in(
+        root, "apt-get", "install", "-y", f"nomad-config-{OTHER_NODE}", check=False
+    )
+    assert r.returncode == 100, r.stdout + r.stderr
+    assert f"Unable to locate package nomad-config-{OTHER_NODE}" in r.stderr
