@@ -3,7 +3,9 @@
 SERVE IT ONLY TO THE CLUSTER'S OWN NODES, OVER A PRIVATE NETWORK. Each
 node's .deb holds that node's TLS private key (and a server's holds the
 gossip key); the repository's signature proves where a package comes from,
-it hides nothing. Anyone who can fetch pool/ can read every node's key.
+it hides nothing. Anyone who can fetch pool/ can read every node's key. The
+pool's .debs are published 0600 (secret artifacts): give the web server read
+access deliberately; the index files, keyring and .sources are public.
 
 Layout (Debian's "dists + pool" archive format, what apt-ftparchive writes):
 
