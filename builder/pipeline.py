@@ -158,6 +158,7 @@ class Build:
                 component=p.apt_component,
                 signing_key=self.apt_key(),
                 mtime=self.mtime,
+                repo_url=p.repo_url,
             )
         bsd = [a for a in pkgs if a.path.startswith("openbsd/")]
         if bsd:
