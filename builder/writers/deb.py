@@ -292,6 +292,7 @@ def build_deb(node: Node, tree: NodeTree, *, version: int, mtime: int) -> Artifa
             for p in payload
             if p.data.startswith(b"#!/") and not p.mode & 0o111
         ],
+        "binaries": [b.path for b in binaries if b.path.startswith(("/usr/bin/", "/usr/sbin/"))],
         "year": datetime.fromtimestamp(mtime, UTC).year,
     }
     payload += [
