@@ -25,7 +25,7 @@ from builder.nodetree import NodeTree
 from builder.pipeline import Build
 from builder.state import State
 from builder.writers import Artifact
-from builder.writers.deb import DIVERTED, build_deb, deb_arch, deb_version
+from builder.writers.deb import DIVERTED, build_deb, deb_arch, deb_version, elf_facts
 
 from conftest import REPO, Rendered, example_text, render_all, write_cluster
 from debian_chroot import (
@@ -770,3 +770,38 @@ def test_bundled_binary_install_and_purge(
     assert not exists_in(root, "/etc/systemd/system/multi-user.target.wants/" + UNIT)
     run_in(root, "getent", "passwd", "nomad")  # the user stays
     assert exists_in(root, "/opt/nomad/data")
+
+
+@pytest.mark.parametrize(
+    ("flags", "dynamic", "symbols"),
+    [(["-static"], False, True), (["-s"], True, False)],
+    ids=["static-unstripped", "dynamic-stripped"],
+)
+def test_bundled_elf_binary(tmp_path: Path, flags: list[str], dynamic: bool, symbols: bool) -> None:
+    """A real ELF as the bundled binary: its architecture, libc dependency, lintian-clean."""
+    src = tmp_path / "nomad.c"
+    src.write_text('#include <stdio.h>\nint main(void) { puts("Nomad v1.9.3"); return 0; }\n')
+    binary = tmp_path / "nomad"
+    subprocess.run(["gcc", "-O2", *flags, "-o", str(binary), str(src)], check=True)
+    data = binary.read_bytes()
+    facts = elf_facts(data)
+    assert facts is not None and (facts.dynamic, facts.symbols) == (dynamic, symbols)
+    (tmp_path / "SHA256SUMS").write_text(f"{hashlib.sha256(data).hexdigest()}  nomad\n")
+    r = render_all(
+        tmp_path,
+        "debian",
+        append='\n[packages.bundle]\nbinary = "nomad"\nsha256sums = "SHA256SUMS"\n'
+        'version = "1.9.3"\n',
+    )
+    art = build_deb(r.node(SERVER), r.trees[SERVER], version=2, mtime=MTIME)
+    host = subprocess.run(
+        ["dpkg", "--print-architecture"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert art.path == f"debian/nomad-config-{SERVER}_2_{host}.deb"
+    deb = write(tmp_path, art)
+    f = fields(deb)
+    assert f["Architecture"] == host
+    assert f["Depends"] == ("adduser, libc6" if dynamic else "adduser")
+    assert problems(lintian(deb)) == []
+    with data_tar(deb) as tar:
+        assert tar.extractfile("./usr/bin/nomad").read() == data  # type: ignore[union-attr]

@@ -57,9 +57,11 @@ from builder.writers import Artifact
 __all__ = [
     "DIVERTED",
     "VIRTUAL",
+    "ElfFacts",
     "build_deb",
     "deb_arch",
     "deb_version",
+    "elf_facts",
 ]
 
 VIRTUAL = "nomad-config"  # Provides/Conflicts/Replaces: one node's package per host
@@ -103,6 +105,38 @@ def deb_arch(binary: bytes | None, what: str = "bundled nomad binary") -> str:
     if binary[7] not in (0, 3):  # ELFOSABI_NONE / ELFOSABI_GNU: a Linux binary
         raise UserError(f"{what}: not a Linux executable (ELF OS ABI {binary[7]})")
     return arch
+
+
+@dataclass(frozen=True)
+class ElfFacts:
+    """What lintian looks at in a bundled ELF binary."""
+
+    dynamic: bool  # has an interpreter (PT_INTERP): needs the C library
+    symbols: bool  # has a symbol table (SHT_SYMTAB): not stripped
+
+
+def elf_facts(binary: bytes) -> ElfFacts | None:
+    """Facts of a little-endian ELF executable (None for a script); call deb_arch first."""
+    if binary[:4] != b"\x7fELF":
+        return None
+
+    def num(off: int, size: int) -> int:
+        return int.from_bytes(binary[off : off + size], "little")
+
+    try:
+        if binary[4] == 2:
+            phoff, shoff = num(32, 8), num(40, 8)
+            phentsize, phnum, shentsize, shnum = num(54, 2), num(56, 2), num(58, 2), num(60, 2)
+        else:
+            phoff, shoff = num(28, 4), num(32, 4)
+            phentsize, phnum, shentsize, shnum = num(42, 2), num(44, 2), num(46, 2), num(48, 2)
+        if phoff + phentsize * phnum > len(binary) or shoff + shentsize * shnum > len(binary):
+            raise IndexError
+        dynamic = any(num(phoff + i * phentsize, 4) == 3 for i in range(phnum))  # PT_INTERP
+        symbols = any(num(shoff + i * shentsize + 4, 4) == 2 for i in range(shnum))  # SHT_SYMTAB
+    except IndexError:
+        raise UserError("bundled nomad binary: truncated ELF headers") from None
+    return ElfFacts(dynamic=dynamic, symbols=symbols)
 
 
 def _role_text(node: Node) -> str:
@@ -260,8 +294,12 @@ def build_deb(node: Node, tree: NodeTree, *, version: int, mtime: int) -> Artifa
     if bundle is None and binaries:
         raise BuildError(f"{node.name}: the NodeTree has a binary but no bundle is configured")
     arch = "all"
+    facts: list[tuple[str, ElfFacts]] = []
     for b in binaries:
         arch = deb_arch(b.content, f"{b.path} (bundled)")
+        fact = elf_facts(b.content)
+        if fact is not None:
+            facts.append((b.path, fact))
     bundled = bundle is not None
     unit = f"{svc.name}.service"
     # Our own unit (bundled) or a drop-in for HashiCorp's.
@@ -293,6 +331,8 @@ def build_deb(node: Node, tree: NodeTree, *, version: int, mtime: int) -> Artifa
             if p.data.startswith(b"#!/") and not p.mode & 0o111
         ],
         "binaries": [b.path for b in binaries if b.path.startswith(("/usr/bin/", "/usr/sbin/"))],
+        "static_binaries": [path for path, f in facts if not f.dynamic],
+        "unstripped_binaries": [path for path, f in facts if f.symbols],
         "year": datetime.fromtimestamp(mtime, UTC).year,
     }
     payload += [
@@ -347,7 +387,9 @@ def build_deb(node: Node, tree: NodeTree, *, version: int, mtime: int) -> Artifa
         # our own unpack of the same path would overwrite (and HashiCorp's default
         # be lost). Hence Pre-Depends, not Depends.
         pre_depends="" if bundled else f"{HASHICORP_PACKAGE} (>= {min_version})",
-        depends="adduser",
+        # A dynamically linked bundled binary needs the C library (no dpkg-shlibdeps
+        # here: builds also run on OpenBSD and macOS).
+        depends=", ".join(["adduser"] + (["libc6"] if any(f.dynamic for _, f in facts) else [])),
         conflicts=", ".join([VIRTUAL] + ([HASHICORP_PACKAGE] if bundled else [])),
         replaces=", ".join([VIRTUAL] + ([HASHICORP_PACKAGE] if bundled else [])),
         provides=VIRTUAL,
