@@ -805,3 +805,30 @@ def test_bundled_elf_binary(tmp_path: Path, flags: list[str], dynamic: bool, sym
     assert problems(lintian(deb)) == []
     with data_tar(deb) as tar:
         assert tar.extractfile("./usr/bin/nomad").read() == data  # type: ignore[union-attr]
+
+
+def test_moving_a_host_to_another_node(
+    rendered: Rendered, debs: dict[str, Path], fake_nomad: Path, tmp_path: Path
+) -> None:
+    """apt swaps one node's package for another's only after the old one is purged."""
+    old, new = "bi-core-sbg-2", "bi-core-sbg-3"
+    old_pkg, new_pkg = rendered.node(old).deb_package, rendered.node(new).deb_package
+    root = chroot(tmp_path)
+    deny_service_starts(root)
+    apt_get(root, "install", copy_in(root, fake_nomad), copy_in(root, debs[old]))
+    deb = copy_in(root, debs[new])
+    r = run_in(root, "apt-get", "-y", "-q", "-o", "Dpkg::Use-Pty=0", "install", deb, check=False)
+    assert r.returncode != 0
+    assert f"{old_pkg} (another node's configuration) is removed but not purged" in r.stderr
+    assert f"run 'apt purge {old_pkg}'" in r.stderr
+    status = run_in(root, "dpkg-query", "-W", "-f=${Status}", old_pkg).stdout
+    assert status == "deinstall ok config-files"
+    r = run_in(root, "dpkg-query", "-W", "-f=${Status}", new_pkg, check=False)
+    assert r.returncode != 0 or r.stdout.endswith(" not-installed")
+
+    apt_get(root, "purge", old_pkg)
+    assert (root / "etc/nomad.d/nomad.hcl").read_bytes() == HASHICORP_DEFAULT
+    apt_get(root, "install", deb)
+    check_installed(root, rendered.node(new), rendered.trees[new])
+    assert (root / DIVERTED.lstrip("/")).read_bytes() == HASHICORP_DEFAULT
+    assert service_actions(root)[-1] == f"{UNIT} start"
