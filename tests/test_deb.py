@@ -832,3 +832,66 @@ def test_moving_a_host_to_another_node(
     check_installed(root, rendered.node(new), rendered.trees[new])
     assert (root / DIVERTED.lstrip("/")).read_bytes() == HASHICORP_DEFAULT
     assert service_actions(root)[-1] == f"{UNIT} start"
+
+
+# ---------------------------------------------------------------- the stand-in itself
+
+
+def standin(
+    tmp_path: Path, config: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    path = tmp_path / "agent.hcl"
+    path.write_text(config)
+    return subprocess.Popen(
+        ["perl", str(REPO / "tests/fake_nomad/nomad"), "agent", "-config", str(path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={"PATH": PATH, **(env or {})},
+    )
+
+
+def test_standin_agent_checks_and_notifies(tmp_path: Path) -> None:
+    import socket
+
+    data = tmp_path / "data"
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    key = tmp_path / "key.pem"
+    key.write_text("-----BEGIN EC PRIVATE KEY-----\nMHcC\n-----END EC PRIVATE KEY-----\n")
+    good = (
+        f'data_dir = "{data}"\nserver {{\n  enabled = true\n  bootstrap_expect = 3\n}}\n'
+        f'tls {{\n  rpc = true\n  ca_file = "{ca}"\n  cert_file = "{ca}"\n'
+        f'  key_file = "{key}"\n}}\n'
+    )
+    sock_path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(sock_path))
+        sock.settimeout(60)
+        proc = standin(tmp_path, good, {"NOTIFY_SOCKET": str(sock_path)})
+        try:
+            assert proc.stdout is not None
+            fields_ = parse_standin_line(proc.stdout.readline().strip())
+            assert (fields_["server"], fields_["client"], fields_["tls"]) == (
+                "true",
+                "false",
+                "true",
+            )
+            assert data.is_dir() and list(data.iterdir()) == []  # made, probed, left clean
+            assert sock.recv(1024).decode().split("\n")[0] == "READY=1"
+            assert proc.poll() is None  # stays running
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+    bad_cases = {
+        "cannot read tls.key_file": good.replace(str(key), str(tmp_path / "missing.pem")),
+        "neither server nor client is enabled": good.replace("enabled = true", "enabled = false"),
+        "data_dir is not set": good.replace(f'data_dir = "{data}"\n', ""),
+        "expected '}'": good.rstrip("}\n"),
+        "holds no PRIVATE KEY": good.replace(str(key), str(ca)),
+    }
+    for reason, config in bad_cases.items():
+        proc = standin(tmp_path, config)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 1, reason
+        assert out.startswith("nomad-standin: FAIL ") and reason in out, (reason, out)
