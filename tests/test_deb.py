@@ -27,7 +27,7 @@ from builder.state import State
 from builder.writers import Artifact
 from builder.writers.deb import DIVERTED, build_deb, deb_arch, deb_version, elf_facts
 
-from conftest import REPO, Rendered, example_text, render_all, write_cluster
+from conftest import REPO, Rendered, example_text, nomad_build, render_all, write_cluster
 from debian_chroot import (
     PATH,
     chroot,
@@ -373,32 +373,17 @@ def test_byte_identical_and_mtime(rendered: Rendered) -> None:
     assert a.secret is True
 
 
-def test_cli_package_honours_source_date_epoch(tmp_path: Path) -> None:
+def test_cli_package_honours_source_date_epoch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     write_cluster(tmp_path, "debian")
-    nb = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin" / "nomad-build"
-    if not nb.exists():
-        nb = REPO / ".venv/bin/nomad-build"
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1234567890")
     runs = []
     for i in range(2):
         out = tmp_path / f"dist{i}"
-        subprocess.run(
-            [
-                nb,
-                "package",
-                "-c",
-                "cluster.toml",
-                "--state",
-                "state",
-                "--out",
-                out,
-                "--node",
-                SERVER,
-            ],
-            cwd=tmp_path,
-            check=True,
-            capture_output=True,
-            env={**os.environ, "SOURCE_DATE_EPOCH": "1234567890"},
-        )
+        args = ["-c", "cluster.toml", "--state", "state", "--out", str(out), "--node", SERVER]
+        proc = nomad_build(tmp_path, "package", *args)
+        assert proc.returncode == 0, proc.stderr
         (deb,) = (out / "debian").iterdir()
         runs.append(deb)
     assert runs[0].name == f"nomad-config-{SERVER}_1_all.deb"

@@ -228,12 +228,11 @@ def _check_tree(node: Node, tree: NodeTree) -> None:
 
 @dataclass(frozen=True)
 class _Payload:
-    """One regular file of data.tar and what postinst must make of it."""
+    """One regular file of data.tar (owned root:root, as every member)."""
 
     path: str  # absolute
     data: bytes
-    mode: int  # as shipped
-    final: NodeFile | None  # the NodeTree file (None for generated docs)
+    mode: int  # as shipped; postinst sets the NodeTree's owner, group and mode
 
 
 def _shipped_mode(f: NodeFile) -> int:
@@ -302,11 +301,9 @@ def build_deb(node: Node, tree: NodeTree, *, version: int, mtime: int) -> Artifa
             facts.append((b.path, fact))
     bundled = bundle is not None
     unit = f"{svc.name}.service"
-    # Our own unit (bundled) or a drop-in for HashiCorp's.
-    ships_unit = svc.unit_path.endswith(f"/{unit}")
 
     doc = f"/usr/share/doc/{pkg}"
-    payload: list[_Payload] = [_Payload(f.path, f.content, _shipped_mode(f), f) for f in tree.files]
+    payload: list[_Payload] = [_Payload(f.path, f.content, _shipped_mode(f)) for f in tree.files]
     context: dict[str, object] = {
         "package": pkg,
         "version": ver,
@@ -315,7 +312,6 @@ def build_deb(node: Node, tree: NodeTree, *, version: int, mtime: int) -> Artifa
         "service": svc,
         "account": svc.account,
         "unit": unit,
-        "ships_unit": ships_unit,
         "role_text": _role_text(node),
         "bundled": bundled,
         "bundle_version": bundle.version if bundle else "",
@@ -336,18 +332,16 @@ def build_deb(node: Node, tree: NodeTree, *, version: int, mtime: int) -> Artifa
         "year": datetime.fromtimestamp(mtime, UTC).year,
     }
     payload += [
-        _Payload(f"{doc}/copyright", _render("copyright.j2", **context), 0o644, None),
+        _Payload(f"{doc}/copyright", _render("copyright.j2", **context), 0o644),
         _Payload(
             f"{doc}/changelog.gz",
             gzip_bytes(_changelog(pkg, ver, node, tree, mtime)),
             0o644,
-            None,
         ),
         _Payload(
             f"/usr/share/lintian/overrides/{pkg}",
             _render("lintian-overrides.j2", **context),
             0o644,
-            None,
         ),
     ]
     payload.sort(key=lambda p: _sort_key(p.path))
