@@ -122,6 +122,7 @@ def render_tree(cluster: Cluster, node: Node, secrets: NodeSecrets) -> NodeTree:
         "account": account,
         "service_name": svc["service_name"],
         "binary": svc["binary"],
+        "notify_ready": _notifies_systemd(node),
         "source_name": cluster.source.name,
     }
     content = {
@@ -282,3 +283,12 @@ def _firewall_context(cluster: Cluster, node: Node, path: str) -> dict[str, Any]
     else:
         add("servers", servers, ["tcp dport 4647"])
     return {"sets": sets, "accepts": accepts}
+
+
+def _notifies_systemd(node: Node) -> bool:
+    """A bundled Nomad older than 1.8 never sends READY=1: Type=notify would time out."""
+    bundle = node.packages.bundle
+    if bundle is None:
+        return True
+    major, minor = (int(x) for x in bundle.version.split(".")[:2])
+    return (major, minor) >= (1, 8)

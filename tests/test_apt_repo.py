@@ -20,7 +20,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from fake_nomad import STANDIN_VERSION, build_fake_nomad_deb
 
 from builder import openpgp
 from builder.errors import BuildError
@@ -39,6 +38,7 @@ from builder.writers.deb import build_deb
 
 import debian_chroot
 from conftest import render_all
+from fake_nomad import STANDIN_VERSION, build_fake_nomad_deb
 
 MTIME = 1_700_000_000
 KEY_TIME = MTIME - 3600

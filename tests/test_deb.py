@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from fake_nomad import build_fake_nomad_deb, parse_standin_line
 
 from builder.cluster import load
 from builder.errors import BuildError, UserError
@@ -36,6 +35,7 @@ from debian_chroot import (
     run_in,
     service_actions,
 )
+from fake_nomad import build_fake_nomad_deb, parse_standin_line
 
 MTIME = 1_700_000_000
 SERVER = "bi-core-sbg-1"

@@ -409,3 +409,20 @@ def test_systemd_full_unit_with_bundled_binary(bundled: Rendered, tmp_path: Path
         text.replace("Type=notify", "Typ=notify")
     )
     assert "Unknown key" in verify(root).stderr
+
+
+def test_bundled_nomad_before_1_8_runs_as_a_simple_service(tmp_path: Path) -> None:
+    """Nomad sends systemd READY=1 only from 1.8 on: an older bundled binary under
+    Type=notify would be killed when the start timeout runs out."""
+    binary = b"#!/bin/sh\necho 'Nomad v1.7.7'\n"
+    (tmp_path / "nomad").write_bytes(binary)
+    (tmp_path / "SHA256SUMS").write_text(f"{hashlib.sha256(binary).hexdigest()}  nomad\n")
+    old = render_all(
+        tmp_path,
+        "debian",
+        append='\n[packages.bundle]\nbinary = "nomad"\nsha256sums = "SHA256SUMS"\n'
+        'version = "1.7.7"\n',
+    )
+    for tree in old.trees.values():
+        service = unit_lines(file_of_kind(tree, "unit")[1].decode(), "Service")
+        assert "Type=simple" in service and "Type=notify" not in service

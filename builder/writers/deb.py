@@ -321,11 +321,6 @@ def build_deb(node: Node, tree: NodeTree, *, version: int, mtime: int) -> Artifa
         "min_version": min_version,
         "virtual": VIRTUAL,
         "odd_modes": [(p.path, p.mode) for p in payload if p.mode not in (0o644, 0o755)],
-        "snippets": [
-            (p.path, p.data[2:].split(maxsplit=1)[0].decode())
-            for p in payload
-            if p.data.startswith(b"#!/") and not p.mode & 0o111
-        ],
         "binaries": [b.path for b in binaries if b.path.startswith(("/usr/bin/", "/usr/sbin/"))],
         "static_binaries": [path for path, f in facts if not f.dynamic],
         "unstripped_binaries": [path for path, f in facts if f.symbols],
