@@ -123,10 +123,10 @@ def check(cluster_file: Path, state_dir: Path | None) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-    click.echo(
-        "secrets: every node's package and image holds that node's private key; "
-        "server packages and images also hold the gossip key; the CA key stays in state/."
-    )
+    click.echo("secrets (the CA key stays in state/; these are written 0600):")
+    for node in cluster.nodes:
+        held = "node key, gossip key" if node.is_server else "node key"
+        click.echo(f"  {node.name} ({held}): {', '.join(pipeline.secret_artifacts(node))}")
     for ev in st.events:
         click.echo(
             f"plan: {ev.kind.replace('created', 'create').replace('reissued', 're-issue')}"

@@ -62,6 +62,8 @@ OS_DEFAULTS: dict[str, dict[str, str]] = {
 }
 
 
+_BCRYPT = re.compile(r"^\$2[ab]\$\d\d\$[./A-Za-z0-9]{53}$")
+
 # ---------------------------------------------------------------- key schema
 # Each table of the cluster file: key -> (type name, checker). Unknown keys are errors.
 Check = Callable[[Any], str | None]
@@ -295,6 +297,13 @@ def _build(r: _Reader, data: dict[str, Any]) -> Cluster:
 
     warnings: list[str] = []
     _cross_check(r, nodes, domain, pki)
+    pw = images.password_hash
+    if pw and any(n.os == "openbsd" for n in nodes) and not _BCRYPT.match(pw):
+        raise r.fail(
+            "images.password_hash",
+            "OpenBSD's installer takes only a bcrypt hash ($2b$, from OpenBSD's `encrypt` "
+            "or `mkpasswd -m bcrypt`; Debian and Ubuntu accept it too)",
+        )
     servers = [n for n in nodes if n.is_server]
     if not servers:
         raise r.fail("nodes", "no node has role 'server' or 'both': bootstrap_expect would be 0")

@@ -228,6 +228,24 @@ class Build:
         return out
 
 
+def secret_artifacts(node: Node) -> list[str]:
+    """Where `build` puts this node's private key (and a server's gossip key): glob
+    patterns under dist/, following everything() above, for `check` to tell."""
+    if node.os == "openbsd":
+        pkg = f"{node.openbsd_stem}-*.tgz"
+        paths = [f"openbsd/{pkg}", f"repo/openbsd/{pkg}"]
+        if node.images.openbsd_sets_url:
+            release = node.images.openbsd_release.replace(".", "")
+            paths += [f"openbsd-autoinstall/site{release}-{node.name}.tgz"]
+        return paths
+    deb = f"{node.deb_package}_*.deb"
+    paths = [f"debian/{deb}", f"repo/debian/pool/*/*/{node.deb_package}/{deb}"]
+    paths += [f"images/{node.name}/seed.iso"]
+    if node.images.password_hash:
+        paths += [f"images/{node.name}/autoinstall.iso"]
+    return paths
+
+
 def check_request(cluster: Cluster, node: Node, *, role: str | None, fmt: str | None) -> None:
     """Refuse a `package` request that names the wrong role or format, before any write."""
     if role is not None and role != node.role:

@@ -310,6 +310,15 @@ CASES = [
         r": images\.password_hash: must be a crypt\(3\) hash",
     ),
     Case(
+        "password_hash-sha512-for-openbsd",
+        sub(
+            'admin_user = "ops"\n',
+            'admin_user = "ops"\npassword_hash = "$6$salt$'
+            'qzSLox10o6KQYYwQm9TncYklmTzY2WJxEk0k7I8gbueT3UQb1ZA9mNaxLgZU2AeTXy6GuZLUQbgnYtBCm8L630"\n',
+        ),
+        r": images\.password_hash: OpenBSD's installer takes only a bcrypt hash",
+    ),
+    Case(
         "ssh_keys-not-a-key",
         sub('admin_user = "ops"\n', 'admin_user = "ops"\nssh_keys = ["hello"]\n'),
         r": images\.ssh_keys\[0\]: is not an OpenSSH public key",

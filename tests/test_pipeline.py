@@ -3,15 +3,18 @@ with which modes, which secrets go where, versions, rebuilds and atomic publishi
 
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
 import io
 import os
+import re
 import stat
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import pycdlib
 import pytest
 
 from builder.publish import publish_tree
@@ -36,10 +39,24 @@ def tree_digest(directory: Path) -> dict[str, tuple[str, int]]:
 
 
 def unpacked(data: bytes) -> Iterator[bytes]:
-    """data itself and, recursively, every member of the archives it is (gzip, tar, ar),
-    so a secret inside a compressed package member is still found."""
+    """data itself and, recursively, every member of the archives it is (gzip, tar, ar,
+    ISO 9660) and every long base64 run in it (cloud-init's write_files), so a secret
+    inside a compressed package member, inside a seed, is still found."""
     yield data
-    if data[:2] == b"\x1f\x8b":
+    for run in re.findall(rb"[A-Za-z0-9+/]{400,}={0,2}", data):
+        yield from unpacked(base64.b64decode(run + b"=" * (-len(run) % 4)))
+    if data[0x8001:0x8006] == b"CD001":
+        iso = pycdlib.PyCdlib()
+        iso.open_fp(io.BytesIO(data))
+        try:
+            for root, _dirs, files in iso.walk(iso_path="/"):
+                for name in files:
+                    out = io.BytesIO()
+                    iso.get_file_from_iso_fp(out, iso_path=f"{root.rstrip('/')}/{name}")
+                    yield from unpacked(out.getvalue())
+        finally:
+            iso.close()
+    elif data[:2] == b"\x1f\x8b":
         yield from unpacked(gzip.decompress(data))
     elif data[:8] == b"!<arch>\n":
         pos = 8
@@ -132,7 +149,23 @@ def test_mismatched_signify_key_pair_is_refused(example: Path, tmp_path: Path) -
     assert "the .pub does not belong to the .sec" in proc.stderr, proc.stderr
 
 
-def test_build_is_byte_identical_and_secrets_go_only_where_needed(example: Path) -> None:
+# bcrypt of a throwaway password (OpenBSD's installer takes only bcrypt; libxcrypt too),
+# so `build` also makes the autoinstall seeds, which carry the node's key as well.
+PASSWORD_HASH = "$2b$06$nomadbuildtestsaltsaleYfl.IH3FEPJymiepEcpefqem08fXSuy"
+
+
+@pytest.mark.parametrize("os_name", ["openbsd", "debian"])
+def test_build_is_byte_identical_and_secrets_go_only_where_needed(
+    tmp_path: Path, os_name: str
+) -> None:
+    example = tmp_path
+    cluster = write_cluster(example, os_name)
+    cluster.write_text(
+        cluster.read_text().replace(
+            "[images]\n", f'[images]\npassword_hash = "{PASSWORD_HASH}"\n', 1
+        )
+    )
+    check = run_ok(example, "check")
     run_ok(example, "build")
     dist = example / "dist"
     first = tree_digest(dist)
@@ -156,6 +189,13 @@ def test_build_is_byte_identical_and_secrets_go_only_where_needed(example: Path)
         )
         for h in holders:
             assert first[str(h)][1] == 0o600, f"{h} holds a private key but is not 0600"
+        # `check` names exactly where the key went.
+        line = next(ln for ln in check.splitlines() if ln.startswith(f"  {name} ("))
+        globs = line.split(": ", 1)[1].split(", ")
+        assert {str(h) for h in holders} == {
+            str(p.relative_to(dist)) for g in globs for p in dist.glob(g)
+        }, (line, holders)
+        assert all(list(dist.glob(g)) for g in globs), line
     gossip_holders = {p.relative_to(dist) for p in artifacts if contains(p, gossip)}
     assert gossip_holders, "no server artifact holds the gossip key"
     assert all(any(s.replace("-sbg-", "-sbg_") in str(h) or s in str(h) for s in SERVERS)
