@@ -3,8 +3,8 @@
 Generates a cluster of N nodes (3 servers, the rest clients, half OpenBSD, half
 Debian), then times, in a fresh state directory: loading + validation, the first
 render (every key and certificate made), a second render (nothing to make), and
-building every package. Prints one line per stage; no assertion — speed is read
-here, never asserted in tests.
+building every package, the repositories and the images. Prints one line per
+stage; no assertion — speed is read here, never asserted in tests.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ name = "bench"
 region = "eu"
 datacenter = "bench-1"
 domain = "bench.example.org"
+
+[images]
+openbsd_sets_url = "http://10.0.0.1/pub/OpenBSD/7.8/amd64"
 
 [defaults]
 interface = "eth1"
@@ -77,7 +80,12 @@ def main() -> None:
             b = Build(cluster, st)
             stage("render again (nothing new)", lambda: b.render(cluster.nodes))
             if args.packages:
-                stage("every package", lambda: b.packages(cluster.nodes))
+                pkgs = stage("every package", lambda: b.packages(cluster.nodes))
+                stage("apt + OpenBSD repositories", lambda: b.repos(pkgs))
+                deb = [n for n in cluster.nodes if n.os == "debian"]
+                bsd = [n for n in cluster.nodes if n.os == "openbsd"]
+                stage("cloud-init seed ISOs", lambda: b.images(deb, ["cloud-init"]))
+                stage("OpenBSD autoinstall", lambda: b.images(bsd, ["openbsd-autoinstall"]))
 
 
 if __name__ == "__main__":
