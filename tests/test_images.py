@@ -281,7 +281,9 @@ def test_user_data_embeds_the_package_and_installs_it(
         assert base64.b64decode(wf["content"]) == debs[node.name].data
         (cmd,) = doc["runcmd"]
         assert cmd[:2] == ["sh", "-ec"]
-        assert 'apt-get install -y --no-install-recommends "$deb"' in cmd[2]
+        assert "apt-get install -y --no-install-recommends" in cmd[2]
+        assert '--force-confold "$deb"' in cmd[2]
+        assert "add_deb || { apt-get update && add_deb; }" in cmd[2]
         assert f"deb={wf['path']}\n" in cmd[2]
         assert "packages" not in doc and "apt" not in doc
         # the plain password is nowhere, its hash is
