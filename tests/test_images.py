@@ -20,7 +20,6 @@ import shutil
 import subprocess
 import tarfile
 import time
-import warnings
 from pathlib import Path
 
 import jsonschema
@@ -72,16 +71,21 @@ def tool(name: str) -> str:
 
 
 def crypt_hash(method: str) -> str:
-    """A real crypt(3) hash of PASSWORD (libxcrypt through Python's crypt module)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        import crypt
+    """A real crypt(3) hash of PASSWORD: sha512-crypt by `openssl passwd -6`, bcrypt ($2b$,
+    OpenBSD's kind) by the bcrypt package."""
+    if method == "bcrypt":
+        import bcrypt
 
-    m = {"sha512": crypt.METHOD_SHA512, "bcrypt": crypt.METHOD_BLOWFISH}[method]
-    salt = crypt.mksalt(m, rounds=1024) if method == "bcrypt" else crypt.mksalt(m)
-    h = crypt.crypt(PASSWORD, salt)
-    assert h and h.startswith("$") and crypt.crypt(PASSWORD, h) == h
-    return h
+        h = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
+        assert bcrypt.checkpw(PASSWORD.encode(), h.encode())
+        return h
+    return openssl_sha512(PASSWORD, salt=None)
+
+
+def openssl_sha512(password: str, salt: str | None) -> str:
+    cmd = [tool("openssl"), "passwd", "-6", "-stdin"] + (["-salt", salt] if salt else [])
+    out = subprocess.run(cmd, input=password, capture_output=True, text=True, check=True)
+    return out.stdout.strip()
 
 
 @dataclasses.dataclass
@@ -552,10 +556,8 @@ def test_autoinstall_user_data(
         assert ai["identity"]["username"] == "ops"
         password = ai["identity"]["password"]
         assert password == node.images.password_hash and password.startswith("$6$")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            import crypt
-        assert crypt.crypt(PASSWORD, password) == password  # it is the hash of PASSWORD
+        salt = password.split("$")[2]
+        assert openssl_sha512(PASSWORD, salt) == password  # it is the hash of PASSWORD
         assert ai["ssh"] == {
             "install-server": True,
             "allow-pw": False,
