@@ -9,7 +9,9 @@ written in pure Python with pycdlib, holding:
 - ``user-data`` (``#cloud-config``): hostname/FQDN, the admin user with its SSH
   keys (and crypt(3) password hash, when the cluster file gives one), and the
   node's ``.deb``: from the signed apt repository when ``packages.repo_url``
-  is set (a deb822 source + its keyring via write_files, then ``packages:``),
+  is set (the deb822 source and binary keyring at apt_repo's paths, by
+  write_files -- no gpg needed in the image to dearmor a key, as cloud-init's
+  ``apt: sources`` would -- then ``package_update`` + ``packages:``),
   else embedded (write_files, base64, 0600) and installed by runcmd. The
   package's maintainer scripts enable and start the agent;
 - ``network-config`` (v2): the node's static address when the cluster file
@@ -17,7 +19,8 @@ written in pure Python with pycdlib, holding:
   handles (the literal interface name as the key, or a MAC match plus
   set-name; a bare ``match: {name: …}`` is rendered under the key instead).
   Left out when the cluster file names neither an interface nor a MAC for a
-  DHCP node: cloud-init's fallback (DHCP on the first NIC) is then right.
+  DHCP node: cloud-init's fallback (DHCP on the first NIC) is then right. A MAC
+  without an interface name renames that NIC to eth0.
 
 The .deb holds the node's private key, so the seed is secret (written 0600).
 Byte-identical for the same inputs: pycdlib's clock is pinned to ``mtime``
@@ -33,6 +36,7 @@ import ipaddress
 import json
 import posixpath
 import re
+import shlex
 import threading
 import time
 import types
@@ -53,11 +57,13 @@ __all__ = [
     "DEB_DIR",
     "NetworkPlan",
     "build_cloud_init_seed",
+    "content_id",
     "deb_file_name",
     "keyring_file_name",
     "network_plan",
     "render",
     "seed_iso",
+    "user_context",
 ]
 
 DEB_DIR = "/var/lib/nomad-build"  # where an embedded .deb is written on the node
@@ -87,8 +93,6 @@ def _env() -> jinja2.Environment:
 
 
 def _sh_quote(value: str) -> str:
-    import shlex
-
     return shlex.quote(value)
 
 
