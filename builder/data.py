@@ -4,8 +4,13 @@ In a source checkout they sit at the top of the repository; in an installed
 wheel (or a one-file binary) they are shipped as builder/_data/<name>.
 """
 
+import shlex
+from collections.abc import Callable, Mapping
 from functools import cache
 from pathlib import Path
+from typing import Any
+
+import jinja2
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -21,3 +26,22 @@ def data_root() -> Path:
 def data_path(*parts: str) -> Path:
     """Path of a data file, e.g. data_path("packaging", "debian", "postinst.j2")."""
     return data_root().joinpath(*parts)
+
+
+def template_environment(
+    filters: Mapping[str, Callable[..., Any]], *, trim: bool = False
+) -> jinja2.Environment:
+    """A Jinja2 environment over the data directories, as every renderer wants it:
+    unknown variables are errors, nothing is HTML-escaped (HCL, shell, YAML, units:
+    each template escapes values with its format's filter), `sh` quotes for shells."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(data_root())),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+        trim_blocks=trim,
+        lstrip_blocks=trim,
+    )
+    env.filters["sh"] = lambda value: shlex.quote(str(value))
+    env.filters.update(filters)
+    return env

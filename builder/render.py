@@ -16,7 +16,7 @@ import jinja2
 
 from builder import hcl
 from builder.agent_config import agent_config
-from builder.data import data_path, data_root
+from builder.data import data_path, template_environment
 from builder.errors import BuildError
 from builder.model import Cluster, Node
 from builder.nodetree import NodeDir, NodeFile, NodeTree, Service, ServiceAccount
@@ -72,14 +72,7 @@ def render_node(cluster: Cluster, node: Node, state: State) -> NodeTree:
 
 @cache
 def _env() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(data_root())),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        autoescape=False,  # HCL, shell and unit files; values are escaped by filters
-    )
-    env.filters["hcl"] = lambda config: hcl.dumps(config).rstrip("\n")
-    return env
+    return template_environment({"hcl": lambda config: hcl.dumps(config).rstrip("\n")})
 
 
 @cache

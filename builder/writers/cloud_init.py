@@ -36,7 +36,6 @@ import ipaddress
 import json
 import posixpath
 import re
-import shlex
 import threading
 import time
 import types
@@ -47,7 +46,7 @@ from typing import Any
 import jinja2
 
 import builder
-from builder.data import data_root
+from builder.data import template_environment
 from builder.errors import BuildError, UserError
 from builder.model import Node
 from builder.nodetree import NodeTree
@@ -80,20 +79,9 @@ def _yaml_scalar(value: Any) -> str:
 
 @cache
 def _env() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(data_root())),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        autoescape=False,  # YAML and shell; values go through the yaml/sh filters
+    return template_environment(
+        {"yaml": _yaml_scalar, "b64": lambda data: base64.b64encode(data).decode("ascii")}
     )
-    env.filters["yaml"] = _yaml_scalar
-    env.filters["sh"] = _sh_quote
-    env.filters["b64"] = lambda data: base64.b64encode(data).decode("ascii")
-    return env
-
-
-def _sh_quote(value: str) -> str:
-    return shlex.quote(value)
 
 
 def render(template: str, **context: Any) -> bytes:

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import shlex
 import textwrap
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -48,7 +47,7 @@ from pathlib import PurePosixPath
 import jinja2
 
 from builder.archive import TarEntry, ar, gzip_bytes, ustar
-from builder.data import data_root
+from builder.data import template_environment
 from builder.errors import BuildError, UserError
 from builder.model import Node
 from builder.nodetree import NodeFile, NodeTree
@@ -146,10 +145,6 @@ def _role_text(node: Node) -> str:
 # ---------------------------------------------------------------- templates
 
 
-def _sh(value: object) -> str:
-    return shlex.quote(str(value))
-
-
 def _long_description(text: str) -> str:
     """Paragraphs (blank-line separated) as a control file's extended description."""
     paragraphs = [" ".join(p.split()) for p in re.split(r"\n\s*\n", text.strip())]
@@ -163,18 +158,9 @@ def _long_description(text: str) -> str:
 
 @cache
 def _env() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(data_root())),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        autoescape=False,  # shell and control files: values are quoted by the sh filter
-        trim_blocks=True,
-        lstrip_blocks=True,
+    return template_environment(
+        {"octal": lambda mode: f"{mode:04o}", "deb_long": _long_description}, trim=True
     )
-    env.filters["sh"] = _sh
-    env.filters["octal"] = lambda mode: f"{mode:04o}"
-    env.filters["deb_long"] = _long_description
-    return env
 
 
 def _render(name: str, **context: object) -> bytes:

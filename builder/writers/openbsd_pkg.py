@@ -38,7 +38,7 @@ import jinja2
 
 from builder import signify
 from builder.archive import TarEntry, gzip_bytes, ustar
-from builder.data import data_root
+from builder.data import template_environment
 from builder.errors import BuildError, UserError
 from builder.model import Node
 from builder.nodetree import NodeFile, NodeTree
@@ -249,12 +249,7 @@ class _Plist:
 
 @cache
 def _env() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(data_root())),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        autoescape=False,
-    )
+    return template_environment({})
 
 
 def _render(name: str, **context: object) -> bytes:
