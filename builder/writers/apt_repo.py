@@ -293,12 +293,19 @@ def build_apt_repo(
     return out
 
 
-def sources_file(*, suite: str, component: str, repo_url: str | None, fingerprint: str) -> bytes:
+def sources_file(
+    *,
+    suite: str,
+    component: str,
+    repo_url: str | None,
+    fingerprint: str | None = None,
+    keyring_path: str = KEYRING_PATH,
+) -> bytes:
     """The deb822 source nodes install as /etc/apt/sources.list.d/nomad-build.sources."""
     lines = [
         "# nomad-build: the cluster's per-node configuration packages.",
-        f"# Install {KEYRING_FILE} as {KEYRING_PATH} (mode 0644);",
-        f"# key fingerprint {fingerprint}.",
+        f"# Install {KEYRING_FILE} as {keyring_path} (mode 0644)"
+        + (f"; key fingerprint {fingerprint}." if fingerprint else "."),
         "# Serve this repository only to the cluster's nodes, over a private network:",
         "# each package holds its node's private key.",
     ]
@@ -315,6 +322,6 @@ def sources_file(*, suite: str, component: str, repo_url: str | None, fingerprin
         f"URIs: {url}",
         f"Suites: {suite}",
         f"Components: {component}",
-        f"Signed-By: {KEYRING_PATH}",
+        f"Signed-By: {keyring_path}",
     ]
     return ("\n".join(lines) + "\n").encode("utf-8")

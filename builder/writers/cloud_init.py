@@ -162,13 +162,10 @@ def apt_source(node: Node, keyring_path: str) -> bytes:
     """deb822 source of the signed repository; repo_url is where repo/debian/ is served."""
     p = node.packages
     assert p.repo_url is not None
-    if any(c.isspace() for c in p.repo_url):
-        raise UserError(f"packages.repo_url has white space: {p.repo_url!r}")
-    return render(
-        "images/cloud-init/nomad-build.sources.j2",
-        uri=p.repo_url.rstrip("/"),
+    return apt_repo.sources_file(
         suite=p.apt_suite,
         component=p.apt_component,
+        repo_url=p.repo_url,
         keyring_path=keyring_path,
     )
 
