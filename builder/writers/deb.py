@@ -51,7 +51,7 @@ from builder.data import template_environment
 from builder.errors import BuildError, UserError
 from builder.model import Node
 from builder.nodetree import NodeFile, NodeTree
-from builder.writers import Artifact
+from builder.writers import Artifact, bundled_binaries
 
 __all__ = [
     "DIVERTED",
@@ -273,11 +273,7 @@ def build_deb(node: Node, tree: NodeTree, *, version: int, mtime: int) -> Artifa
 
     svc = tree.service
     bundle = settings.bundle
-    binaries = [f for f in tree.files if f.kind == "binary"]
-    if bundle is not None and not binaries:
-        raise BuildError(f"{node.name}: a bundled binary is configured but not in the NodeTree")
-    if bundle is None and binaries:
-        raise BuildError(f"{node.name}: the NodeTree has a binary but no bundle is configured")
+    binaries = bundled_binaries(node, tree)
     arch = "all"
     facts: list[tuple[str, ElfFacts]] = []
     for b in binaries:

@@ -42,7 +42,7 @@ from builder.data import template_environment
 from builder.errors import BuildError, UserError
 from builder.model import Node
 from builder.nodetree import NodeFile, NodeTree
-from builder.writers import Artifact
+from builder.writers import Artifact, bundled_binaries
 
 __all__ = [
     "EXAMPLES_DIR",
@@ -337,11 +337,7 @@ def build_openbsd_pkg(
     svc = tree.service
     account = svc.account
     bundle = node.packages.bundle
-    binaries = [f for f in tree.files if f.kind == "binary"]
-    if bundle is not None and not binaries:
-        raise BuildError(f"{node.name}: a bundled binary is configured but not in the NodeTree")
-    if bundle is None and binaries:
-        raise BuildError(f"{node.name}: the NodeTree has a binary but no bundle is configured")
+    binaries = bundled_binaries(node, tree)
     arch = "*"
     for b in binaries:
         arch = elf_arch(b.content, f"{b.path} (bundled)")
