@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
@@ -50,6 +51,20 @@ def write_cluster(directory: Path, os_name: str = "openbsd", append: str = "") -
     path = directory / "cluster.toml"
     path.write_text(example_text(os_name) + append)
     return path
+
+
+def bundle_table(directory: Path, binary: bytes | None, version: str = "1.9.3") -> str:
+    """Put `binary` (None: keep the file there) and its SHA256SUMS beside the cluster
+    file in directory; the [packages.bundle] table that ships it, to append."""
+    path = directory / "nomad"
+    if binary is not None:
+        path.write_bytes(binary)
+    (directory / "SHA256SUMS").write_text(
+        f"{hashlib.sha256(path.read_bytes()).hexdigest()}  nomad\n"
+    )
+    return (
+        f'\n[packages.bundle]\nbinary = "nomad"\nsha256sums = "SHA256SUMS"\nversion = "{version}"\n'
+    )
 
 
 @dataclass

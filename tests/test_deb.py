@@ -26,7 +26,15 @@ from builder.state import State
 from builder.writers import Artifact
 from builder.writers.deb import DIVERTED, build_deb, deb_arch, deb_version, elf_facts
 
-from conftest import REPO, Rendered, example_text, nomad_build, render_all, write_cluster
+from conftest import (
+    REPO,
+    Rendered,
+    bundle_table,
+    example_text,
+    nomad_build,
+    render_all,
+    write_cluster,
+)
 from debian_chroot import (
     PATH,
     chroot,
@@ -57,14 +65,7 @@ def bundled(tmp_path_factory: pytest.TempPathFactory) -> Rendered:
     """Every node with a bundled binary: the stand-in agent itself, checked by SHA256SUMS."""
     directory = tmp_path_factory.mktemp("bundled")
     binary = (REPO / "tests/fake_nomad/nomad").read_bytes()
-    (directory / "nomad").write_bytes(binary)
-    (directory / "SHA256SUMS").write_text(f"{hashlib.sha256(binary).hexdigest()}  nomad\n")
-    return render_all(
-        directory,
-        "debian",
-        append='\n[packages.bundle]\nbinary = "nomad"\nsha256sums = "SHA256SUMS"\n'
-        'version = "1.9.3"\n',
-    )
+    return render_all(directory, "debian", append=bundle_table(directory, binary))
 
 
 @pytest.fixture(scope="module")
@@ -771,13 +772,7 @@ def test_bundled_elf_binary(tmp_path: Path, flags: list[str], dynamic: bool, sym
     data = binary.read_bytes()
     facts = elf_facts(data)
     assert facts is not None and (facts.dynamic, facts.symbols) == (dynamic, symbols)
-    (tmp_path / "SHA256SUMS").write_text(f"{hashlib.sha256(data).hexdigest()}  nomad\n")
-    r = render_all(
-        tmp_path,
-        "debian",
-        append='\n[packages.bundle]\nbinary = "nomad"\nsha256sums = "SHA256SUMS"\n'
-        'version = "1.9.3"\n',
-    )
+    r = render_all(tmp_path, "debian", append=bundle_table(tmp_path, None))
     art = build_deb(r.node(SERVER), r.trees[SERVER], version=2, mtime=MTIME)
     host = subprocess.run(
         ["dpkg", "--print-architecture"], capture_output=True, text=True, check=True

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import grp
 import gzip
-import hashlib
 import io
 import os
 import re
@@ -33,7 +32,7 @@ from builder.writers.openbsd_pkg import (
 )
 from builder.writers.pkg_repo import build_pkg_repo
 
-from conftest import Rendered, render_all
+from conftest import Rendered, bundle_table, render_all
 from pkg_reader import (
     PkgError,
     compare_versions,
@@ -434,10 +433,7 @@ def test_bundled_binary_replaces_the_port_dependency(
 ) -> None:
     binary = _elf(62, 12) + b"fake nomad"
     # bundle paths are relative to the cluster file, which render_all writes here
-    (tmp_path / "nomad").write_bytes(binary)
-    (tmp_path / "SHA256SUMS").write_text(f"{hashlib.sha256(binary).hexdigest()}  nomad\n")
-    append = '\n[packages.bundle]\nbinary = "nomad"\nsha256sums = "SHA256SUMS"\nversion = "1.9.3"\n'
-    rendered = render_all(tmp_path, "openbsd", append)
+    rendered = render_all(tmp_path, "openbsd", bundle_table(tmp_path, binary))
     name = "bi-node-sbg-1"
     node, tree = rendered.node(name), rendered.trees[name]
     art = build_openbsd_pkg(

@@ -8,7 +8,6 @@ a client from the servers only; 4646 (HTTP API, loopback) from nobody.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import re
 import shutil
@@ -23,7 +22,7 @@ from builder.nodetree import NodeTree
 from builder.render import render_node
 from builder.state import State
 
-from conftest import Rendered, example_text, render_all
+from conftest import Rendered, bundle_table, example_text, render_all
 
 Rule = tuple[str, int, frozenset[str]]  # (proto, port, source addresses)
 
@@ -370,14 +369,7 @@ def test_systemd_drop_in(rendered_debian: Rendered, tmp_path: Path) -> None:
 def bundled(tmp_path_factory: pytest.TempPathFactory) -> Rendered:
     directory = tmp_path_factory.mktemp("bundled")
     binary = b"#!/bin/sh\necho 'Nomad v1.9.3'\n"
-    (directory / "nomad").write_bytes(binary)
-    (directory / "SHA256SUMS").write_text(f"{hashlib.sha256(binary).hexdigest()}  nomad\n")
-    return render_all(
-        directory,
-        "debian",
-        append='\n[packages.bundle]\nbinary = "nomad"\nsha256sums = "SHA256SUMS"\n'
-        'version = "1.9.3"\n',
-    )
+    return render_all(directory, "debian", append=bundle_table(directory, binary))
 
 
 def test_systemd_full_unit_with_bundled_binary(bundled: Rendered, tmp_path: Path) -> None:
@@ -415,14 +407,7 @@ def test_bundled_nomad_before_1_8_runs_as_a_simple_service(tmp_path: Path) -> No
     """Nomad sends systemd READY=1 only from 1.8 on: an older bundled binary under
     Type=notify would be killed when the start timeout runs out."""
     binary = b"#!/bin/sh\necho 'Nomad v1.7.7'\n"
-    (tmp_path / "nomad").write_bytes(binary)
-    (tmp_path / "SHA256SUMS").write_text(f"{hashlib.sha256(binary).hexdigest()}  nomad\n")
-    old = render_all(
-        tmp_path,
-        "debian",
-        append='\n[packages.bundle]\nbinary = "nomad"\nsha256sums = "SHA256SUMS"\n'
-        'version = "1.7.7"\n',
-    )
+    old = render_all(tmp_path, "debian", append=bundle_table(tmp_path, binary, "1.7.7"))
     for tree in old.trees.values():
         service = unit_lines(file_of_kind(tree, "unit")[1].decode(), "Service")
         assert "Type=simple" in service and "Type=notify" not in service
