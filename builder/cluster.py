@@ -24,6 +24,7 @@ from builder.model import (
     ConsulSettings,
     ImageSettings,
     Node,
+    NomadAptSource,
     PackageSettings,
     PKISettings,
 )
@@ -134,8 +135,10 @@ SECTIONS: dict[str, dict[str, Check]] = {
         "repo_url": STR,
         "signing_key_name": STR,
         "bundle": TABLE,
+        "nomad_apt": TABLE,
     },
     "bundle": {"binary": STR, "sha256sums": STR, "version": STR},
+    "nomad_apt": {"url": STR, "keyring": STR},
     "images": {
         "admin_user": STR,
         "ssh_keys": STRS,
@@ -390,8 +393,41 @@ def _packages(r: _Reader, data: Any, cluster_name: str) -> PackageSettings:
             f"{key_name!r} must end in '-pkg' (pkg_add looks for /etc/signify/*-pkg.pub)",
         )
     bundle = _bundle(r, p["bundle"]) if "bundle" in p else None
-    fields = {k: v for k, v in p.items() if k not in ("bundle", "signing_key_name")}
-    return PackageSettings(**fields, signing_key_name=key_name, bundle=bundle)
+    nomad_apt = _nomad_apt(r, p["nomad_apt"]) if "nomad_apt" in p else None
+    if bundle is not None and nomad_apt is not None:
+        raise r.fail("packages.nomad_apt", "not used with a bundled binary (packages.bundle)")
+    fields = {k: v for k, v in p.items() if k not in ("bundle", "nomad_apt", "signing_key_name")}
+    return PackageSettings(**fields, signing_key_name=key_name, bundle=bundle, nomad_apt=nomad_apt)
+
+
+def _nomad_apt(r: _Reader, data: Any) -> NomadAptSource:
+    a = r.table(data, "packages.nomad_apt", SECTIONS["nomad_apt"])
+    for key in ("url", "keyring"):
+        if key not in a:
+            raise r.fail(f"packages.nomad_apt.{key}", "missing (required with nomad_apt)")
+    if not re.match(r"^(https?|file)://[^\s\]]+$", a["url"]):
+        raise r.fail("packages.nomad_apt.url", f"{a['url']!r} must be an http(s):// or file:// URL")
+    path = r.source.parent / a["keyring"]
+    if not path.is_file():
+        raise r.fail("packages.nomad_apt.keyring", f"{path}: no such file")
+    keyring = path.read_bytes()
+    if not _is_openpgp_public_key(keyring):
+        raise r.fail(
+            "packages.nomad_apt.keyring",
+            f"{path} is not an OpenPGP public key (HashiCorp's, e.g. from "
+            "https://apt.releases.hashicorp.com/gpg, armored or dearmored)",
+        )
+    return NomadAptSource(url=a["url"].rstrip("/"), keyring=keyring)
+
+
+def _is_openpgp_public_key(data: bytes) -> bool:
+    if data.lstrip().startswith(b"-----BEGIN PGP PUBLIC KEY BLOCK-----"):
+        return True
+    if not data or not data[0] & 0x80:
+        return False
+    # First packet's tag: old format bits 5-2, new format bits 5-0; 6 = public key.
+    tag = data[0] & 0x3F if data[0] & 0x40 else (data[0] >> 2) & 0x0F
+    return tag == 6
 
 
 def _bundle(r: _Reader, data: Any) -> Bundle:

@@ -45,6 +45,25 @@ class Bundle:
 
 
 @dataclass(frozen=True)
+class NomadAptSource:
+    """HashiCorp's apt repository: images add it so apt can install the `nomad` package
+    ours depends on (a stock Debian or Ubuntu image has no source for it)."""
+
+    url: str  # e.g. https://apt.releases.hashicorp.com
+    keyring: bytes  # HashiCorp's public key as the operator fetched it (binary or armored)
+
+    @property
+    def armored(self) -> bool:
+        return self.keyring.lstrip().startswith(b"-----BEGIN PGP PUBLIC KEY BLOCK-----")
+
+    @property
+    def keyring_path(self) -> str:
+        # apt reads a Signed-By file as armored only when it is named *.asc
+        ext = "asc" if self.armored else "gpg"
+        return f"/etc/apt/keyrings/hashicorp-archive-keyring.{ext}"
+
+
+@dataclass(frozen=True)
 class PackageSettings:
     nomad_min_version: str = "1.7.0"
     maintainer: str = "nomad-build <root@localhost>"
@@ -53,6 +72,7 @@ class PackageSettings:
     repo_url: str | None = None  # where nodes find the signed repositories (images use it)
     signing_key_name: str = ""  # signify key stem; "<cluster>-pkg" by default
     bundle: Bundle | None = None
+    nomad_apt: NomadAptSource | None = None
 
 
 @dataclass(frozen=True)

@@ -247,6 +247,7 @@ def user_context(node: Node, tree: NodeTree, deb: Artifact, repo_keyring: bytes 
         "deb_path": f"{DEB_DIR}/{deb_name}",
         "deb_data": deb.data,
         "repo": None,
+        "nomad_apt": node.packages.nomad_apt,
     }
     if node.packages.repo_url:
         if repo_keyring is None:
