@@ -124,7 +124,10 @@ class Build:
             f"{name}.pub", lambda: pair.get("pub") or signify.public_key_from_secret(sec)
         )
         assert pub is not None
-        signify.check_keypair(sec, pub)  # a mismatched pair would sign what no node accepts
+        try:  # a mismatched pair would sign what no node accepts
+            signify.check_keypair(sec, pub)
+        except UserError as e:
+            raise UserError(f"{self.state.directory / name}.{{sec,pub}}: {e}") from None
         return sec, pub
 
     def apt_key(self) -> bytes:

@@ -146,7 +146,9 @@ def test_mismatched_signify_key_pair_is_refused(example: Path, tmp_path: Path) -
     (example / "state/bi-sbg-pkg.pub").write_bytes((other / "state/bi-sbg-pkg.pub").read_bytes())
     proc = nomad_build(example, "package", "--node", "bi-core-sbg-1")
     assert proc.returncode == 2
-    assert "the .pub does not belong to the .sec" in proc.stderr, proc.stderr
+    assert "state/bi-sbg-pkg.{sec,pub}: signify key pair: the .pub does not belong to the .sec" in (
+        proc.stderr
+    ), proc.stderr
 
 
 # bcrypt of a throwaway password (OpenBSD's installer takes only bcrypt; libxcrypt too),
