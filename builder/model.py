@@ -122,6 +122,11 @@ class Node:
     images: ImageSettings = field(repr=False, compare=False, default=ImageSettings())
 
     @property
+    def domain(self) -> str:
+        """The cluster domain the node's FQDN ends in."""
+        return self.fqdn[len(self.name) + 1 :]
+
+    @property
     def is_server(self) -> bool:
         return self.role in ("server", "both")
 

@@ -106,11 +106,6 @@ class NetworkPlan:
     search: tuple[str, ...]
 
 
-def _domain(node: Node) -> str:
-    suffix = node.fqdn[len(node.name) :]
-    return suffix[1:] if suffix.startswith(".") else ""
-
-
 def network_plan(node: Node, *, fallback_name: str = "eth0") -> NetworkPlan | None:
     """The node's network, or None when cloud-init's own fallback (DHCP) is right."""
     try:
@@ -139,7 +134,7 @@ def network_plan(node: Node, *, fallback_name: str = "eth0") -> NetworkPlan | No
         default_route="::/0" if v6 else "0.0.0.0/0",
         gateway=node.gateway if static else None,
         nameservers=node.nameservers,
-        search=(_domain(node),) if _domain(node) else (),
+        search=(node.domain,) if node.domain else (),
     )
 
 
@@ -241,7 +236,7 @@ def user_context(node: Node, tree: NodeTree, deb: Artifact, repo_keyring: bytes 
     ctx: dict[str, Any] = {
         "node": node,
         "service": tree.service,
-        "domain": _domain(node),
+        "domain": node.domain,
         "images": node.images,
         "deb_name": deb_name,
         "deb_path": f"{DEB_DIR}/{deb_name}",

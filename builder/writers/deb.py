@@ -51,7 +51,7 @@ from builder.data import template_environment
 from builder.errors import BuildError, UserError
 from builder.model import Node
 from builder.nodetree import NodeFile, NodeTree
-from builder.writers import Artifact, bundled_binaries
+from builder.writers import Artifact, bundled_binaries, role_text
 
 __all__ = [
     "DIVERTED",
@@ -136,10 +136,6 @@ def elf_facts(binary: bytes) -> ElfFacts | None:
     except IndexError:
         raise UserError("bundled nomad binary: truncated ELF headers") from None
     return ElfFacts(dynamic=dynamic, symbols=symbols)
-
-
-def _role_text(node: Node) -> str:
-    return {"server": "server", "client": "client", "both": "server and client"}[node.role]
 
 
 # ---------------------------------------------------------------- templates
@@ -238,7 +234,7 @@ def _changelog(pkg: str, version: str, node: Node, tree: NodeTree, mtime: int) -
         package=pkg,
         version=version,
         node=node,
-        role_text=_role_text(node),
+        role_text=role_text(node),
         digest=tree.digest()[:16],
         maintainer=node.packages.maintainer,
         date=when,
@@ -294,7 +290,7 @@ def build_deb(node: Node, tree: NodeTree, *, version: int, mtime: int) -> Artifa
         "service": svc,
         "account": svc.account,
         "unit": unit,
-        "role_text": _role_text(node),
+        "role_text": role_text(node),
         "bundled": bundled,
         "bundle_version": bundle.version if bundle else "",
         "hashicorp_config": HASHICORP_CONFIG,

@@ -44,7 +44,6 @@ password hash: secret, written 0600; serve them to the installing machines only.
 from __future__ import annotations
 
 import hashlib
-import posixpath
 import re
 import urllib.parse
 from typing import Any
@@ -56,6 +55,7 @@ from builder.model import Node
 from builder.nodetree import NodeTree
 from builder.writers import Artifact
 from builder.writers.cloud_init import render
+from builder.writers.openbsd_pkg import KSH_IDENT, package_file_name
 
 __all__ = [
     "OUT_DIR",
@@ -73,8 +73,6 @@ NO_PASSWORD = "*************"  # install.sub: stored as is, no password login
 # Architectures whose release directory carries bsd, bsd.mp and bsd.rd.
 ARCHES = ("amd64", "arm64", "i386")
 _BCRYPT = re.compile(r"^\$2[ab]\$\d\d\$[./A-Za-z0-9]{53}$")
-_PKG_FILE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]*-\d[A-Za-z0-9._+-]*\.tgz$")
-_KSH_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def xy(release: str) -> str:
@@ -125,11 +123,6 @@ def release_sets(release: str, arch: str) -> list[str]:
     return ["BUILDINFO", f"INSTALL.{arch}", "SHA256.sig", "bsd", "bsd.mp", "bsd.rd", *sets]
 
 
-def _domain(node: Node) -> str:
-    suffix = node.fqdn[len(node.name) :]
-    return suffix[1:] if suffix.startswith(".") else ""
-
-
 def _password(node: Node) -> str:
     pw = node.images.password_hash
     if pw is None:
@@ -171,9 +164,7 @@ def _network(node: Node) -> dict[str, Any]:
 
 def _check_package(node: Node, pkg: Artifact, pub_key: bytes) -> tuple[str, bool]:
     """(file name, signed?) of the node's OpenBSD package; a signed one must verify."""
-    name = posixpath.basename(pkg.path)
-    if not pkg.path.startswith("openbsd/") or not _PKG_FILE.match(name):
-        raise BuildError(f"not an OpenBSD package artifact: {pkg.path}")
+    name = package_file_name(pkg)
     if not name.startswith(node.openbsd_stem + "-"):
         raise BuildError(f"{pkg.path} is not node {node.name}'s package ({node.openbsd_stem})")
     signed = len(pkg.data) > 3 and bool(pkg.data[3] & 0x10)  # gzip FCOMMENT: signify -z
@@ -196,7 +187,7 @@ def _site_set(
 ) -> bytes:
     pkg_name, signed = _check_package(node, pkg, pub_key)
     svc = tree.service.name
-    if not _KSH_IDENT.match(svc):
+    if not KSH_IDENT.match(svc):
         raise BuildError(f"{node.name}: service name {svc!r} is not an rc.d script name")
     install_site = render(
         "images/openbsd/install.site.j2",
@@ -285,7 +276,7 @@ def build_openbsd_autoinstall(
             "images/openbsd/install.conf.j2",
             node=node,
             images=node.images,
-            domain=_domain(node),
+            domain=node.domain,
             net=_network(node),
             password=_password(node),
             user_key=first_key,

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import posixpath
 import re
 import textwrap
 from dataclasses import dataclass
@@ -42,14 +43,16 @@ from builder.data import template_environment
 from builder.errors import BuildError, UserError
 from builder.model import Node
 from builder.nodetree import NodeFile, NodeTree
-from builder.writers import Artifact, bundled_binaries
+from builder.writers import Artifact, bundled_binaries, role_text
 
 __all__ = [
     "EXAMPLES_DIR",
+    "KSH_IDENT",
     "PORT_PKGPATH",
     "PORT_SAMPLES",
     "build_openbsd_pkg",
     "elf_arch",
+    "package_file_name",
     "package_name",
     "split_package_name",
 ]
@@ -67,7 +70,8 @@ PORT_SAMPLES = {"/etc/nomad/nomad.hcl": "/usr/local/share/examples/nomad/nomad.h
 _IDS = {"root": 0, "wheel": 0, "daemon": 1, "bin": 7}
 _PATH_OK = re.compile(r"^(/[A-Za-z0-9._+-]+)+$")
 _NAME_OK = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
-_KSH_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+KSH_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # rc.d script names are ksh names
+_PACKAGE_FILE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]*-\d[A-Za-z0-9._+-]*\.tgz$")
 _VERSION_SPLIT = re.compile(r"^(.*?)-(\d.*)$")  # OpenBSD::PackageName: first "-<digit>"
 
 # ELF e_machine -> OpenBSD package architecture (MACHINE_ARCH).
@@ -257,11 +261,15 @@ def _render(name: str, **context: object) -> bytes:
     return text.encode()
 
 
-def _role_text(node: Node) -> str:
-    return {"server": "server", "client": "client", "both": "server and client"}[node.role]
-
-
 # ---------------------------------------------------------------- the writer
+
+
+def package_file_name(pkg: Artifact) -> str:
+    """The file name of an artifact this writer made; BuildError for anything else."""
+    name = posixpath.basename(pkg.path)
+    if not pkg.path.startswith("openbsd/") or not _PACKAGE_FILE.match(name):
+        raise BuildError(f"not an OpenBSD package artifact: {pkg.path}")
+    return name
 
 
 def _check_tree(node: Node, tree: NodeTree) -> NodeFile:
@@ -270,7 +278,7 @@ def _check_tree(node: Node, tree: NodeTree) -> NodeFile:
     if tree.node != node.name:
         raise BuildError(f"NodeTree of {tree.node} given for node {node.name}")
     svc = tree.service
-    if not _KSH_IDENT.match(svc.name):
+    if not KSH_IDENT.match(svc.name):
         raise BuildError(f"rc.d script name {svc.name!r} is not a ksh identifier")
     if svc.unit_path != f"/etc/rc.d/{svc.name}":
         raise BuildError(f"rc.d script {svc.unit_path} is not /etc/rc.d/{svc.name}")
@@ -348,7 +356,7 @@ def build_openbsd_pkg(
     context = {
         "node": node,
         "service": svc,
-        "role_text": _role_text(node),
+        "role_text": role_text(node),
         "bundled": bundle is not None,
         "bundle_version": bundle.version if bundle else "",
         "arch": arch,
@@ -364,7 +372,7 @@ def build_openbsd_pkg(
         # pkg_add -u only replaces a package by one with a matching pkgpath;
         # ftp=no: it holds private keys, not for public mirrors.
         f"@comment pkgpath=nomad-build/{node.openbsd_stem} ftp=no",
-        f"@comment nomad-build: Nomad {_role_text(node)} configuration for {node.name}",
+        f"@comment nomad-build: Nomad {role_text(node)} configuration for {node.name}",
         f"@arch {arch}",
     )
     pl.special("+DESC", desc)

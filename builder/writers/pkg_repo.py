@@ -15,25 +15,22 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
-import posixpath
 import re
 
 from builder.errors import BuildError
 from builder.writers import Artifact
+from builder.writers.openbsd_pkg import package_file_name
 
 __all__ = ["REPO_DIR", "build_pkg_repo"]
 
 REPO_DIR = "repo/openbsd"
-_PKG_FILE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]*-\d[A-Za-z0-9._+-]*\.tgz$")
 
 
 def build_pkg_repo(pkgs: list[Artifact], *, pub_key: bytes | None, key_name: str) -> list[Artifact]:
     """repo/openbsd/: the packages, index.html, SHA256 and <key_name>.pub (when signed)."""
     by_name: dict[str, Artifact] = {}
     for a in pkgs:
-        name = posixpath.basename(a.path)
-        if not a.path.startswith("openbsd/") or not _PKG_FILE.match(name):
-            raise BuildError(f"not an OpenBSD package artifact: {a.path}")
+        name = package_file_name(a)
         if name in by_name:
             raise BuildError(f"two packages named {name}")
         by_name[name] = a
