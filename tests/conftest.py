@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import subprocess
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pycdlib
 import pytest
 
 from builder.cluster import load
@@ -51,6 +53,23 @@ def write_cluster(directory: Path, os_name: str = "openbsd", append: str = "") -
     path = directory / "cluster.toml"
     path.write_text(example_text(os_name) + append)
     return path
+
+
+def pycdlib_files(data: bytes) -> dict[str, dict[str, bytes]]:
+    """Every file by each of the three name spaces: {"rr"|"joliet"|"iso": {name: bytes}}."""
+    iso = pycdlib.PyCdlib()
+    iso.open_fp(io.BytesIO(data))
+    try:
+        out: dict[str, dict[str, bytes]] = {"rr": {}, "joliet": {}, "iso": {}}
+        for kind, arg in (("rr", "rr_path"), ("joliet", "joliet_path"), ("iso", "iso_path")):
+            for _dirname, _dirs, files in iso.walk(**{arg: "/"}):
+                for f in files:
+                    buf = io.BytesIO()
+                    iso.get_file_from_iso_fp(buf, **{arg: "/" + f})
+                    out[kind][f] = buf.getvalue()
+        return out
+    finally:
+        iso.close()
 
 
 def bundle_table(directory: Path, binary: bytes | None, version: str = "1.9.3") -> str:

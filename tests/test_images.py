@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import jsonschema
-import pycdlib
 import pytest
 import yaml
 
@@ -45,7 +44,7 @@ from builder.writers.openbsd_autoinstall import (
 )
 from builder.writers.openbsd_pkg import build_openbsd_pkg
 
-from conftest import example_text
+from conftest import example_text, pycdlib_files
 
 MTIME = 1_700_000_000
 PASSWORD = "correct horse battery staple"  # plain text: must never be in an image
@@ -140,23 +139,6 @@ def xorriso_files(iso: Path, dest: Path) -> dict[str, bytes]:
         check=True,
     )
     return {p.name: p.read_bytes() for p in dest.iterdir() if p.is_file()}
-
-
-def pycdlib_files(data: bytes) -> dict[str, dict[str, bytes]]:
-    """Every file by each of the three name spaces: {"rr"|"joliet"|"iso": {name: bytes}}."""
-    iso = pycdlib.PyCdlib()
-    iso.open_fp(io.BytesIO(data))
-    try:
-        out: dict[str, dict[str, bytes]] = {"rr": {}, "joliet": {}, "iso": {}}
-        for kind, arg in (("rr", "rr_path"), ("joliet", "joliet_path"), ("iso", "iso_path")):
-            for _dirname, _dirs, files in iso.walk(**{arg: "/"}):
-                for f in files:
-                    buf = io.BytesIO()
-                    iso.get_file_from_iso_fp(buf, **{arg: "/" + f})
-                    out[kind][f] = buf.getvalue()
-        return out
-    finally:
-        iso.close()
 
 
 def read_seed(art: Artifact, tmp: Path) -> dict[str, bytes]:

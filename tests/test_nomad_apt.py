@@ -11,12 +11,10 @@ keyring the seeds write.
 from __future__ import annotations
 
 import base64
-import io
 import shutil
 import subprocess
 from pathlib import Path
 
-import pycdlib
 import pytest
 import yaml
 
@@ -32,7 +30,7 @@ from builder.writers.cloud_init import build_cloud_init_seed
 from builder.writers.deb import build_deb
 
 import debian_chroot
-from conftest import bundle_table, nomad_build, write_cluster
+from conftest import bundle_table, nomad_build, pycdlib_files, write_cluster
 from fake_nomad import STANDIN_VERSION, build_fake_nomad_deb
 
 MTIME = 1_700_000_000
@@ -55,15 +53,6 @@ def cluster_with(directory: Path, append: str) -> Path:
     return path
 
 
-def iso_file(data: bytes, name: str) -> bytes:
-    iso = pycdlib.PyCdlib()
-    iso.open_fp(io.BytesIO(data))
-    out = io.BytesIO()
-    iso.get_file_from_iso_fp(out, rr_path=f"/{name}")
-    iso.close()
-    return out.getvalue()
-
-
 @pytest.fixture(scope="module")
 def hashicorp_key() -> bytes:
     return openpgp.generate_key("TEST-ONLY stand-in for HashiCorp's apt key", created=MTIME)
@@ -83,8 +72,8 @@ def seeds(
     cloud = build_cloud_init_seed(node, tree, deb=deb, repo_keyring=None, mtime=MTIME)
     auto = build_autoinstall_seed(node, tree, deb=deb, repo_keyring=None, mtime=MTIME)
     return cluster, {
-        "cloud-init": iso_file(cloud.data, "user-data"),
-        "autoinstall": iso_file(auto.data, "user-data"),
+        "cloud-init": pycdlib_files(cloud.data)["rr"]["user-data"],
+        "autoinstall": pycdlib_files(auto.data)["rr"]["user-data"],
     }
 
 
@@ -120,7 +109,7 @@ def test_without_nomad_apt_seeds_leave_apt_alone(tmp_path: Path) -> None:
         tree = render_node(cluster, node, st)
     deb = build_deb(node, tree, version=1, mtime=MTIME)
     art = build_cloud_init_seed(node, tree, deb=deb, repo_keyring=None, mtime=MTIME)
-    doc = yaml.safe_load(iso_file(art.data, "user-data"))
+    doc = yaml.safe_load(pycdlib_files(art.data)["rr"]["user-data"])
     assert "apt" not in doc and "package_update" not in doc
 
 

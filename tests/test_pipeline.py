@@ -14,13 +14,12 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import pycdlib
 import pytest
 
 from builder.publish import publish_tree
 from builder.writers import Artifact
 
-from conftest import nomad_build, write_cluster
+from conftest import nomad_build, pycdlib_files, write_cluster
 
 SERVERS = ("bi-core-sbg-1", "bi-core-sbg-2", "bi-core-sbg-3")
 CLIENTS = ("bi-node-sbg-1", "bi-node-sbg-2", "bi-node-sbg-3")
@@ -46,16 +45,8 @@ def unpacked(data: bytes) -> Iterator[bytes]:
     for run in re.findall(rb"[A-Za-z0-9+/]{400,}={0,2}", data):
         yield from unpacked(base64.b64decode(run + b"=" * (-len(run) % 4)))
     if data[0x8001:0x8006] == b"CD001":
-        iso = pycdlib.PyCdlib()
-        iso.open_fp(io.BytesIO(data))
-        try:
-            for root, _dirs, files in iso.walk(iso_path="/"):
-                for name in files:
-                    out = io.BytesIO()
-                    iso.get_file_from_iso_fp(out, iso_path=f"{root.rstrip('/')}/{name}")
-                    yield from unpacked(out.getvalue())
-        finally:
-            iso.close()
+        for content in pycdlib_files(data)["rr"].values():
+            yield from unpacked(content)
     elif data[:2] == b"\x1f\x8b":
         yield from unpacked(gzip.decompress(data))
     elif data[:8] == b"!<arch>\n":
