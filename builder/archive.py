@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import os
 import tarfile
 from dataclasses import dataclass
 from typing import Literal
@@ -87,16 +86,3 @@ def ar(members: list[tuple[str, bytes]], *, mtime: int) -> bytes:
         if len(data) % 2:
             out.append(b"\n")
     return b"".join(out)
-
-
-def source_date_epoch(default: int) -> int:
-    """SOURCE_DATE_EPOCH when set (reproducible-builds.org), else the caller's default."""
-    value = os.environ.get("SOURCE_DATE_EPOCH")
-    if value is None or value == "":
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        from builder.errors import UserError
-
-        raise UserError(f"SOURCE_DATE_EPOCH: not an integer: {value!r}") from None

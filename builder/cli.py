@@ -15,12 +15,8 @@ from typing import Any
 import click
 
 import builder
-from builder import cluster as cluster_mod
-from builder import pipeline, publish
+from builder import pipeline
 from builder.errors import BuildError, UserError
-from builder.model import Cluster
-from builder.render import ca_spec, cert_spec
-from builder.state import State
 
 CLUSTER_OPTION = click.option(
     "-c",
@@ -44,7 +40,12 @@ OUT_OPTION = click.option(
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("dist"),
     show_default=True,
-    help="Where artifacts go.",
+    help="Where artifacts go (never the state directory; see --force).",
+)
+FORCE_OPTION = click.option(
+    "--force",
+    is_flag=True,
+    help="Write into an output directory nomad-build did not make (build replaces it whole).",
 )
 
 
@@ -69,18 +70,27 @@ def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
-def _state_dir(cluster: Cluster, state_dir: Path | None) -> Path:
-    return state_dir if state_dir is not None else cluster.source.parent / "state"
-
-
-def _report(st: State) -> None:
-    for ev in st.events:
+def _report(result: pipeline.Result) -> None:
+    for ev in result.events:
         click.echo(f"{ev.kind}: {ev.what} ({ev.reason})", err=True)
+    _warnings(result.warnings)
+
+
+def _warnings(warnings: list[str]) -> None:
+    for w in dict.fromkeys(warnings):
+        click.echo(f"warning: {w}", err=True)
 
 
 def _paths(paths: list[Path]) -> None:
     for p in paths:
         click.echo(str(p))
+
+
+def _run(request: pipeline.Request) -> pipeline.Result:
+    """Plan (every check, nothing written), then write; the plan's warnings come once."""
+    result = pipeline.execute(pipeline.plan(request))
+    _report(result)
+    return result
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -98,42 +108,35 @@ def cli() -> None:
 @_errors
 def check(cluster_file: Path, state_dir: Path | None) -> None:
     """Validate the cluster file and print the plan; writes nothing."""
-    cluster = cluster_mod.load(cluster_file)
-    st = State.open(_state_dir(cluster, state_dir), create=False)
+    plan = pipeline.plan(pipeline.Request("check", cluster_file, state_dir))
+    cluster = plan.cluster
     click.echo(
         f"cluster {cluster.name}: region {cluster.region}, datacenter {cluster.datacenter}, "
         f"domain {cluster.domain}, {len(cluster.servers)} servers "
         f"(bootstrap_expect {cluster.bootstrap_expect}), {len(cluster.nodes)} nodes"
     )
-    # Read-only, the store records what a writing run would create or re-issue, and why.
-    ca = st.ca(ca_spec(cluster))
-    st.gossip_key()
     rows = [("NODE", "ROLE", "OS", "ADDRESSES", "CERTIFICATE NAMES", "CERT EXPIRES")]
     for node in cluster.nodes:
-        spec = cert_spec(cluster, node)
-        current = st.node_cert(node.name, spec, ca)
-        info = st.cert_info(node.name)
-        if info is None:
+        cert = plan.certificates[node.name]
+        if cert.info is None:
             expiry = "to be issued"
         else:
-            expiry = info.not_after.strftime("%Y-%m-%d") + ("" if current else " (re-issue)")
-        rows.append(
-            (node.name, node.role, node.os, ",".join(node.ips), ",".join(spec.dns_names), expiry)
-        )
+            expiry = f"{cert.info.not_after:%Y-%m-%d}" + ("" if cert.current else " (re-issue)")
+        names = ",".join(cluster.cert_names(node)[1])
+        rows.append((node.name, node.role, node.os, ",".join(node.ips), names, expiry))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     click.echo("secrets (the CA key stays in state/; these are written 0600):")
+    outputs = plan.outputs()
     for node in cluster.nodes:
         held = "node key, gossip key" if node.is_server else "node key"
-        click.echo(f"  {node.name} ({held}): {', '.join(pipeline.secret_artifacts(node))}")
-    for ev in st.events:
-        click.echo(
-            f"plan: {ev.kind.replace('created', 'create').replace('reissued', 're-issue')}"
-            f" {ev.what} ({ev.reason})"
-        )
-    for w in cluster.warnings:
-        click.echo(f"warning: {w}", err=True)
+        paths = [o.path for o in outputs if o.node == node.name and o.has_node_key]
+        click.echo(f"  {node.name} ({held}): {', '.join(paths)}")
+    for ev in plan.events:
+        verb = ev.kind.replace("created", "create").replace("reissued", "re-issue")
+        click.echo(f"plan: {verb} {ev.what} ({ev.reason})")
+    _warnings(plan.warnings)
 
 
 @cli.command()
@@ -147,20 +150,16 @@ def check(cluster_file: Path, state_dir: Path | None) -> None:
     required=True,
     help="Root of the node's file tree (DIR/etc/...).",
 )
+@FORCE_OPTION
 @_errors
-def render(cluster_file: Path, state_dir: Path | None, node_name: str, out_dir: Path) -> None:
+def render(
+    cluster_file: Path, state_dir: Path | None, node_name: str, out_dir: Path, force: bool
+) -> None:
     """Write one node's files under DIR as a root filesystem (creating missing secrets)."""
-    cluster = cluster_mod.load(cluster_file)
-    node = cluster.node(node_name)
-    with State.open(_state_dir(cluster, state_dir), create=True) as st:
-        tree = pipeline.Build(cluster, st).tree(node)
-        _report(st)
-    paths = publish.write_root(out_dir, ((f.path, f.content, f.mode) for f in tree.files))
-    for d in tree.dirs:
-        target = out_dir / d.path.lstrip("/")
-        target.mkdir(parents=True, exist_ok=True)
-        target.chmod(d.mode)
-    _paths(paths)
+    request = pipeline.Request(
+        "render", cluster_file, state_dir, out_dir, nodes=(node_name,), force=force
+    )
+    _paths(_run(request).published)
 
 
 @cli.command()
@@ -180,6 +179,7 @@ def render(cluster_file: Path, state_dir: Path | None, node_name: str, out_dir: 
     help="Default: the node's OS's format.",
 )
 @click.option("--unsigned", is_flag=True, help="OpenBSD: do not sign (pkg_add -D unsigned).")
+@FORCE_OPTION
 @_errors
 def package(
     cluster_file: Path,
@@ -189,16 +189,21 @@ def package(
     role: str | None,
     fmt: str | None,
     unsigned: bool,
+    force: bool,
 ) -> None:
     """Build one node's package into OUT/debian/ or OUT/openbsd/."""
-    cluster = cluster_mod.load(cluster_file)
-    node = cluster.node(node_name)
-    pipeline.check_request(cluster, node, role=role, fmt=fmt)
-    with State.open(_state_dir(cluster, state_dir), create=True) as st:
-        artifact = pipeline.Build(cluster, st, sign=not unsigned).packages([node])[0]
-        st.flush()
-        _report(st)
-    _paths(pipeline.publish_some(out_dir, [artifact]))
+    request = pipeline.Request(
+        "package",
+        cluster_file,
+        state_dir,
+        out_dir,
+        nodes=(node_name,),
+        role=role,
+        fmt=fmt,
+        sign=not unsigned,
+        force=force,
+    )
+    _paths(_run(request).published)
 
 
 @cli.command()
@@ -207,51 +212,44 @@ def package(
 @OUT_OPTION
 @click.option("--node", "node_name", required=True, help="The node the image is for.")
 @click.option("--kind", type=click.Choice(pipeline.IMAGE_KINDS), required=True)
+@FORCE_OPTION
 @_errors
 def image(
-    cluster_file: Path, state_dir: Path | None, out_dir: Path, node_name: str, kind: str
+    cluster_file: Path,
+    state_dir: Path | None,
+    out_dir: Path,
+    node_name: str,
+    kind: str,
+    force: bool,
 ) -> None:
     """Build one node's boot seed (cloud-init ISO, Ubuntu autoinstall, OpenBSD autoinstall)."""
-    cluster = cluster_mod.load(cluster_file)
-    node = cluster.node(node_name)
-    pipeline.check_image_request(cluster, node, kind)
-    with State.open(_state_dir(cluster, state_dir), create=True) as st:
-        artifacts = pipeline.Build(cluster, st).images([node], [kind])
-        st.flush()
-        _report(st)
-    _paths(pipeline.publish_some(out_dir, artifacts))
+    request = pipeline.Request(
+        "image", cluster_file, state_dir, out_dir, nodes=(node_name,), kind=kind, force=force
+    )
+    result = _run(request)
+    _paths([p for p in result.published if not p.name.endswith((".deb", ".tgz"))])
 
 
 @cli.command()
 @CLUSTER_OPTION
 @STATE_OPTION
 @OUT_OPTION
+@FORCE_OPTION
 @_errors
-def repo(cluster_file: Path, state_dir: Path | None, out_dir: Path) -> None:
+def repo(cluster_file: Path, state_dir: Path | None, out_dir: Path, force: bool) -> None:
     """Build every node's package and the signed apt / OpenBSD repositories."""
-    cluster = cluster_mod.load(cluster_file)
-    with State.open(_state_dir(cluster, state_dir), create=True) as st:
-        build = pipeline.Build(cluster, st)
-        pkgs = build.packages(cluster.nodes)
-        artifacts = pkgs + build.repos(pkgs)
-        st.flush()
-        _report(st)
-    _paths(pipeline.publish_some(out_dir, artifacts))
+    _paths(_run(pipeline.Request("repo", cluster_file, state_dir, out_dir, force=force)).published)
 
 
 @cli.command()
 @CLUSTER_OPTION
 @STATE_OPTION
 @OUT_OPTION
+@FORCE_OPTION
 @_errors
-def build(cluster_file: Path, state_dir: Path | None, out_dir: Path) -> None:
+def build(cluster_file: Path, state_dir: Path | None, out_dir: Path, force: bool) -> None:
     """Build every artifact of every node, and the repositories, replacing OUT in one step."""
-    cluster = cluster_mod.load(cluster_file)
-    with State.open(_state_dir(cluster, state_dir), create=True) as st:
-        artifacts = pipeline.Build(cluster, st).everything()
-        st.flush()
-        _report(st)
-    _paths(pipeline.publish_all(out_dir, artifacts))
+    _paths(_run(pipeline.Request("build", cluster_file, state_dir, out_dir, force=force)).published)
 
 
 @cli.group()
@@ -265,11 +263,10 @@ def pki() -> None:
 @_errors
 def pki_status(cluster_file: Path, state_dir: Path | None) -> None:
     """Every node certificate's names and expiry, read-only."""
-    cluster = cluster_mod.load(cluster_file)
-    st = State.open(_state_dir(cluster, state_dir), create=False)
+    plan = pipeline.plan(pipeline.Request("check", cluster_file, state_dir))
     now = datetime.now(UTC)
-    for node in cluster.nodes:
-        info = st.cert_info(node.name)
+    for node in plan.cluster.nodes:
+        info = plan.certificates[node.name].info
         if info is None:
             click.echo(f"{node.name}: no certificate yet")
             continue
@@ -278,6 +275,7 @@ def pki_status(cluster_file: Path, state_dir: Path | None) -> None:
             f"{node.name}: {info.subject_cn}, expires {info.not_after:%Y-%m-%d} "
             f"({days} days), names {','.join(info.dns_names)}, IPs {','.join(info.ip_addresses)}"
         )
+    _warnings(plan.warnings)
 
 
 @pki.command("renew")
@@ -286,17 +284,21 @@ def pki_status(cluster_file: Path, state_dir: Path | None) -> None:
 @_errors
 def pki_renew(cluster_file: Path, state_dir: Path | None) -> None:
     """Create missing secrets and re-issue every certificate that no longer fits or expires soon."""
-    cluster = cluster_mod.load(cluster_file)
-    with State.open(_state_dir(cluster, state_dir), create=True) as st:
-        b = pipeline.Build(cluster, st)
-        b.render(cluster.nodes)
-        _report(st)
-        if not st.events:
-            click.echo("every certificate is current", err=True)
+    result = _run(pipeline.Request("renew", cluster_file, state_dir))
+    if not result.events:
+        click.echo("every certificate is current", err=True)
 
 
 def main() -> None:
-    cli(prog_name="nomad-build")
+    """Run the CLI; a usage error is one line on stderr and exit 2, like any bad input."""
+    try:
+        cli.main(prog_name="nomad-build", standalone_mode=False)
+    except click.ClickException as e:
+        click.echo(f"nomad-build: {e.format_message()}", err=True)
+        sys.exit(e.exit_code)
+    except click.Abort:
+        click.echo("nomad-build: aborted", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,33 +1,41 @@
-"""What to build for which node, in what order; the CLI's only entry into the work.
+"""PLAN, then WRITE: the CLI's only entry into the work.
 
-cluster -> secrets (state/) -> NodeTree per node -> artifacts per format -> dist/.
-Secrets are made sequentially under the state lock; trees and artifacts are built
-in parallel; everything is published atomically at the end.
+`plan()` loads the cluster model, picks the writers a request needs, runs every
+applicable writer's `check` for every requested node, checks the output
+directory against the state and the cluster file, and goes through the secrets
+store read-only (which refuses a damaged or missing secret exactly as a writing
+run would). It writes nothing. Only a clean plan reaches `execute()`, which
+opens the store for writing (and holds its lock until publishing is done),
+makes the secrets, renders each node's tree once, builds each artifact once in
+dependency order, and publishes into the output directory atomically.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-import builder
-from builder import publish
-from builder.archive import source_date_epoch
+from builder import cluster as cluster_mod
+from builder import output_dir, publish
 from builder.errors import UserError
 from builder.model import Cluster, Node
 from builder.nodetree import NodeTree
-from builder.pki import inspect_cert
-from builder.render import NodeSecrets, ca_spec, node_secrets, render_tree
+from builder.pki import CertInfo, inspect_cert
+from builder.render import ca_spec, cert_spec, node_secrets, render_tree
 from builder.state import Event, State
-from builder.writers import Artifact
+from builder.writers import Artifact, BuildInputs, Keys, Output, Writer, all_writers, writer
 
-PACKAGE_FORMATS = {"debian": "deb", "openbsd": "openbsd"}
+PACKAGE_WRITERS = {"debian": "deb", "openbsd": "openbsd-pkg"}
+FORMAT_NAMES = {"deb": "deb", "openbsd": "openbsd-pkg"}  # `package --format` -> writer
 IMAGE_KINDS = ("cloud-init", "autoinstall", "openbsd-autoinstall")
-IMAGE_OS = {"cloud-init": "debian", "autoinstall": "debian", "openbsd-autoinstall": "openbsd"}
+REPO_WRITERS = ("deb", "openbsd-pkg", "apt-repo", "pkg-repo")
+STATE_FORMAT = {"deb": "deb", "openbsd-pkg": "openbsd"}  # versions.json's format names
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -41,252 +49,329 @@ def _parallel(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         return list(pool.map(fn, items))
 
 
+# ---------------------------------------------------------------- the request
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the operator asked for, as the CLI parsed it."""
+
+    command: str  # check | build | package | image | repo | render | renew
+    cluster_file: Path
+    state_dir: Path | None = None
+    out_dir: Path | None = None
+    nodes: tuple[str, ...] = ()  # empty: every node
+    role: str | None = None  # `package --role`: must match the node
+    fmt: str | None = None  # `package --format`
+    kind: str | None = None  # `image --kind`
+    sign: bool = True
+    force: bool = False  # replace an output directory nomad-build did not make
+
+
+@dataclass(frozen=True)
+class Job:
+    writer: Writer
+    nodes: tuple[Node, ...]
+
+
+@dataclass(frozen=True)
+class CertStatus:
+    info: CertInfo | None  # the stored certificate (None: none yet)
+    current: bool  # still fits the cluster file (else a writing run re-issues it)
+
+
 @dataclass
-class Build:
-    """One run over one cluster and its state: renders nodes once, builds on demand."""
-
+class Plan:
+    request: Request
     cluster: Cluster
-    state: State
-    sign: bool = True  # OpenBSD packages signed with the signify key in state/
-    trees: dict[str, NodeTree] = field(default_factory=dict)
-    _mtime: int | None = None
+    state_dir: Path
+    out_dir: Path | None
+    nodes: tuple[Node, ...]
+    jobs: tuple[Job, ...]
+    keys_needed: frozenset[str]
+    source_date_epoch: int | None
+    events: list[Event] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    versions: dict[str, int] = field(default_factory=dict)  # current (or first) versions
+    certificates: dict[str, CertStatus] = field(default_factory=dict)
 
-    # ------------------------------------------------------------ basics
-    @property
-    def events(self) -> list[Event]:
-        return self.state.events
+    def outputs(self) -> list[Output]:
+        """Every path the jobs will produce, with the versions known now."""
+        by_writer: dict[str, list[Output]] = {}
+        for job in self.jobs:
+            upstream = [o for need in job.writer.needs for o in by_writer.get(need, [])]
+            by_writer[job.writer.name] = job.writer.outputs(
+                self.cluster, job.nodes, self.versions, upstream
+            )
+        return [o for outs in by_writer.values() for o in outs]
 
-    @property
-    def mtime(self) -> int:
-        """SOURCE_DATE_EPOCH, else the CA's birth: stable for the life of the state."""
-        if self._mtime is None:
-            ca = self.state.ca(ca_spec(self.cluster))
-            assert ca is not None
-            born = int(inspect_cert(ca[1]).not_before.timestamp())
-            self._mtime = source_date_epoch(default=born)
-        return self._mtime
 
-    def render(self, nodes: Iterable[Node]) -> list[NodeTree]:
-        nodes = [n for n in nodes if n.name not in self.trees]
-        # Secrets first, one after another: the store is the single writer of state/.
-        secrets: list[tuple[Node, NodeSecrets]] = [
-            (n, node_secrets(self.cluster, n, self.state)) for n in nodes
-        ]
-        for tree in _parallel(lambda ns: render_tree(self.cluster, ns[0], ns[1]), secrets):
-            self.trees[tree.node] = tree
-        return [self.trees[n.name] for n in nodes]
+def plan(request: Request) -> Plan:
+    """Everything a run will do, checked; nothing written."""
+    cluster = cluster_mod.load(request.cluster_file)
+    state_dir = request.state_dir or cluster.source.parent / "state"
+    nodes = _requested_nodes(cluster, request)
+    jobs = _jobs(cluster, request, nodes)
+    _check_writers(cluster, jobs)
+    epoch = _source_date_epoch()
+    if request.out_dir is not None:
+        output_dir.check(request.out_dir, state_dir, cluster.source, force=request.force)
+    keys = frozenset(k for j in jobs for k in j.writer.signing_keys(cluster))
+    if not request.sign:
+        keys -= {"signify"}
+    p = Plan(request, cluster, state_dir, request.out_dir, nodes, jobs, keys, epoch)
+    with State.open(state_dir, create=False) as st:
+        current = _secrets(p, st, nodes).current_certs
+        p.certificates = {
+            n.name: CertStatus(st.cert_info(n.name), n.name in current) for n in nodes
+        }
+        p.versions = _current_versions(p, st)
+        if request.out_dir is not None:
+            st.require_versions_at_least(output_dir.published_versions(request.out_dir))
+        p.events, p.warnings = list(st.events), [*cluster.warnings, *st.warnings]
+    return p
 
-    def tree(self, node: Node) -> NodeTree:
-        if node.name not in self.trees:
-            self.render([node])
-        return self.trees[node.name]
 
-    def version(self, node: Node, fmt: str) -> int:
-        # The tool's version is part of the content: a new layout is a new package.
-        digest = f"{self.tree(node).digest()}:{builder.__version__}"
-        return self.state.package_version(node.name, fmt, digest)
+def _requested_nodes(cluster: Cluster, request: Request) -> tuple[Node, ...]:
+    nodes = tuple(cluster.node(n) for n in request.nodes) or cluster.nodes
+    for node in nodes:
+        if request.role is not None and request.role != node.role:
+            raise UserError(
+                f"{cluster.source}: node {node.name} has role {node.role!r}, not {request.role!r}"
+            )
+        if request.fmt is not None and FORMAT_NAMES[request.fmt] != PACKAGE_WRITERS[node.os]:
+            raise UserError(
+                f"{cluster.source}: node {node.name} runs {node.os}; its package format is "
+                f"{_format_of(node)}, not {request.fmt}"
+            )
+    return nodes
 
-    # ------------------------------------------------------------ packages
-    def package(self, node: Node) -> Artifact:
-        fmt = PACKAGE_FORMATS[node.os]
-        tree = self.tree(node)
-        version = self.version(node, fmt)
-        if fmt == "deb":
-            from builder.writers.deb import build_deb
 
-            return build_deb(node, tree, version=version, mtime=self.mtime)
-        from builder.writers.openbsd_pkg import build_openbsd_pkg
+def _format_of(node: Node) -> str:
+    return next(f for f, w in FORMAT_NAMES.items() if w == PACKAGE_WRITERS[node.os])
 
-        sec = self.signify_key()[0] if self.sign else None
-        return build_openbsd_pkg(
-            node,
-            tree,
-            version=version,
-            mtime=self.mtime,
-            signing_key=sec,
-            key_name=self.cluster.packages.signing_key_name,
-        )
 
-    def signify_key(self) -> tuple[bytes, bytes]:
-        from builder import signify
+def _jobs(cluster: Cluster, request: Request, nodes: Sequence[Node]) -> tuple[Job, ...]:
+    """The writers a command needs, each with its nodes, in registry (dependency) order."""
+    wanted: dict[str, tuple[Node, ...]] = {}
+    if request.command in ("build", "check"):
+        for w in all_writers():
+            wanted[w.name] = w.nodes(cluster)
+    elif request.command == "repo":
+        for name in REPO_WRITERS:
+            wanted[name] = writer(name).nodes(cluster)
+    elif request.command == "package":
+        for node in nodes:
+            name = PACKAGE_WRITERS[node.os]
+            wanted[name] = (*wanted.get(name, ()), node)
+    elif request.command == "image":
+        assert request.kind is not None
+        w = writer(request.kind)
+        for node in nodes:
+            why = w.unfit(cluster, node)
+            if why is not None:
+                raise UserError(f"{cluster.source}: {why}")
+        wanted[w.name] = tuple(nodes)
+    _add_dependencies(wanted)
+    return tuple(Job(w, wanted[w.name]) for w in all_writers() if wanted.get(w.name))
 
-        name = self.cluster.packages.signing_key_name
-        pair: dict[str, bytes] = {}
 
-        def make_secret() -> bytes:
-            pair["sec"], pair["pub"] = signify.generate_keypair(comment_name=name)
-            return pair["sec"]
+def _add_dependencies(wanted: dict[str, tuple[Node, ...]]) -> None:
+    """A writer's needs are built for (at least) the same nodes."""
+    for name in reversed([w.name for w in all_writers()]):
+        for need in writer(name).needs if name in wanted else ():
+            have = wanted.get(need, ())
+            extra = tuple(n for n in wanted[name] if n not in have)
+            wanted[need] = have + extra
 
-        sec = self.state.secret(f"{name}.sec", make_secret)
-        assert sec is not None
-        # A lost .pub is derived again from the secret key (signify keeps it there too).
-        pub = self.state.public(
-            f"{name}.pub", lambda: pair.get("pub") or signify.public_key_from_secret(sec)
-        )
-        assert pub is not None
+
+def _check_writers(cluster: Cluster, jobs: Sequence[Job]) -> None:
+    for job in jobs:
+        for node in job.nodes:
+            problems = job.writer.check(cluster, node)
+            if problems:
+                raise UserError(problems[0])
+
+
+def _source_date_epoch() -> int | None:
+    """SOURCE_DATE_EPOCH (reproducible-builds.org), read and validated once per run."""
+    value = os.environ.get("SOURCE_DATE_EPOCH")
+    if value is None or value == "":
+        return None
+    if not value.isascii() or not value.isdigit():
+        raise UserError(f"SOURCE_DATE_EPOCH: {value!r} is not a number of seconds since 1970")
+    return int(value)
+
+
+# ---------------------------------------------------------------- secrets
+
+
+@dataclass(frozen=True)
+class _Secrets:
+    ca: tuple[bytes, bytes] | None
+    keys: Keys
+    current_certs: frozenset[str]  # nodes whose stored certificate still fits
+
+
+def _secrets(p: Plan, st: State, nodes: Sequence[Node]) -> _Secrets:
+    """CA, gossip key, node certificates and signing keys: created in a writable store,
+    checked (and what would be made, recorded) in a read-only one."""
+    cluster = p.cluster
+    ca = st.ca(ca_spec(cluster))
+    if any(n.is_server for n in nodes):
+        st.gossip_key()
+    current = frozenset(
+        n.name for n in nodes if st.node_cert(n.name, cert_spec(cluster, n), ca) is not None
+    )
+    name = cluster.packages.signing_key_name
+    keys = Keys(signing_key_name=name)
+    if "apt" in p.keys_needed:
+        keys = Keys(name, apt_secret=_apt_key(cluster, st))
+    if "signify" in p.keys_needed:
+        sec, pub = _signify_pair(cluster, st)
+        keys = Keys(name, keys.apt_secret, sec, pub)
+    return _Secrets(ca, keys, current)
+
+
+def _apt_key(cluster: Cluster, st: State) -> bytes | None:
+    from builder import openpgp
+
+    return st.secret("apt-signing.key", lambda: openpgp.generate_key(f"nomad-build {cluster.name}"))
+
+
+def _signify_pair(cluster: Cluster, st: State) -> tuple[bytes | None, bytes | None]:
+    from builder import signify
+
+    name = cluster.packages.signing_key_name
+    made: dict[str, bytes] = {}
+
+    def make_secret() -> bytes:
+        made["sec"], made["pub"] = signify.generate_keypair(comment_name=name)
+        return made["sec"]
+
+    sec = st.secret(f"{name}.sec", make_secret)
+    if sec is None:  # read-only, to be created
+        return None, None
+    # A lost .pub is derived again from the secret key (signify keeps it there too).
+    pub = st.public(f"{name}.pub", lambda: made.get("pub") or signify.public_key_from_secret(sec))
+    if pub is not None:
         try:  # a mismatched pair would sign what no node accepts
             signify.check_keypair(sec, pub)
         except UserError as e:
-            raise UserError(f"{self.state.directory / name}.{{sec,pub}}: {e}") from None
-        return sec, pub
-
-    def apt_key(self) -> bytes:
-        from builder import openpgp
-
-        key = self.state.secret(
-            "apt-signing.key", lambda: openpgp.generate_key(f"nomad-build {self.cluster.name}")
-        )
-        assert key is not None
-        return key
-
-    def packages(self, nodes: Iterable[Node]) -> list[Artifact]:
-        nodes = list(nodes)
-        self.render(nodes)
-        for n in nodes:  # versions and keys touch state/: sequential
-            self.version(n, PACKAGE_FORMATS[n.os])
-        if any(n.os == "openbsd" for n in nodes) and self.sign:
-            self.signify_key()
-        return _parallel(self.package, nodes)
-
-    def repos(self, pkgs: list[Artifact]) -> list[Artifact]:
-        out: list[Artifact] = []
-        debs = [a for a in pkgs if a.path.startswith("debian/")]
-        if debs:
-            from builder.writers.apt_repo import build_apt_repo
-
-            p = self.cluster.packages
-            out += build_apt_repo(
-                debs,
-                suite=p.apt_suite,
-                component=p.apt_component,
-                signing_key=self.apt_key(),
-                mtime=self.mtime,
-                repo_url=p.repo_url,
-            )
-        bsd = [a for a in pkgs if a.path.startswith("openbsd/")]
-        if bsd:
-            from builder.writers.pkg_repo import build_pkg_repo
-
-            pub = self.signify_key()[1] if self.sign else None
-            out += build_pkg_repo(bsd, pub_key=pub, key_name=self.cluster.packages.signing_key_name)
-        return out
-
-    # ------------------------------------------------------------ images
-    def images(self, nodes: Iterable[Node], kinds: Iterable[str]) -> list[Artifact]:
-        nodes, kinds = list(nodes), list(kinds)
-        for kind in kinds:
-            for n in nodes:
-                check_image_request(self.cluster, n, kind)
-        pkgs = {a_node.name: a for a_node, a in zip(nodes, self.packages(nodes), strict=True)}
-        out: list[Artifact] = []
-        if "cloud-init" in kinds or "autoinstall" in kinds:
-            keyring = self.apt_keyring() if self.cluster.packages.repo_url else None
-        if "cloud-init" in kinds:
-            from builder.writers.cloud_init import build_cloud_init_seed
-
-            out += [
-                build_cloud_init_seed(
-                    n, self.tree(n), deb=pkgs[n.name], repo_keyring=keyring, mtime=self.mtime
-                )
-                for n in nodes
-            ]
-        if "autoinstall" in kinds:
-            from builder.writers.autoinstall import build_autoinstall_seed
-
-            out += [
-                build_autoinstall_seed(
-                    n, self.tree(n), deb=pkgs[n.name], repo_keyring=keyring, mtime=self.mtime
-                )
-                for n in nodes
-            ]
-        if "openbsd-autoinstall" in kinds:
-            from builder.writers.openbsd_autoinstall import build_openbsd_autoinstall
-
-            out += build_openbsd_autoinstall(
-                [(n, self.tree(n), pkgs[n.name]) for n in nodes],
-                pub_key=self.signify_key()[1],
-                key_name=self.cluster.packages.signing_key_name,
-                mtime=self.mtime,
-            )
-        return out
-
-    def apt_keyring(self) -> bytes:
-        from builder import openpgp
-
-        return openpgp.public_keyring(self.apt_key())
-
-    # ------------------------------------------------------------ everything
-    def everything(self) -> list[Artifact]:
-        nodes = list(self.cluster.nodes)
-        pkgs = self.packages(nodes)
-        out = pkgs + self.repos(pkgs)
-        deb_nodes = [n for n in nodes if n.os == "debian"]
-        bsd_nodes = [n for n in nodes if n.os == "openbsd"]
-        if deb_nodes:
-            out += self.images(deb_nodes, ["cloud-init"])
-            if deb_nodes[0].images.password_hash:
-                out += self.images(deb_nodes, ["autoinstall"])
-        if bsd_nodes and bsd_nodes[0].images.openbsd_sets_url:
-            out += self.images(bsd_nodes, ["openbsd-autoinstall"])
-        return out
+            raise UserError(f"{st.directory / name}.{{sec,pub}}: {e}") from None
+    return sec, pub
 
 
-def secret_artifacts(node: Node) -> list[str]:
-    """Where `build` puts this node's private key (and a server's gossip key): glob
-    patterns under dist/, following everything() above, for `check` to tell."""
-    if node.os == "openbsd":
-        pkg = f"{node.openbsd_stem}-*.tgz"
-        paths = [f"openbsd/{pkg}", f"repo/openbsd/{pkg}"]
-        if node.images.openbsd_sets_url:
-            release = node.images.openbsd_release.replace(".", "")
-            paths += [f"openbsd-autoinstall/site{release}-{node.name}.tgz"]
-        return paths
-    deb = f"{node.deb_package}_*.deb"
-    paths = [f"debian/{deb}", f"repo/debian/pool/*/*/{node.deb_package}/{deb}"]
-    paths += [f"images/{node.name}/seed.iso"]
-    if node.images.password_hash:
-        paths += [f"images/{node.name}/autoinstall.iso"]
+def _current_versions(p: Plan, st: State) -> dict[str, int]:
+    versions = {}
+    for node in p.cluster.nodes:
+        current = st.current_version(node.name, STATE_FORMAT[PACKAGE_WRITERS[node.os]])
+        versions[node.name] = current[0] if current else 1
+    return versions
+
+
+# ---------------------------------------------------------------- writing
+
+
+@dataclass
+class Result:
+    artifacts: list[Artifact]
+    published: list[Path]
+    events: list[Event]
+    warnings: list[str]
+    trees: dict[str, NodeTree]
+
+
+def execute(p: Plan) -> Result:
+    """Make the secrets, trees and artifacts of a clean plan and publish them; the store's
+    lock is held until the output is in place."""
+    with State.open(p.state_dir, create=True) as st:
+        secrets = _secrets(p, st, p.nodes)
+        trees = _render(p, st)
+        mtime = p.source_date_epoch
+        if mtime is None and secrets.ca is not None:
+            mtime = int(inspect_cert(secrets.ca[1]).not_before.timestamp())
+        assert mtime is not None
+        artifacts, packages = _build(p, st, secrets.keys, trees, mtime)
+        st.flush()  # versions first: a published package's number is never handed out again
+        published = _publish(p, artifacts, packages, trees) if p.out_dir is not None else []
+        return Result(artifacts, published, list(st.events), list(st.warnings), trees)
+
+
+def _render(p: Plan, st: State) -> dict[str, NodeTree]:
+    needed = {n.name: n for job in p.jobs for n in job.nodes} or {n.name: n for n in p.nodes}
+    # Secrets one after another (the store is the single writer of state/), trees in parallel.
+    pairs = [(n, node_secrets(p.cluster, n, st)) for n in needed.values()]
+    trees = _parallel(lambda ns: render_tree(p.cluster, ns[0], ns[1]), pairs)
+    return {t.node: t for t in trees}
+
+
+_Packages = dict[str, tuple[str, str, int]]  # package path -> (node, format, version)
+
+
+def _build(
+    p: Plan, st: State, keys: Keys, trees: dict[str, NodeTree], mtime: int
+) -> tuple[list[Artifact], _Packages]:
+    """Each job once, in registry order; packages get their versions on the way and are
+    handed to the writers that need them."""
+    built: dict[str, list[Artifact]] = {}
+    versions = dict(p.versions)
+    packages: _Packages = {}
+    for job in p.jobs:
+        w = job.writer
+        inputs = BuildInputs(p.cluster, mtime, keys, trees, versions, built)
+        if w.name in STATE_FORMAT:
+            built[w.name] = _versioned(st, w, inputs, job.nodes, versions)
+            for a in built[w.name]:
+                assert a.node is not None
+                packages[a.path] = (a.node, STATE_FORMAT[w.name], versions[a.node])
+        elif w.per_node:
+            per_node = _parallel(lambda n: w.build(inputs, [n]), job.nodes)  # noqa: B023
+            built[w.name] = [a for arts in per_node for a in arts]
+        else:
+            built[w.name] = w.build(inputs, job.nodes)
+    return [a for arts in built.values() for a in arts], packages
+
+
+def _versioned(
+    st: State, w: Writer, inputs: BuildInputs, nodes: Sequence[Node], versions: dict[str, int]
+) -> list[Artifact]:
+    """Build at the current version; a package whose bytes changed is built again at the
+    next one. So a version moves exactly when the package's bytes do, whatever changed
+    them (the cluster file, a template, the tool)."""
+    fmt = STATE_FORMAT[w.name]
+    first = _parallel(lambda n: w.build(inputs, [n])[0], nodes)
+    out: list[Artifact] = []
+    for node, artifact in zip(nodes, first, strict=True):
+        current = st.current_version(node.name, fmt)
+        if current is not None and current[1] == _digest(artifact):
+            out.append(artifact)
+            continue
+        if current is not None:  # changed: the next version, built again
+            versions[node.name] = current[0] + 1
+            bumped = dataclasses.replace(inputs, versions={**versions})
+            artifact = w.build(bumped, [node])[0]
+        st.set_version(node.name, fmt, versions[node.name], _digest(artifact))
+        out.append(artifact)
+    return out
+
+
+def _digest(artifact: Artifact) -> str:
+    return hashlib.sha256(artifact.data).hexdigest()
+
+
+def _publish(
+    p: Plan, artifacts: list[Artifact], packages: _Packages, trees: dict[str, NodeTree]
+) -> list[Path]:
+    out = p.out_dir
+    assert out is not None
+    if p.request.command == "render":
+        return output_dir.write_root(out, trees[p.nodes[0].name])
+    output_dir.sweep_staging(out)
+    if p.request.command == "build":
+        mark = output_dir.marker(artifacts, packages)
+        return publish.publish_tree(out, [*artifacts, mark])[:-1]
+    paths = publish.publish_files(out, artifacts)
+    previous = output_dir.read_marker(out) if out.is_dir() else None
+    publish.publish_files(out, [output_dir.marker(artifacts, packages, previous)])
     return paths
-
-
-def check_request(cluster: Cluster, node: Node, *, role: str | None, fmt: str | None) -> None:
-    """Refuse a `package` request that names the wrong role or format, before any write."""
-    if role is not None and role != node.role:
-        raise UserError(f"{cluster.source}: node {node.name} has role {node.role!r}, not {role!r}")
-    if fmt is not None and fmt != PACKAGE_FORMATS[node.os]:
-        raise UserError(
-            f"{cluster.source}: node {node.name} runs {node.os}; "
-            f"its package format is {PACKAGE_FORMATS[node.os]}, not {fmt}"
-        )
-
-
-def check_image_request(cluster: Cluster, node: Node, kind: str) -> None:
-    """Refuse an image the node cannot use, or one the cluster file lacks settings for."""
-    if node.os != IMAGE_OS[kind]:
-        raise UserError(
-            f"{cluster.source}: node {node.name} runs {node.os}; "
-            f"a {kind} image is for {IMAGE_OS[kind]} nodes"
-        )
-    if kind == "autoinstall" and not node.images.password_hash:
-        raise UserError(
-            f"{cluster.source}: images.password_hash: missing (the Ubuntu installer's identity "
-            "needs a crypt(3) hash, e.g. from `mkpasswd -m sha-512`)"
-        )
-    if kind == "openbsd-autoinstall" and not node.images.openbsd_sets_url:
-        raise UserError(
-            f"{cluster.source}: images.openbsd_sets_url: missing (where the installer "
-            "fetches the sets, e.g. http://10.20.130.1/pub/OpenBSD/7.8/amd64)"
-        )
-
-
-def open_build(cluster: Cluster, state_dir: Path) -> tuple[State, Build]:
-    st = State.open(state_dir, create=True)
-    return st, Build(cluster, st)
-
-
-def publish_all(out: Path, artifacts: list[Artifact]) -> list[Path]:
-    return publish.publish_tree(out, artifacts)
-
-
-def publish_some(out: Path, artifacts: list[Artifact]) -> list[Path]:
-    return publish.publish_files(out, artifacts)

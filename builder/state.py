@@ -122,6 +122,7 @@ class State:
     writable: bool
     clock: Callable[[], datetime]
     events: list[Event] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     _lock_fd: int | None = None
     _mutex: threading.RLock = field(default_factory=threading.RLock)
     _ca: tuple[CASpec, tuple[bytes, bytes] | None] | None = None
@@ -398,6 +399,33 @@ class State:
             versions[node][fmt] = {"version": version, "digest": digest}
             self._versions_dirty = True
             return version
+
+    def current_version(self, node: str, fmt: str) -> tuple[int, str] | None:
+        with self._mutex:
+            self._check_open()
+            entry = self._load_versions().get(node, {}).get(fmt)
+            return None if entry is None else (entry["version"], entry["digest"])
+
+    def set_version(self, node: str, fmt: str, version: int, digest: str) -> None:
+        with self._mutex:
+            self._check_open()
+            versions = self._load_versions()
+            entry = versions.setdefault(node, {}).get(fmt)
+            if entry is not None and version < entry["version"]:
+                raise ValueError(f"{node} {fmt}: version {version} < {entry['version']}")
+            versions[node][fmt] = {"version": version, "digest": digest}
+            self._versions_dirty = True
+
+    def require_versions_at_least(self, published: dict[tuple[str, str], int]) -> None:
+        with self._mutex:
+            versions = self._load_versions()
+            for (node, fmt), v in sorted(published.items()):
+                entry = versions.get(node, {}).get(fmt)
+                if entry is None or entry["version"] < v:
+                    raise UserError(
+                        f"{self._versions_path}: {node} {fmt} is below the published version "
+                        f"{v}; restore it from your backup"
+                    )
 
     def secret(self, name: str, factory: Callable[[], bytes]) -> bytes | None:
         """Get-or-create <dir>/<name> (mode 0600) with bytes from factory()."""

@@ -110,10 +110,12 @@ def test_check_prints_the_plan_and_writes_nothing(tmp_path: Path, os_name: str) 
     rows = table(proc.stdout)
     assert rows == {n: expected_row(n, os_name, "to be issued") for n in NODES}
     plan = [ln for ln in proc.stdout.splitlines() if ln.startswith("plan: ")]
+    signing_key = "bi-sbg-pkg.sec" if os_name == "openbsd" else "apt-signing.key"
     assert plan == [
         "plan: create CA (new)",
         "plan: create gossip key (new)",
         *[f"plan: create certificate {n} (new)" for n in NODES],
+        f"plan: create {signing_key} (new)",  # the packages' signing key, on first use
     ]
     # an explicit --state that does not exist is not created either
     again = nomad_build(tmp_path, "check", "-c", "cluster.toml", "--state", "elsewhere/s")
@@ -138,7 +140,8 @@ def test_check_after_render_shows_expiry_and_reissue_plan(tmp_path: Path) -> Non
         assert rows[name] == expected_row(name, "openbsd", expiry)
         days = (cert.not_valid_after_utc - datetime.now(UTC)).days
         assert 363 <= days <= 365  # cert_days = 365
-    assert not [ln for ln in proc.stdout.splitlines() if ln.startswith("plan: ")]
+    plan = [ln for ln in proc.stdout.splitlines() if ln.startswith("plan: ")]
+    assert plan == ["plan: create bi-sbg-pkg.sec (new)"]  # renew makes no signing key
 
     # a changed address: check says what a run would re-issue, and still writes nothing
     anchor = 'address = "10.20.131.42"\n'
@@ -151,7 +154,10 @@ def test_check_after_render_shows_expiry_and_reissue_plan(tmp_path: Path) -> Non
     assert rows["bi-node-sbg-2"][5].endswith(" (re-issue)")
     assert all(not rows[n][5].endswith("(re-issue)") for n in NODES if n != "bi-node-sbg-2")
     plan = [ln for ln in proc.stdout.splitlines() if ln.startswith("plan: ")]
-    assert plan == ["plan: re-issue certificate bi-node-sbg-2 (IP addresses changed: +10.9.9.9)"]
+    assert plan == [
+        "plan: re-issue certificate bi-node-sbg-2 (IP addresses changed: +10.9.9.9)",
+        "plan: create bi-sbg-pkg.sec (new)",
+    ]
     assert entries(tmp_path) == before
 
 

@@ -17,12 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from builder.cluster import load
+from builder import pipeline
 from builder.errors import BuildError, UserError
 from builder.model import Node
 from builder.nodetree import NodeTree
-from builder.pipeline import Build
-from builder.state import State
 from builder.writers import Artifact
 from builder.writers.deb import DIVERTED, build_deb, deb_arch, deb_version, elf_facts
 
@@ -650,9 +648,11 @@ def package_from_state(
         assert edit[0] in text
         text = text.replace(*edit)
     (directory / "cluster.toml").write_text(text)
-    cluster = load(directory / "cluster.toml")
-    with State.open(rendered.state_dir, create=True) as st:
-        return Build(cluster, st).package(cluster.node(SERVER))
+    request = pipeline.Request(
+        "package", directory / "cluster.toml", rendered.state_dir, nodes=(SERVER,)
+    )
+    (deb,) = pipeline.execute(pipeline.plan(request)).artifacts
+    return deb
 
 
 def test_upgrade_remove_purge(

@@ -32,10 +32,11 @@ from builder.errors import BuildError, UserError
 from builder.model import Cluster, Node
 from builder.nodetree import NodeTree
 from builder.render import render_node
+from builder.seed import network_plan, seed_iso
 from builder.state import State
 from builder.writers import Artifact
-from builder.writers.autoinstall import build_autoinstall_seed
-from builder.writers.cloud_init import build_cloud_init_seed, network_plan, seed_iso
+from builder.writers.autoinstall import AutoinstallWriter, build_autoinstall_seed
+from builder.writers.cloud_init import CloudInitWriter, build_cloud_init_seed
 from builder.writers.deb import build_deb
 from builder.writers.openbsd_autoinstall import (
     NO_PASSWORD,
@@ -421,7 +422,11 @@ def test_network_config_dhcp_and_interface_only(
 def test_network_needs_a_nic_for_a_static_address(debian: Built) -> None:
     node = debian.node("bi-node-sbg-3")
     bare = dataclasses.replace(node, interface=None, mac=None)
-    with pytest.raises(UserError, match="interface or mac"):
+    # the writer's check (run in the plan, before anything is written) names the keys
+    for writer in (CloudInitWriter(), AutoinstallWriter()):
+        (problem,) = writer.check(debian.cluster, bare)
+        assert "bi-node-sbg-3: prefix:" in problem and "interface or mac" in problem
+    with pytest.raises(BuildError, match="interface or mac"):
         network_plan(bare)
     # DHCP on whatever NIC comes first: cloud-init's own fallback, no network-config
     assert network_plan(dataclasses.replace(bare, prefix=None)) is None
@@ -569,7 +574,9 @@ def test_autoinstall_needs_a_password_hash(tmp_path: Path) -> None:
     node = built.node("bi-core-sbg-1")
     tree = built.trees[node.name]
     deb = build_deb(node, tree, version=1, mtime=MTIME)
-    with pytest.raises(UserError, match="password_hash"):
+    why = AutoinstallWriter().unfit(built.cluster, node)
+    assert why is not None and why.startswith("images.password_hash: missing")
+    with pytest.raises(BuildError, match="password_hash"):
         build_autoinstall_seed(node, tree, deb=deb, repo_keyring=None, mtime=MTIME)
 
 
@@ -928,14 +935,7 @@ def test_openbsd_refusals(openbsd: Built, bsd_pkgs: dict[str, Artifact], signing
     other = signify.generate_keypair(comment_name=KEY_NAME)[1]
     with pytest.raises(BuildError, match="does not verify"):
         build_bsd(openbsd, bsd_pkgs, other)
-    # cluster.py refuses other hashes for OpenBSD nodes; the writer does too
-    node = openbsd.node("bi-core-sbg-1")
-    sha = dataclasses.replace(
-        node, images=dataclasses.replace(node.images, password_hash=crypt_hash("sha512"))
-    )
-    items = [(sha, openbsd.trees[node.name], bsd_pkgs[node.name])]
-    with pytest.raises(UserError, match="bcrypt"):
-        build_openbsd_autoinstall(items, pub_key=signing[1], key_name=KEY_NAME, mtime=MTIME)
+    # (cluster.py refuses non-bcrypt hashes for OpenBSD nodes: test_bad_input)
     with pytest.raises(UserError, match="openbsd_sets_url"):
         split_sets_url("http://10.0.0.1/")
     with pytest.raises(UserError, match="architecture"):

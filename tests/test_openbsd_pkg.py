@@ -20,6 +20,7 @@ import pytest
 from builder import signify
 from builder.archive import TarEntry, gzip_bytes, ustar
 from builder.errors import BuildError, UserError
+from builder.openbsd_names import split_package_name
 from builder.render import render_node
 from builder.state import State
 from builder.writers import Artifact
@@ -28,7 +29,6 @@ from builder.writers.openbsd_pkg import (
     build_openbsd_pkg,
     elf_arch,
     package_name,
-    split_package_name,
 )
 from builder.writers.pkg_repo import build_pkg_repo
 
@@ -345,21 +345,6 @@ def test_unsigned_build(
     (tmp_path / "k.pub").write_bytes(keypair[1])
     r = signify_tool("-zV", "-p", str(tmp_path / "k.pub"), "-x", str(tmp_path / "p.tgz"), "-m", "-")
     assert r.returncode != 0 and b"unsigned" in r.stderr
-
-
-def test_signing_key_name_must_end_in_pkg(
-    rendered_openbsd: Rendered, keypair: tuple[bytes, bytes]
-) -> None:
-    name = "bi-node-sbg-1"
-    with pytest.raises(UserError, match="-pkg"):
-        build_openbsd_pkg(
-            rendered_openbsd.node(name),
-            rendered_openbsd.trees[name],
-            version=1,
-            mtime=MTIME,
-            signing_key=keypair[0],
-            key_name="bi-sbg",
-        )
 
 
 # ---------------------------------------------------------------- determinism

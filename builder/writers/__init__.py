@@ -1,19 +1,27 @@
-"""Artifact writers: one module per output format, each a function of
-(node, NodeTree, a few build parameters) -> Artifact.
+"""Artifact writers: one module per output format, each behind the same contract.
 
-A writer never reads the cluster file, never renders another format's
-templates and never writes to disk: the pipeline publishes what it returns.
+A writer (a `Writer` subclass, registered in `REGISTRY`) says which nodes it
+applies to, checks a node against its format's rules without writing anything
+(`check`), names the paths it will produce (`outputs`), and builds artifacts
+from the node trees, the keys and the artifacts of the writers it `needs`
+(`build`). A writer never reads the cluster file, never renders another
+format's templates, never writes to disk, and imports no sibling writer: what
+two formats share lives in a helper module outside this package or is handed
+over as a built artifact. Adding a format = one module + one line in REGISTRY.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
 
 from builder.errors import BuildError
 
 if TYPE_CHECKING:
-    from builder.model import Node
+    from builder.model import Cluster, Node
     from builder.nodetree import NodeFile, NodeTree
 
 
@@ -22,10 +30,121 @@ class Artifact:
     path: str  # relative to dist/, e.g. "debian/nomad-config-bi-core-sbg-1_3_all.deb"
     data: bytes
     secret: bool  # holds a private key (a node key, the gossip key): written 0600
+    node: str | None = None  # the node it belongs to (None: shared, e.g. an index)
 
     def __post_init__(self) -> None:
         if self.path.startswith("/") or ".." in self.path.split("/"):
             raise ValueError(f"artifact path must be relative: {self.path}")
+
+
+@dataclass(frozen=True)
+class Output:
+    """One path a writer will produce, declared before anything is built."""
+
+    path: str  # relative to dist/
+    node: str | None  # the node whose artifact it is (None: shared, e.g. an index)
+    secret: bool  # written 0600 (as its Artifact says)
+    holds_keys: bool | None = None  # holds the node's key (None: the same as `secret`)
+
+    @property
+    def has_node_key(self) -> bool:
+        return self.secret if self.holds_keys is None else self.holds_keys
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The signing keys a run hands to writers (only those a writer asks for are set)."""
+
+    signing_key_name: str
+    apt_secret: bytes | None = None  # OpenPGP secret key of the apt repository
+    signify_secret: bytes | None = None  # OpenBSD package signing key (None: unsigned)
+    signify_public: bytes | None = None
+
+
+@dataclass(frozen=True)
+class BuildInputs:
+    """Everything `build` may use: no cluster file, no state store, no disk."""
+
+    cluster: Cluster
+    mtime: int
+    keys: Keys
+    trees: Mapping[str, NodeTree]
+    versions: Mapping[str, int]  # node -> its package version
+    built: Mapping[str, Sequence[Artifact]] = field(default_factory=dict)  # by writer name
+
+    def package_of(self, writer: str, node: Node) -> Artifact:
+        """The artifact `writer` built for `node`."""
+        for a in self.built.get(writer, ()):
+            if a.node == node.name:
+                return a
+        raise BuildError(f"{node.name}: no {writer} artifact was built before it was needed")
+
+
+class Writer(ABC):
+    """One output format. Subclasses set `name`, `needs`, `signing` and implement the rest."""
+
+    name: ClassVar[str]
+    needs: ClassVar[tuple[str, ...]] = ()  # writers whose artifacts `build` consumes
+    signing: ClassVar[frozenset[str]] = frozenset()  # keys it needs: "apt", "signify"
+    per_node: ClassVar[bool] = True  # build() may be called for any subset of its nodes
+
+    def signing_keys(self, cluster: Cluster) -> frozenset[str]:
+        """The signing keys `build` needs for this cluster."""
+        return self.signing
+
+    @abstractmethod
+    def unfit(self, cluster: Cluster, node: Node) -> str | None:
+        """Why this format is not for `node` (None: it is). Pure."""
+
+    def nodes(self, cluster: Cluster) -> tuple[Node, ...]:
+        return tuple(n for n in cluster.nodes if self.unfit(cluster, n) is None)
+
+    def check(self, cluster: Cluster, node: Node) -> list[str]:
+        """Every problem of `node` for this format, as one-line messages. Writes nothing."""
+        return []
+
+    @abstractmethod
+    def outputs(
+        self,
+        cluster: Cluster,
+        nodes: Sequence[Node],
+        versions: Mapping[str, int],
+        upstream: Sequence[Output] = (),
+    ) -> list[Output]:
+        """The paths `build` will produce for these nodes; `upstream` holds the outputs
+        of the writers it needs (for these nodes)."""
+
+    @abstractmethod
+    def build(self, inputs: BuildInputs, nodes: Sequence[Node]) -> list[Artifact]:
+        """The artifacts for these nodes (all of the writer's nodes when not per_node)."""
+
+
+# Build order: a writer comes after every writer it needs.
+REGISTRY: tuple[tuple[str, str], ...] = (
+    ("deb", "builder.writers.deb:DebWriter"),
+    ("openbsd-pkg", "builder.writers.openbsd_pkg:OpenBSDPackageWriter"),
+    ("apt-repo", "builder.writers.apt_repo:AptRepoWriter"),
+    ("pkg-repo", "builder.writers.pkg_repo:PkgRepoWriter"),
+    ("cloud-init", "builder.writers.cloud_init:CloudInitWriter"),
+    ("autoinstall", "builder.writers.autoinstall:AutoinstallWriter"),
+    ("openbsd-autoinstall", "builder.writers.openbsd_autoinstall:OpenBSDAutoinstallWriter"),
+)
+
+
+def writer(name: str) -> Writer:
+    """The registered writer called `name`."""
+    for registered, target in REGISTRY:
+        if registered == name:
+            module, cls = target.split(":")
+            instance: Writer = getattr(importlib.import_module(module), cls)()
+            if instance.name != name:
+                raise BuildError(f"{target} calls itself {instance.name!r}, registered as {name}")
+            return instance
+    raise KeyError(name)
+
+
+def all_writers() -> list[Writer]:
+    return [writer(name) for name, _ in REGISTRY]
 
 
 def bundled_binaries(node: Node, tree: NodeTree) -> list[NodeFile]:
@@ -39,5 +158,5 @@ def bundled_binaries(node: Node, tree: NodeTree) -> list[NodeFile]:
 
 
 def role_text(node: Node) -> str:
-    """The node's role as package descriptions say it."""
+    """The node's role as package descriptions and configs say it."""
     return {"server": "server", "client": "client", "both": "server and client"}[node.role]

@@ -43,27 +43,34 @@ import posixpath
 import re
 import tarfile
 import time
+from collections.abc import Mapping, Sequence
 
 from builder import openpgp
+from builder.apt_source import (
+    KEYRING_FILE,
+    KEYRING_PATH,
+    PLACEHOLDER_URL,
+    SOURCES_FILE,
+    sources_file,
+)
 from builder.archive import gzip_bytes
 from builder.errors import BuildError
-from builder.writers import Artifact
+from builder.model import Cluster, Node
+from builder.writers import Artifact, BuildInputs, Output, Writer
 
 __all__ = [
     "KEYRING_FILE",
     "KEYRING_PATH",
+    "PLACEHOLDER_URL",
     "REPO_DIR",
     "SOURCES_FILE",
+    "AptRepoWriter",
     "build_apt_repo",
     "deb_control",
     "parse_control",
 ]
 
 REPO_DIR = "repo/debian"
-KEYRING_FILE = "nomad-build-archive-keyring.gpg"
-KEYRING_PATH = f"/etc/apt/keyrings/{KEYRING_FILE}"  # where the .sources file expects it
-SOURCES_FILE = "nomad-build.sources"
-PLACEHOLDER_URL = "https://REPLACE-WITH-REPO-URL.invalid/debian"
 ORIGIN = "nomad-build"
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9.+-]+$")  # Debian policy §5.6.1
@@ -175,23 +182,12 @@ def _check_word(kind: str, value: str) -> None:
         raise BuildError(f"apt repository {kind} {value!r}: letters, digits and . _ + - only")
 
 
-def build_apt_repo(
-    debs: list[Artifact],
-    *,
-    suite: str,
-    component: str,
-    signing_key: bytes,
-    mtime: int,
-    repo_url: str | None = None,
-) -> list[Artifact]:
-    """repo/debian/: pool, Packages(.gz), Release, InRelease, Release.gpg, keyring, .sources."""
-    _check_word("suite", suite)
-    _check_word("component", component)
-    if not debs:
-        raise BuildError("an apt repository needs at least one .deb")
+_Entry = tuple[str, Artifact, list[tuple[str, str]]]  # pool path, the .deb, control fields
 
-    # (architecture, package, version) -> (pool path, artifact, control fields)
-    entries: dict[tuple[str, str, str], tuple[str, Artifact, list[tuple[str, str]]]] = {}
+
+def _pool_entries(debs: list[Artifact], component: str) -> dict[tuple[str, str, str], _Entry]:
+    """(architecture, package, version) -> entry, each .deb's control read from its bytes."""
+    entries: dict[tuple[str, str, str], _Entry] = {}
     pool_paths: set[str] = set()
     for a in debs:
         name = posixpath.basename(a.path)
@@ -207,20 +203,18 @@ def build_apt_repo(
         pkg, version, arch = got["Package"], got["Version"], got["Architecture"]
         if not _NAME.match(pkg) or not _WORD.match(arch):
             raise BuildError(f"{a.path}: bad Package {pkg!r} or Architecture {arch!r}")
-        key = (arch, pkg, version)
-        if key in entries:
+        if (arch, pkg, version) in entries:
             raise BuildError(f"two packages {pkg} {version} ({arch}): {a.path}")
         pool = f"pool/{component}/{_pool_prefix(pkg)}/{pkg}/{name}"
         if pool in pool_paths:
             raise BuildError(f"two packages would be {pool}")
         pool_paths.add(pool)
-        entries[key] = (pool, a, fields)
+        entries[(arch, pkg, version)] = (pool, a, fields)
+    return entries
 
-    out: list[Artifact] = []
-    for pool, a, _ in sorted(entries.values(), key=lambda e: e[0]):
-        out.append(Artifact(f"{REPO_DIR}/{pool}", a.data, a.secret))
 
-    # Index files, by architecture; paths relative to dists/<suite>/.
+def _indexes(entries: dict[tuple[str, str, str], _Entry], component: str) -> dict[str, bytes]:
+    """Packages and Packages.gz per architecture; paths relative to dists/<suite>/."""
     indexes: dict[str, bytes] = {}
     for arch in sorted({k[0] for k in entries}):
         stanzas = []
@@ -240,88 +234,137 @@ def build_apt_repo(
         base = f"{component}/binary-{arch}/Packages"
         indexes[base] = packages
         indexes[base + ".gz"] = gzip_bytes(packages)
+    return indexes
 
-    key = openpgp.parse_secret_key(signing_key)
-    architectures = sorted({k[0] for k in entries})
-    release_fields = [
-        ("Origin", ORIGIN),
-        ("Label", key.user_id),
-        ("Suite", suite),
-        ("Codename", suite),
-        ("Date", _rfc2822(mtime)),
-        ("Architectures", " ".join(architectures)),
-        ("Components", component),
-        ("Description", "Per-node Nomad configuration packages made by nomad-build"),
-        ("Acquire-By-Hash", "no"),
-    ]
-    release = _stanza(release_fields)
+
+def _release(
+    indexes: dict[str, bytes], *, label: str, suite: str, component: str, mtime: int
+) -> bytes:
+    architectures = sorted({path.split("/")[1].removeprefix("binary-") for path in indexes})
+    release = _stanza(
+        [
+            ("Origin", ORIGIN),
+            ("Label", label),
+            ("Suite", suite),
+            ("Codename", suite),
+            ("Date", _rfc2822(mtime)),
+            ("Architectures", " ".join(architectures)),
+            ("Components", component),
+            ("Description", "Per-node Nomad configuration packages made by nomad-build"),
+            ("Acquire-By-Hash", "no"),
+        ]
+    )
     width = len(str(max(len(d) for d in indexes.values())))
     for field, fn in (("MD5Sum", hashlib.md5), ("SHA256", hashlib.sha256)):
         release += f"{field}:\n"
         for path in sorted(indexes):
             data = indexes[path]
             release += f" {fn(data).hexdigest()} {len(data):>{width}} {path}\n"
-    release_bytes = release.encode("utf-8")
-
-    dists = f"{REPO_DIR}/dists/{suite}"
-    for path in sorted(indexes):
-        out.append(Artifact(f"{dists}/{path}", indexes[path], secret=False))
-    out += [
-        Artifact(f"{dists}/Release", release_bytes, secret=False),
-        Artifact(
-            f"{dists}/Release.gpg",
-            openpgp.detached_signature(signing_key, release_bytes, created=mtime),
-            secret=False,
-        ),
-        Artifact(
-            f"{dists}/InRelease",
-            openpgp.clearsign(signing_key, release_bytes, created=mtime),
-            secret=False,
-        ),
-        Artifact(f"{REPO_DIR}/{KEYRING_FILE}", openpgp.public_keyring(signing_key), secret=False),
-        Artifact(
-            f"{REPO_DIR}/{SOURCES_FILE}",
-            sources_file(
-                suite=suite,
-                component=component,
-                repo_url=repo_url,
-                fingerprint=key.fingerprint.hex().upper(),
-            ),
-            secret=False,
-        ),
-    ]
-    return out
+    return release.encode("utf-8")
 
 
-def sources_file(
+def build_apt_repo(
+    debs: list[Artifact],
     *,
     suite: str,
     component: str,
-    repo_url: str | None,
-    fingerprint: str | None = None,
-    keyring_path: str = KEYRING_PATH,
-) -> bytes:
-    """The deb822 source nodes install as /etc/apt/sources.list.d/nomad-build.sources."""
-    lines = [
-        "# nomad-build: the cluster's per-node configuration packages.",
-        f"# Install {KEYRING_FILE} as {keyring_path} (mode 0644)"
-        + (f"; key fingerprint {fingerprint}." if fingerprint else "."),
-        "# Serve this repository only to the cluster's nodes, over a private network:",
-        "# each package holds its node's private key.",
+    signing_key: bytes,
+    mtime: int,
+    repo_url: str | None = None,
+) -> list[Artifact]:
+    """repo/debian/: pool, Packages(.gz), Release, InRelease, Release.gpg, keyring, .sources."""
+    _check_word("suite", suite)
+    _check_word("component", component)
+    if not debs:
+        raise BuildError("an apt repository needs at least one .deb")
+    entries = _pool_entries(debs, component)
+    out = [
+        Artifact(f"{REPO_DIR}/{pool}", a.data, a.secret, a.node)
+        for pool, a, _ in sorted(entries.values(), key=lambda e: e[0])
     ]
-    if repo_url is None:
-        lines.append(
-            "# PLACEHOLDER: set URIs to the URL where repo/debian/ is served "
-            "(packages.repo_url in the cluster file)."
+    indexes = _indexes(entries, component)
+    key = openpgp.parse_secret_key(signing_key)
+    release = _release(indexes, label=key.user_id, suite=suite, component=component, mtime=mtime)
+    dists = f"{REPO_DIR}/dists/{suite}"
+    out += [Artifact(f"{dists}/{path}", indexes[path], secret=False) for path in sorted(indexes)]
+    sources = sources_file(
+        suite=suite,
+        component=component,
+        repo_url=repo_url,
+        fingerprint=key.fingerprint.hex().upper(),
+    )
+    return [
+        *out,
+        Artifact(f"{dists}/Release", release, secret=False),
+        Artifact(
+            f"{dists}/Release.gpg",
+            openpgp.detached_signature(signing_key, release, created=mtime),
+            secret=False,
+        ),
+        Artifact(
+            f"{dists}/InRelease", openpgp.clearsign(signing_key, release, created=mtime), False
+        ),
+        Artifact(f"{REPO_DIR}/{KEYRING_FILE}", openpgp.public_keyring(signing_key), secret=False),
+        Artifact(f"{REPO_DIR}/{SOURCES_FILE}", sources, secret=False),
+    ]
+
+
+class AptRepoWriter(Writer):
+    """The signed apt repository of every Debian node's package."""
+
+    name = "apt-repo"
+    needs = ("deb",)
+    signing = frozenset({"apt"})
+    per_node = False
+
+    def unfit(self, cluster: Cluster, node: Node) -> str | None:
+        return None if node.os == "debian" else f"node {node.name} runs {node.os}, not Debian"
+
+    def check(self, cluster: Cluster, node: Node) -> list[str]:
+        p = node.packages
+        return [
+            f"{cluster.source}: packages.{key}: {value!r}: letters, digits and . _ + - only"
+            for key, value in (("apt_suite", p.apt_suite), ("apt_component", p.apt_component))
+            if not _WORD.match(value) or "/" in value
+        ]
+
+    def outputs(
+        self,
+        cluster: Cluster,
+        nodes: Sequence[Node],
+        versions: Mapping[str, int],
+        upstream: Sequence[Output] = (),
+    ) -> list[Output]:
+        debs = [o for o in upstream if o.node in {n.name for n in nodes}]
+        if not debs:
+            return []
+        p = cluster.packages
+        out, architectures = [], set()
+        for o in debs:
+            name = posixpath.basename(o.path)
+            package, _, arch = name.removesuffix(".deb").split("_")
+            architectures.add(arch)
+            pool = f"pool/{p.apt_component}/{_pool_prefix(package)}/{package}/{name}"
+            out.append(Output(f"{REPO_DIR}/{pool}", o.node, o.secret))
+        dists = f"dists/{p.apt_suite}"
+        shared = [f"{dists}/{f}" for f in ("Release", "Release.gpg", "InRelease")]
+        for arch in sorted(architectures):
+            base = f"{dists}/{p.apt_component}/binary-{arch}/Packages"
+            shared += [base, base + ".gz"]
+        shared += [KEYRING_FILE, SOURCES_FILE]
+        return out + [Output(f"{REPO_DIR}/{path}", None, secret=False) for path in shared]
+
+    def build(self, inputs: BuildInputs, nodes: Sequence[Node]) -> list[Artifact]:
+        debs = [inputs.package_of("deb", n) for n in nodes]
+        if not debs:
+            return []
+        p = inputs.cluster.packages
+        assert inputs.keys.apt_secret is not None
+        return build_apt_repo(
+            debs,
+            suite=p.apt_suite,
+            component=p.apt_component,
+            signing_key=inputs.keys.apt_secret,
+            mtime=inputs.mtime,
+            repo_url=p.repo_url,
         )
-    url = (repo_url or PLACEHOLDER_URL).rstrip("/")
-    if any(c.isspace() for c in url):
-        raise BuildError(f"repository URL has white space: {url!r}")
-    lines += [
-        "Types: deb",
-        f"URIs: {url}",
-        f"Suites: {suite}",
-        f"Components: {component}",
-        f"Signed-By: {keyring_path}",
-    ]
-    return ("\n".join(lines) + "\n").encode("utf-8")

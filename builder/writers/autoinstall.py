@@ -22,20 +22,24 @@ package holds the node's private key.
 
 from __future__ import annotations
 
-from builder.errors import BuildError, UserError
-from builder.model import Node
+from collections.abc import Mapping, Sequence
+
+from builder.errors import BuildError
+from builder.model import Cluster, Node
 from builder.nodetree import NodeTree
-from builder.writers import Artifact
-from builder.writers.cloud_init import (
+from builder.seed import (
     DEB_DIR,
     content_id,
     network_plan,
     render,
+    repository_keyring,
     seed_iso,
+    static_address_problem,
     user_context,
 )
+from builder.writers import Artifact, BuildInputs, Output, Writer
 
-__all__ = ["STORAGE_LAYOUT", "build_autoinstall_seed"]
+__all__ = ["STORAGE_LAYOUT", "AutoinstallWriter", "build_autoinstall_seed"]
 
 STORAGE_LAYOUT = "lvm"  # subiquity's layouts: "lvm" or "direct" (plain partitions)
 
@@ -52,10 +56,7 @@ def build_autoinstall_seed(
     if tree.node != node.name or tree.os != "debian":
         raise BuildError(f"{node.name}: an autoinstall seed needs the node's Debian NodeTree")
     if not node.images.password_hash:
-        raise UserError(
-            f"node {node.name}: an autoinstall seed needs images.password_hash in the "
-            "cluster file (the installer's identity section requires a crypted password)"
-        )
+        raise BuildError(f"{node.name}: an autoinstall seed needs images.password_hash")
     ctx = user_context(node, tree, deb, repo_keyring)
     plan = network_plan(node)
     network = ""
@@ -73,4 +74,51 @@ def build_autoinstall_seed(
     iid = "nomad-build-autoinstall-" + node.name + "-" + content_id(user_data, deb.data)
     meta = render("images/cloud-init/meta-data.j2", node=node, instance_id=iid)
     iso = seed_iso([("user-data", user_data), ("meta-data", meta)], mtime=mtime)
-    return Artifact(f"images/{node.name}/autoinstall.iso", iso, secret=True)
+    return Artifact(f"images/{node.name}/autoinstall.iso", iso, secret=True, node=node.name)
+
+
+class AutoinstallWriter(Writer):
+    """A Debian-family node's Ubuntu Server autoinstall seed (needs images.password_hash)."""
+
+    name = "autoinstall"
+    needs = ("deb",)
+
+    def signing_keys(self, cluster: Cluster) -> frozenset[str]:
+        # The seeds carry the repository's key only when they install from it.
+        return frozenset({"apt"}) if cluster.packages.repo_url else frozenset()
+
+    def unfit(self, cluster: Cluster, node: Node) -> str | None:
+        if node.os != "debian":
+            return f"node {node.name} runs {node.os}; an autoinstall image is for debian nodes"
+        if not node.images.password_hash:
+            return (
+                "images.password_hash: missing (the Ubuntu installer's identity needs a "
+                "crypt(3) hash, e.g. from `mkpasswd -m sha-512`)"
+            )
+        return None
+
+    def check(self, cluster: Cluster, node: Node) -> list[str]:
+        problem = static_address_problem(cluster, node)
+        return [problem] if problem else []
+
+    def outputs(
+        self,
+        cluster: Cluster,
+        nodes: Sequence[Node],
+        versions: Mapping[str, int],
+        upstream: Sequence[Output] = (),
+    ) -> list[Output]:
+        return [Output(f"images/{n.name}/autoinstall.iso", n.name, secret=True) for n in nodes]
+
+    def build(self, inputs: BuildInputs, nodes: Sequence[Node]) -> list[Artifact]:
+        keyring = repository_keyring(inputs)
+        return [
+            build_autoinstall_seed(
+                n,
+                inputs.trees[n.name],
+                deb=inputs.package_of("deb", n),
+                repo_keyring=keyring,
+                mtime=inputs.mtime,
+            )
+            for n in nodes
+        ]

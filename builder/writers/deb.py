@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import re
 import textwrap
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -49,13 +50,14 @@ import jinja2
 from builder.archive import TarEntry, ar, gzip_bytes, ustar
 from builder.data import template_environment
 from builder.errors import BuildError, UserError
-from builder.model import Node
+from builder.model import Cluster, Node
 from builder.nodetree import NodeFile, NodeTree
-from builder.writers import Artifact, bundled_binaries, role_text
+from builder.writers import Artifact, BuildInputs, Output, Writer, bundled_binaries, role_text
 
 __all__ = [
     "DIVERTED",
     "VIRTUAL",
+    "DebWriter",
     "ElfFacts",
     "build_deb",
     "deb_arch",
@@ -73,7 +75,6 @@ _PATH_OK = re.compile(r"^(/[A-Za-z0-9._+@-]+)+$")
 _NAME_OK = re.compile(r"^[a-z_][a-z0-9_-]*[$]?$")  # adduser's default NAME_REGEX, roughly
 _PKG_OK = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")  # Debian policy 5.6.1
 _UNIT_OK = re.compile(r"^[A-Za-z0-9:_.@-]+$")
-_DEB_VERSION_OK = re.compile(r"^\d+(\.\d+)*$")
 
 # ELF e_machine -> Debian architecture (little-endian unless noted).
 _ELF_MACHINES = {3: "i386", 40: "armhf", 62: "amd64", 183: "arm64", 243: "riscv64"}
@@ -166,12 +167,6 @@ def _render(name: str, **context: object) -> bytes:
 # ---------------------------------------------------------------- checks
 
 
-def _check_text(value: str, what: str) -> str:
-    if not value or "\n" in value or "\r" in value or value != value.strip():
-        raise UserError(f"{what} {value!r} cannot go into a Debian control file")
-    return value
-
-
 def _check_tree(node: Node, tree: NodeTree) -> None:
     if tree.os != "debian" or node.os != "debian":
         raise BuildError(f"{node.name}: a Debian package needs a Debian NodeTree")
@@ -254,145 +249,232 @@ def _sort_key(path: str) -> tuple[str, ...]:
     return PurePosixPath(path).parts
 
 
-def build_deb(node: Node, tree: NodeTree, *, version: int, mtime: int) -> Artifact:
-    """debian/<pkg>_<version>_<arch>.deb for one node (arch "all" unless an ELF is bundled)."""
-    _check_tree(node, tree)
-    if mtime < 0:
-        raise BuildError(f"mtime must not be negative: {mtime}")
-    pkg = node.deb_package
-    ver = deb_version(version)
-    settings = node.packages
-    maintainer = _check_text(settings.maintainer, "packages.maintainer")
-    min_version = settings.nomad_min_version
-    if not _DEB_VERSION_OK.match(min_version):
-        raise UserError(f"packages.nomad_min_version {min_version!r} is not like 1.7.0")
+@dataclass(frozen=True)
+class _Plan:
+    """What build_deb decided before writing any archive member."""
 
-    svc = tree.service
-    bundle = settings.bundle
-    binaries = bundled_binaries(node, tree)
+    package: str
+    version: str
+    arch: str
+    bundled: bool
+    payload: list[_Payload]
+    dirs: list[str]
+    conffiles: list[str]
+    context: dict[str, object]
+
+
+def _bundle_facts(node: Node, tree: NodeTree) -> tuple[str, list[tuple[str, ElfFacts]]]:
+    """The package architecture and lintian's facts of each bundled ELF binary."""
     arch = "all"
     facts: list[tuple[str, ElfFacts]] = []
-    for b in binaries:
+    for b in bundled_binaries(node, tree):
         arch = deb_arch(b.content, f"{b.path} (bundled)")
         fact = elf_facts(b.content)
         if fact is not None:
             facts.append((b.path, fact))
-    bundled = bundle is not None
-    unit = f"{svc.name}.service"
+    return arch, facts
 
-    doc = f"/usr/share/doc/{pkg}"
-    payload: list[_Payload] = [_Payload(f.path, f.content, _shipped_mode(f)) for f in tree.files]
-    context: dict[str, object] = {
+
+def _context(node: Node, tree: NodeTree, pkg: str, ver: str, mtime: int) -> dict[str, object]:
+    """Template context shared by the control file, scripts and documentation."""
+    svc = tree.service
+    bundle = node.packages.bundle
+    binaries = bundled_binaries(node, tree)
+    return {
         "package": pkg,
         "version": ver,
         "node": node,
         "tree": tree,
         "service": svc,
         "account": svc.account,
-        "unit": unit,
+        "unit": f"{svc.name}.service",
         "role_text": role_text(node),
-        "bundled": bundled,
+        "bundled": bundle is not None,
         "bundle_version": bundle.version if bundle else "",
         "hashicorp_config": HASHICORP_CONFIG,
         "diverted": DIVERTED,
-        "maintainer": maintainer,
-        "min_version": min_version,
+        "maintainer": node.packages.maintainer,
+        "min_version": node.packages.nomad_min_version,
         "virtual": VIRTUAL,
-        "odd_modes": [(p.path, p.mode) for p in payload if p.mode not in (0o644, 0o755)],
         "binaries": [b.path for b in binaries if b.path.startswith(("/usr/bin/", "/usr/sbin/"))],
-        "static_binaries": [path for path, f in facts if not f.dynamic],
-        "unstripped_binaries": [path for path, f in facts if f.symbols],
         "year": datetime.fromtimestamp(mtime, UTC).year,
     }
+
+
+def _plan(node: Node, tree: NodeTree, version: int, mtime: int) -> _Plan:
+    _check_tree(node, tree)
+    pkg, ver = node.deb_package, deb_version(version)
+    arch, facts = _bundle_facts(node, tree)
+    context = _context(node, tree, pkg, ver, mtime)
+    payload = [_Payload(f.path, f.content, _shipped_mode(f)) for f in tree.files]
+    context.update(
+        odd_modes=[(p.path, p.mode) for p in payload if p.mode not in (0o644, 0o755)],
+        static_binaries=[path for path, f in facts if not f.dynamic],
+        unstripped_binaries=[path for path, f in facts if f.symbols],
+    )
+    doc = f"/usr/share/doc/{pkg}"
+    changelog = gzip_bytes(_changelog(pkg, ver, node, tree, mtime))
     payload += [
         _Payload(f"{doc}/copyright", _render("copyright.j2", **context), 0o644),
+        _Payload(f"{doc}/changelog.gz", changelog, 0o644),
         _Payload(
-            f"{doc}/changelog.gz",
-            gzip_bytes(_changelog(pkg, ver, node, tree, mtime)),
-            0o644,
-        ),
-        _Payload(
-            f"/usr/share/lintian/overrides/{pkg}",
-            _render("lintian-overrides.j2", **context),
-            0o644,
+            f"/usr/share/lintian/overrides/{pkg}", _render("lintian-overrides.j2", **context), 0o644
         ),
     ]
     payload.sort(key=lambda p: _sort_key(p.path))
     if len({p.path for p in payload}) != len(payload):
         raise BuildError(f"{node.name}: a NodeTree file collides with the package's own files")
-
     dirs = sorted({d for p in payload for d in _parents(p.path)}, key=_sort_key)
     conffiles = [p.path for p in payload if p.path.startswith("/etc/")]
-    # postinst sets owner, group and mode of every NodeTree file (HashiCorp's
-    # postinst chowns /etc/nomad.d recursively; the trigger runs ours again after it)
-    # and puts the directories of ours under /etc back to root:root 0755.
-    owned = list(tree.files)
-    etc_dirs = [d for d in dirs if d.startswith("/etc/")]
+    bundled = node.packages.bundle is not None
+    fields = _control_fields(
+        tree, payload, dirs, conffiles, arch, bundled, facts, node.packages.nomad_min_version
+    )
+    context.update(fields)
+    return _Plan(pkg, ver, arch, bundled, payload, dirs, conffiles, context)
 
-    # data.tar: "./", directories and files in path order (parents first).
-    entries = [TarEntry("./", mode=0o755, mtime=mtime, type="dir")]
-    by_path: dict[str, TarEntry] = {}
-    for d in dirs:
-        by_path[d] = TarEntry(f".{d}/", mode=0o755, mtime=mtime, type="dir")
-    for p in payload:
-        by_path[p.path] = TarEntry(f".{p.path}", p.data, mode=p.mode, mtime=mtime)
-    entries += [by_path[k] for k in sorted(by_path, key=_sort_key)]
-    data_tar = gzip_bytes(ustar(entries))
 
-    # control.tar
-    context.update(
-        owned=owned,
-        etc_dirs=etc_dirs,
-        data_dirs=list(tree.dirs),
-        conffiles=conffiles,
-        trigger=not bundled,
-        nomad_binary=NOMAD_BINARY,
-        installed_size=_installed_size(payload, dirs),
-        arch=arch,
+def _control_fields(
+    tree: NodeTree,
+    payload: list[_Payload],
+    dirs: list[str],
+    conffiles: list[str],
+    arch: str,
+    bundled: bool,
+    facts: list[tuple[str, ElfFacts]],
+    min_version: str,
+) -> dict[str, object]:
+    return {
+        # postinst sets owner, group and mode of every NodeTree file (HashiCorp's
+        # postinst chowns /etc/nomad.d recursively; the trigger runs ours again after
+        # it) and puts the directories of ours under /etc back to root:root 0755.
+        "owned": list(tree.files),
+        "etc_dirs": [d for d in dirs if d.startswith("/etc/")],
+        "data_dirs": list(tree.dirs),
+        "conffiles": conffiles,
+        "trigger": not bundled,
+        "nomad_binary": NOMAD_BINARY,
+        "installed_size": _installed_size(payload, dirs),
+        "arch": arch,
+        # A dynamically linked bundled binary needs the C library (no dpkg-shlibdeps
+        # here: builds also run on OpenBSD and macOS).
+        "depends": ", ".join(["adduser"] + (["libc6"] if any(f.dynamic for _, f in facts) else [])),
+        "conflicts": ", ".join([VIRTUAL] + ([HASHICORP_PACKAGE] if bundled else [])),
+        "replaces": ", ".join([VIRTUAL] + ([HASHICORP_PACKAGE] if bundled else [])),
+        "provides": VIRTUAL,
         # HashiCorp's package must be configured before our preinst diverts its
         # conffile: unpacked only, the conffile is still nomad.hcl.dpkg-new, which
         # our own unpack of the same path would overwrite (and HashiCorp's default
         # be lost). Hence Pre-Depends, not Depends.
-        pre_depends="" if bundled else f"{HASHICORP_PACKAGE} (>= {min_version})",
-        # A dynamically linked bundled binary needs the C library (no dpkg-shlibdeps
-        # here: builds also run on OpenBSD and macOS).
-        depends=", ".join(["adduser"] + (["libc6"] if any(f.dynamic for _, f in facts) else [])),
-        conflicts=", ".join([VIRTUAL] + ([HASHICORP_PACKAGE] if bundled else [])),
-        replaces=", ".join([VIRTUAL] + ([HASHICORP_PACKAGE] if bundled else [])),
-        provides=VIRTUAL,
-    )
-    control = _render("control.j2", **context)
+        "pre_depends": "" if bundled else f"{HASHICORP_PACKAGE} (>= {min_version})",
+    }
+
+
+def _data_tar(plan: _Plan, mtime: int) -> bytes:
+    """data.tar.gz: "./", then directories and files in path order (parents first)."""
+    by_path: dict[str, TarEntry] = {}
+    for d in plan.dirs:
+        by_path[d] = TarEntry(f".{d}/", mode=0o755, mtime=mtime, type="dir")
+    for p in plan.payload:
+        by_path[p.path] = TarEntry(f".{p.path}", p.data, mode=p.mode, mtime=mtime)
+    entries = [TarEntry("./", mode=0o755, mtime=mtime, type="dir")]
+    entries += [by_path[k] for k in sorted(by_path, key=_sort_key)]
+    return gzip_bytes(ustar(entries))
+
+
+def _control_tar(plan: _Plan, mtime: int) -> bytes:
+    """control.tar.gz: control, conffiles, md5sums, maintainer scripts (and triggers)."""
     md5sums = "".join(
         f"{hashlib.md5(p.data).hexdigest()}  {p.path.lstrip('/')}\n"
-        for p in payload
-        if p.path not in conffiles
+        for p in plan.payload
+        if p.path not in plan.conffiles
     ).encode()
     members: list[tuple[str, bytes, int]] = [
-        ("conffiles", "".join(f"{c}\n" for c in conffiles).encode(), 0o644),
-        ("control", control, 0o644),
+        ("conffiles", "".join(f"{c}\n" for c in plan.conffiles).encode(), 0o644),
+        ("control", _render("control.j2", **plan.context), 0o644),
         ("md5sums", md5sums, 0o644),
     ]
     for script in ("postinst", "postrm", "preinst", "prerm"):
-        members.append((script, _render(f"{script}.j2", **context), 0o755))
-    if not bundled:
-        members.append(("triggers", _render("triggers.j2", **context), 0o644))
+        members.append((script, _render(f"{script}.j2", **plan.context), 0o755))
+    if not plan.bundled:
+        members.append(("triggers", _render("triggers.j2", **plan.context), 0o644))
     members.sort()
-    control_entries = [TarEntry("./", mode=0o755, mtime=mtime, type="dir")]
-    control_entries += [
-        TarEntry(f"./{name}", data, mode=mode, mtime=mtime) for name, data, mode in members
-    ]
-    control_tar = gzip_bytes(ustar(control_entries))
+    entries = [TarEntry("./", mode=0o755, mtime=mtime, type="dir")]
+    entries += [TarEntry(f"./{name}", data, mode=mode, mtime=mtime) for name, data, mode in members]
+    return gzip_bytes(ustar(entries))
 
-    deb = ar(
-        [
-            ("debian-binary", b"2.0\n"),
-            ("control.tar.gz", control_tar),
-            ("data.tar.gz", data_tar),
-        ],
-        mtime=mtime,
-    )
+
+def build_deb(node: Node, tree: NodeTree, *, version: int, mtime: int) -> Artifact:
+    """debian/<pkg>_<version>_<arch>.deb for one node (arch "all" unless an ELF is bundled)."""
+    if mtime < 0:
+        raise BuildError(f"mtime must not be negative: {mtime}")
+    plan = _plan(node, tree, version, mtime)
+    members = [
+        ("debian-binary", b"2.0\n"),
+        ("control.tar.gz", _control_tar(plan, mtime)),
+        ("data.tar.gz", _data_tar(plan, mtime)),
+    ]
     return Artifact(
-        path=f"debian/{pkg}_{ver}_{arch}.deb",
-        data=deb,
+        path=deb_path(node, version, plan.arch),
+        data=ar(members, mtime=mtime),
         secret=any(f.is_secret for f in tree.files),
+        node=node.name,
     )
+
+
+def deb_path(node: Node, version: int, arch: str) -> str:
+    return f"debian/{node.deb_package}_{deb_version(version)}_{arch}.deb"
+
+
+def package_arch(node: Node) -> str:
+    """The package's architecture, known from the cluster file alone."""
+    bundle = node.packages.bundle
+    return "all" if bundle is None else deb_arch(bundle.binary.read_bytes())
+
+
+class DebWriter(Writer):
+    """A Debian node's configuration package."""
+
+    name = "deb"
+
+    def unfit(self, cluster: Cluster, node: Node) -> str | None:
+        return None if node.os == "debian" else f"node {node.name} runs {node.os}, not Debian"
+
+    def check(self, cluster: Cluster, node: Node) -> list[str]:
+        problems = []
+        maintainer = node.packages.maintainer
+        if not maintainer or "\n" in maintainer or maintainer != maintainer.strip():
+            problems.append(
+                f"{cluster.source}: packages.maintainer: {maintainer!r} cannot go "
+                "into a Debian control file"
+            )
+        if not _PKG_OK.match(node.deb_package):
+            problems.append(
+                f"{cluster.source}: node {node.name}: {node.deb_package!r} is not a "
+                "valid Debian package name"
+            )
+        bundle = node.packages.bundle
+        if bundle is not None:
+            try:
+                deb_arch(bundle.binary.read_bytes(), f"{cluster.source}: packages.bundle.binary")
+            except UserError as e:
+                problems.append(str(e))
+        return problems
+
+    def outputs(
+        self,
+        cluster: Cluster,
+        nodes: Sequence[Node],
+        versions: Mapping[str, int],
+        upstream: Sequence[Output] = (),
+    ) -> list[Output]:
+        return [
+            Output(deb_path(n, versions[n.name], package_arch(n)), n.name, secret=True)
+            for n in nodes
+        ]
+
+    def build(self, inputs: BuildInputs, nodes: Sequence[Node]) -> list[Artifact]:
+        return [
+            build_deb(n, inputs.trees[n.name], version=inputs.versions[n.name], mtime=inputs.mtime)
+            for n in nodes
+        ]

@@ -44,22 +44,25 @@ password hash: secret, written 0600; serve them to the installing machines only.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 import urllib.parse
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from builder import signify
 from builder.archive import TarEntry, gzip_bytes, ustar
 from builder.errors import BuildError, UserError
-from builder.model import Node
+from builder.model import Cluster, Node
 from builder.nodetree import NodeTree
-from builder.writers import Artifact
-from builder.writers.cloud_init import render
-from builder.writers.openbsd_pkg import KSH_IDENT, package_file_name
+from builder.openbsd_names import KSH_IDENT, package_file_name
+from builder.seed import render
+from builder.writers import Artifact, BuildInputs, Output, Writer
 
 __all__ = [
     "OUT_DIR",
     "PKG_DIR",
+    "OpenBSDAutoinstallWriter",
     "build_openbsd_autoinstall",
     "release_sets",
     "response_file_name",
@@ -72,7 +75,6 @@ PKG_DIR = "/var/nomad-build"  # where the site set puts the node's package
 NO_PASSWORD = "*************"  # install.sub: stored as is, no password login
 # Architectures whose release directory carries bsd, bsd.mp and bsd.rd.
 ARCHES = ("amd64", "arm64", "i386")
-_BCRYPT = re.compile(r"^\$2[ab]\$\d\d\$[./A-Za-z0-9]{53}$")
 
 
 def xy(release: str) -> str:
@@ -124,36 +126,46 @@ def release_sets(release: str, arch: str) -> list[str]:
 
 
 def _password(node: Node) -> str:
-    pw = node.images.password_hash
-    if pw is None:
-        return NO_PASSWORD
-    if not _BCRYPT.match(pw):
-        raise UserError(
-            "images.password_hash: the OpenBSD installer takes only a bcrypt hash "
-            "($2b$ or $2a$, e.g. from OpenBSD's `encrypt` or `mkpasswd -m bcrypt`); any "
-            "other value it would take as the password itself"
+    # The cluster model admits only a bcrypt hash when OpenBSD nodes exist.
+    return node.images.password_hash or NO_PASSWORD
+
+
+_IFACE = re.compile(r"[a-z]+[0-9]+|[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+
+
+def _node_problems(node: Node) -> list[str]:
+    """What the installer cannot take from this node's settings (one line each)."""
+    problems = []
+    iface = node.interface or node.mac  # the installer takes a name or an lladdr
+    if iface is not None and not _IFACE.fullmatch(iface):
+        problems.append(f"node {node.name}: interface: {iface!r} is not an OpenBSD interface name")
+    if node.prefix is not None and iface is None:
+        problems.append(
+            f"node {node.name}: prefix: a static address needs the node's interface or mac "
+            "in the cluster file (which NIC gets it?)"
         )
-    return pw
+    images = node.images
+    answers = (*images.ssh_keys, images.admin_user, images.timezone, images.openbsd_disk)
+    for v in (*answers, *node.nameservers):
+        if not v.strip() or any(c in v for c in "\r\n\0"):
+            problems.append(f"node {node.name}: {v!r} cannot be one installer answer")
+    for check in (
+        lambda: xy(images.openbsd_release),
+        lambda: split_sets_url(images.openbsd_sets_url or ""),
+    ):
+        try:
+            check()
+        except UserError as e:
+            problems.append(str(e))
+    return problems
 
 
 def _network(node: Node) -> dict[str, Any]:
-    import ipaddress
-
-    try:
-        addr = ipaddress.ip_address(node.address)
-    except ValueError:
-        raise UserError(f"node {node.name}: address {node.address!r} is not an IP") from None
-    iface = node.interface or node.mac  # the installer takes a name or an lladdr
-    if iface is not None and not re.fullmatch(r"[a-z]+[0-9]+|[0-9a-f]{2}(:[0-9a-f]{2}){5}", iface):
-        raise UserError(f"node {node.name}: {iface!r} is not an OpenBSD interface name")
+    addr = ipaddress.ip_address(node.address)
+    iface = node.interface or node.mac
     static = node.prefix is not None
     net: dict[str, Any] = {"iface": iface, "static": static, "v6": addr.version == 6}
     if static:
-        if iface is None:
-            raise UserError(
-                f"node {node.name}: a static address needs the node's interface or mac "
-                "in the cluster file (which NIC gets it?)"
-            )
         network = ipaddress.ip_interface(f"{addr}/{node.prefix}").network
         net["address"] = str(addr)
         net["netmask"] = str(network.netmask) if addr.version == 4 else str(node.prefix)
@@ -164,7 +176,7 @@ def _network(node: Node) -> dict[str, Any]:
 
 def _check_package(node: Node, pkg: Artifact, pub_key: bytes) -> tuple[str, bool]:
     """(file name, signed?) of the node's OpenBSD package; a signed one must verify."""
-    name = package_file_name(pkg)
+    name = package_file_name(pkg.path)
     if not name.startswith(node.openbsd_stem + "-"):
         raise BuildError(f"{pkg.path} is not node {node.name}'s package ({node.openbsd_stem})")
     signed = len(pkg.data) > 3 and bool(pkg.data[3] & 0x10)  # gzip FCOMMENT: signify -z
@@ -220,6 +232,42 @@ def _site_set(
     return gzip_bytes(ustar(entries))
 
 
+def _node_artifacts(
+    node: Node,
+    tree: NodeTree,
+    pkg: Artifact,
+    *,
+    pub_key: bytes,
+    key_name: str,
+    mtime: int,
+) -> tuple[Artifact, Artifact]:
+    """The node's response file and site set."""
+    if node.os != "openbsd" or tree.os != "openbsd" or tree.node != node.name:
+        raise BuildError(f"{node.name}: OpenBSD autoinstall needs the node's OpenBSD tree")
+    images = node.images
+    scheme, server, directory, _ = split_sets_url(images.openbsd_sets_url or "")
+    site = site_set_name(node)
+    site_set = _site_set(node, tree, pkg, pub_key=pub_key, key_name=key_name, mtime=mtime)
+    conf = render(
+        "images/openbsd/install.conf.j2",
+        node=node,
+        images=images,
+        domain=node.domain,
+        net=_network(node),
+        password=_password(node),
+        user_key=images.ssh_keys[0] if images.ssh_keys else "none",
+        scheme=scheme,
+        server=server,
+        directory=directory,
+        site_set=site,
+    )
+    _check_response_file(conf, node)
+    return (
+        Artifact(f"{OUT_DIR}/{response_file_name(node)}", conf, secret=True, node=node.name),
+        Artifact(f"{OUT_DIR}/{site}", site_set, secret=True, node=node.name),
+    )
+
+
 def build_openbsd_autoinstall(
     items: list[tuple[Node, NodeTree, Artifact]],
     *,
@@ -230,65 +278,23 @@ def build_openbsd_autoinstall(
     """openbsd-autoinstall/: response file + site set per node, index.txt, SHA256."""
     if not items:
         return []
-    if not re.fullmatch(r"[A-Za-z0-9_.]+(-[A-Za-z0-9_.]+)*-pkg", key_name):
-        raise UserError(f"signing key name {key_name!r} must end in -pkg (pkg_add -t pkg)")
     signify.parse_public(pub_key)
     if mtime < 0:
         raise BuildError(f"mtime must not be negative: {mtime}")
     first = items[0][0].images
-    for node, tree, _ in items:
-        if node.os != "openbsd" or tree.os != "openbsd" or tree.node != node.name:
-            raise BuildError(f"{node.name}: OpenBSD autoinstall needs the node's OpenBSD tree")
-        if (node.images.openbsd_release, node.images.openbsd_sets_url) != (
-            first.openbsd_release,
-            first.openbsd_sets_url,
-        ):
-            raise BuildError("all nodes of one OpenBSD autoinstall share release and sets URL")
-    if not first.openbsd_sets_url:
-        raise UserError(
-            "images.openbsd_sets_url: needed for OpenBSD autoinstall (the HTTP directory "
-            "holding the release's sets and the site sets)"
-        )
-    scheme, server, directory, arch = split_sets_url(first.openbsd_sets_url)
-
+    if any(
+        (n.images.openbsd_release, n.images.openbsd_sets_url)
+        != (first.openbsd_release, first.openbsd_sets_url)
+        for n, _, _ in items
+    ):
+        raise BuildError("all nodes of one OpenBSD autoinstall share release and sets URL")
     out: list[Artifact] = []
-    site_sets: dict[str, bytes] = {}
-    conf_names: set[str] = set()
     for node, tree, pkg in sorted(items, key=lambda i: i[0].name):
-        site = site_set_name(node)
-        site_sets[site] = _site_set(
-            node, tree, pkg, pub_key=pub_key, key_name=key_name, mtime=mtime
-        )
-        conf_name = response_file_name(node)
-        if conf_name in conf_names:
-            raise UserError(f"two nodes would fetch the same response file {conf_name}")
-        conf_names.add(conf_name)
-        _one_line(
-            node,
-            *node.images.ssh_keys,
-            node.images.admin_user,
-            node.images.timezone,
-            node.images.openbsd_disk,
-            *node.nameservers,
-        )
-        first_key = node.images.ssh_keys[0] if node.images.ssh_keys else "none"
-        conf = render(
-            "images/openbsd/install.conf.j2",
-            node=node,
-            images=node.images,
-            domain=node.domain,
-            net=_network(node),
-            password=_password(node),
-            user_key=first_key,
-            scheme=scheme,
-            server=server,
-            directory=directory,
-            site_set=site,
-        )
-        _check_response_file(conf, node)
-        out.append(Artifact(f"{OUT_DIR}/{conf_name}", conf, secret=True))
-        out.append(Artifact(f"{OUT_DIR}/{site}", site_sets[site], secret=True))
-
+        out += _node_artifacts(node, tree, pkg, pub_key=pub_key, key_name=key_name, mtime=mtime)
+    if len({a.path for a in out}) != len(out):
+        raise BuildError("two nodes would fetch the same response file")
+    site_sets = {a.path.rsplit("/", 1)[1]: a.data for a in out if a.path.endswith(".tgz")}
+    arch = split_sets_url(first.openbsd_sets_url or "")[3]
     index = sorted({*release_sets(first.openbsd_release, arch), *site_sets})
     out.append(Artifact(f"{OUT_DIR}/index.txt", ("\n".join(index) + "\n").encode(), False))
     sums = "".join(
@@ -299,10 +305,56 @@ def build_openbsd_autoinstall(
     return sorted(out, key=lambda a: a.path)
 
 
-def _one_line(node: Node, *values: str) -> None:
-    for v in values:
-        if not v.strip() or any(c in v for c in "\r\n\0"):
-            raise UserError(f"node {node.name}: {v!r} cannot be one installer answer")
+class OpenBSDAutoinstallWriter(Writer):
+    """The OpenBSD installer's tree: response files and site sets (needs the sets URL)."""
+
+    name = "openbsd-autoinstall"
+    needs = ("openbsd-pkg",)
+    signing = frozenset({"signify"})
+    per_node = False
+
+    def unfit(self, cluster: Cluster, node: Node) -> str | None:
+        if node.os != "openbsd":
+            return (
+                f"node {node.name} runs {node.os}; "
+                "an openbsd-autoinstall image is for openbsd nodes"
+            )
+        if not node.images.openbsd_sets_url:
+            return (
+                "images.openbsd_sets_url: missing (where the installer fetches the sets, "
+                "e.g. http://10.20.130.1/pub/OpenBSD/7.8/amd64)"
+            )
+        return None
+
+    def check(self, cluster: Cluster, node: Node) -> list[str]:
+        return [f"{cluster.source}: {p}" for p in _node_problems(node)]
+
+    def outputs(
+        self,
+        cluster: Cluster,
+        nodes: Sequence[Node],
+        versions: Mapping[str, int],
+        upstream: Sequence[Output] = (),
+    ) -> list[Output]:
+        if not nodes:
+            return []
+        out = []
+        for n in nodes:
+            # 0600 for the root password hash; the node's key is in the site set only
+            conf = f"{OUT_DIR}/{response_file_name(n)}"
+            out.append(Output(conf, n.name, secret=True, holds_keys=False))
+            out.append(Output(f"{OUT_DIR}/{site_set_name(n)}", n.name, secret=True))
+        return out + [Output(f"{OUT_DIR}/{f}", None, secret=False) for f in ("index.txt", "SHA256")]
+
+    def build(self, inputs: BuildInputs, nodes: Sequence[Node]) -> list[Artifact]:
+        assert inputs.keys.signify_public is not None
+        items = [(n, inputs.trees[n.name], inputs.package_of("openbsd-pkg", n)) for n in nodes]
+        return build_openbsd_autoinstall(
+            items,
+            pub_key=inputs.keys.signify_public,
+            key_name=inputs.keys.signing_key_name,
+            mtime=inputs.mtime,
+        )
 
 
 def _check_response_file(conf: bytes, node: Node) -> None:

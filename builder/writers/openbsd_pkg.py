@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import posixpath
 import re
 import textwrap
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 
@@ -41,20 +41,19 @@ from builder import signify
 from builder.archive import TarEntry, gzip_bytes, ustar
 from builder.data import template_environment
 from builder.errors import BuildError, UserError
-from builder.model import Node
-from builder.nodetree import NodeFile, NodeTree
-from builder.writers import Artifact, bundled_binaries, role_text
+from builder.model import Cluster, Node
+from builder.nodetree import NodeFile, NodeTree, ServiceAccount
+from builder.openbsd_names import KSH_IDENT, split_package_name
+from builder.writers import Artifact, BuildInputs, Output, Writer, bundled_binaries, role_text
 
 __all__ = [
     "EXAMPLES_DIR",
-    "KSH_IDENT",
     "PORT_PKGPATH",
     "PORT_SAMPLES",
+    "OpenBSDPackageWriter",
     "build_openbsd_pkg",
     "elf_arch",
-    "package_file_name",
     "package_name",
-    "split_package_name",
 ]
 
 EXAMPLES_DIR = "/usr/local/share/examples/nomad-config"
@@ -70,9 +69,6 @@ PORT_SAMPLES = {"/etc/nomad/nomad.hcl": "/usr/local/share/examples/nomad/nomad.h
 _IDS = {"root": 0, "wheel": 0, "daemon": 1, "bin": 7}
 _PATH_OK = re.compile(r"^(/[A-Za-z0-9._+-]+)+$")
 _NAME_OK = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
-KSH_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # rc.d script names are ksh names
-_PACKAGE_FILE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]*-\d[A-Za-z0-9._+-]*\.tgz$")
-_VERSION_SPLIT = re.compile(r"^(.*?)-(\d.*)$")  # OpenBSD::PackageName: first "-<digit>"
 
 # ELF e_machine -> OpenBSD package architecture (MACHINE_ARCH).
 _ELF_MACHINES = {
@@ -89,14 +85,6 @@ _ELFOSABI_OPENBSD = 12
 
 
 # ---------------------------------------------------------------- names
-
-
-def split_package_name(name: str) -> tuple[str, str]:
-    """(stem, version) as pkg_add splits a package name: at the FIRST '-<digit>'."""
-    m = _VERSION_SPLIT.match(name)
-    if not m:
-        raise ValueError(f"{name}: no '-<digit>' version part")
-    return m.group(1), m.group(2)
 
 
 def package_name(node: Node, version: int) -> str:
@@ -264,14 +252,6 @@ def _render(name: str, **context: object) -> bytes:
 # ---------------------------------------------------------------- the writer
 
 
-def package_file_name(pkg: Artifact) -> str:
-    """The file name of an artifact this writer made; BuildError for anything else."""
-    name = posixpath.basename(pkg.path)
-    if not pkg.path.startswith("openbsd/") or not _PACKAGE_FILE.match(name):
-        raise BuildError(f"not an OpenBSD package artifact: {pkg.path}")
-    return name
-
-
 def _check_tree(node: Node, tree: NodeTree) -> NodeFile:
     if tree.os != "openbsd" or node.os != "openbsd":
         raise BuildError(f"{node.name}: an OpenBSD package needs an OpenBSD NodeTree")
@@ -294,9 +274,7 @@ def _check_tree(node: Node, tree: NodeTree) -> NodeFile:
         if p.startswith(EXAMPLES_DIR + "/"):
             raise BuildError(f"{p}: collides with the package's own examples directory")
     if svc.account.extra_groups:
-        raise UserError(
-            f"{node.name}: extra groups for {svc.account.user} are not supported on OpenBSD"
-        )
+        raise BuildError(f"{node.name}: extra groups are not supported on OpenBSD")
     return script
 
 
@@ -328,45 +306,15 @@ def _notes_block(tree: NodeTree, port: bool) -> str:
     return out
 
 
-def build_openbsd_pkg(
+def _header(
+    pl: _Plist,
     node: Node,
-    tree: NodeTree,
-    *,
-    version: int,
-    mtime: int,
-    signing_key: bytes | None,
-    key_name: str,
-) -> Artifact:
-    """openbsd/<stem>-<version>.tgz for one node; signed unless signing_key is None."""
-    script = _check_tree(node, tree)
-    pkgname = package_name(node, version)
-    if mtime < 0:
-        raise BuildError(f"mtime must not be negative: {mtime}")
-    svc = tree.service
-    account = svc.account
-    bundle = node.packages.bundle
-    binaries = bundled_binaries(node, tree)
-    arch = "*"
-    for b in binaries:
-        arch = elf_arch(b.content, f"{b.path} (bundled)")
-    min_version = node.packages.nomad_min_version
-    if not re.fullmatch(r"\d+(\.\d+)*", min_version):
-        raise UserError(f"packages.nomad_min_version {min_version!r} is not like 1.7.0")
-
-    context = {
-        "node": node,
-        "service": svc,
-        "role_text": role_text(node),
-        "bundled": bundle is not None,
-        "bundle_version": bundle.version if bundle else "",
-        "arch": arch,
-        "min_version": min_version,
-        "notes_block": _notes_block(tree, port=bundle is None),
-    }
-    desc = _render("+DESC.j2", **context)
-    display = _render("+DISPLAY.j2", **context)
-
-    pl = _Plist()
+    pkgname: str,
+    arch: str,
+    context: dict[str, object],
+    account: ServiceAccount,
+) -> None:
+    """@name, comments, +DESC/+DISPLAY, the dependency and the service account."""
     pl.add(
         f"@name {pkgname}",
         # pkg_add -u only replaces a package by one with a matching pkgpath;
@@ -375,13 +323,13 @@ def build_openbsd_pkg(
         f"@comment nomad-build: Nomad {role_text(node)} configuration for {node.name}",
         f"@arch {arch}",
     )
-    pl.special("+DESC", desc)
-    pl.special("+DISPLAY", display)
-    if bundle is None:
+    pl.special("+DESC", _render("+DESC.j2", **context))
+    pl.special("+DISPLAY", _render("+DISPLAY.j2", **context))
+    min_version = node.packages.nomad_min_version
+    if node.packages.bundle is None:
         pl.add(f"@depend {PORT_PKGPATH}:nomad->={min_version}:nomad-{min_version}")
     else:
-        # Our binary is /usr/local/bin/nomad, the port's file: never both.
-        pl.add("@conflict nomad-*")
+        pl.add("@conflict nomad-*")  # our binary is /usr/local/bin/nomad, the port's file
     if account.create:
         gid = "" if account.gid is None else str(account.gid)
         uid = "" if account.uid is None else str(account.uid)
@@ -394,20 +342,9 @@ def build_openbsd_pkg(
         )
     pl.add("@cwd /")
 
-    # 1. Files outside /etc (the bundled binary), installed as they are.
-    etc = [f for f in tree.files if f.path.startswith("/etc/") and f is not script]
-    plain = [f for f in tree.files if f not in etc and f is not script]
-    for f in plain:
-        pl.file(
-            "",
-            _rel(f.path),
-            f.content,
-            owner=f.owner,
-            group=f.group,
-            mode=f.mode,
-            mtime=mtime,
-        )
-    # 2. /etc: directories pkg_add must create, then example + @sample pairs.
+
+def _etc_files(pl: _Plist, node: Node, etc: list[NodeFile], mtime: int) -> None:
+    """/etc: directories pkg_add must create, then example + @sample pairs."""
     parents: set[str] = set()
     for f in etc:
         d = f.path.rsplit("/", 1)[0]
@@ -427,12 +364,23 @@ def build_openbsd_pkg(
             mtime=mtime,
             sample=f.path,
         )
-        if bundle is None and f.path in PORT_SAMPLES:
+        if node.packages.bundle is None and f.path in PORT_SAMPLES:
             pl.add(f"@exec-add {_replace_port_sample(f)}")
-    # 3. Directories no file creates (the agent's data dir).
-    for d in tree.dirs:
+
+
+def _payload(pl: _Plist, node: Node, tree: NodeTree, script: NodeFile, mtime: int) -> None:
+    """Plain files, /etc samples, the data dir, and the rc.d script with its rcctl lines."""
+    etc = [f for f in tree.files if f.path.startswith("/etc/") and f is not script]
+    for f in tree.files:  # outside /etc (the bundled binary): installed as they are
+        if f not in etc and f is not script:
+            pl.file(
+                "", _rel(f.path), f.content, owner=f.owner, group=f.group, mode=f.mode, mtime=mtime
+            )
+    _etc_files(pl, node, etc, mtime)
+    for d in tree.dirs:  # directories no file creates (the agent's data dir)
         pl.directory("dir", _rel(d.path), owner=d.owner, group=d.group, mode=d.mode)
-    # 4. The service: stop/disable before its script goes away, enable once it is there.
+    svc = tree.service
+    # Stop/disable before its script goes away, enable once it is there.
     pl.add(
         f"@unexec-delete rcctl stop {svc.name} >/dev/null 2>&1 || true",
         f"@unexec-delete rcctl disable {svc.name}",
@@ -449,21 +397,115 @@ def build_openbsd_pkg(
     # Older pkg_add moved the cwd to the @rcscript's directory; pkg_create re-states it.
     pl.add("@cwd /", f"@exec-add rcctl enable {svc.name}")
 
+
+def package_arch(node: Node, tree: NodeTree | None = None) -> str:
+    """ "*" for a config-only package, else the bundled binary's architecture."""
+    if tree is not None:
+        arch = "*"
+        for b in bundled_binaries(node, tree):
+            arch = elf_arch(b.content, f"{b.path} (bundled)")
+        return arch
+    bundle = node.packages.bundle
+    return "*" if bundle is None else elf_arch(bundle.binary.read_bytes())
+
+
+def build_openbsd_pkg(
+    node: Node,
+    tree: NodeTree,
+    *,
+    version: int,
+    mtime: int,
+    signing_key: bytes | None,
+    key_name: str,
+) -> Artifact:
+    """openbsd/<stem>-<version>.tgz for one node; signed unless signing_key is None."""
+    script = _check_tree(node, tree)
+    pkgname = package_name(node, version)
+    if mtime < 0:
+        raise BuildError(f"mtime must not be negative: {mtime}")
+    bundle = node.packages.bundle
+    arch = package_arch(node, tree)
+    context: dict[str, object] = {
+        "node": node,
+        "service": tree.service,
+        "role_text": role_text(node),
+        "bundled": bundle is not None,
+        "bundle_version": bundle.version if bundle else "",
+        "arch": arch,
+        "min_version": node.packages.nomad_min_version,
+        "notes_block": _notes_block(tree, port=bundle is None),
+    }
+    pl = _Plist()
+    _header(pl, node, pkgname, arch, context, tree.service.account)
+    _payload(pl, node, tree, script, mtime)
     contents = ("\n".join(pl.lines) + "\n").encode()
     names = [m.name for m in pl.members]
     if len(set(names)) != len(names):
         raise BuildError(f"{pkgname}: two package members share a name")
+    account = tree.service.account
     entries = [_tar_entry("+CONTENTS", contents, 0o444, "root", "wheel", account)]
     entries += [_tar_entry(m.name, m.data, m.mode, m.owner, m.group, account) for m in pl.members]
     gz = gzip_bytes(ustar(entries))
     if signing_key is not None:
-        if not re.fullmatch(r"[A-Za-z0-9._]+(-[A-Za-z0-9._]+)*-pkg", key_name):
-            raise UserError(f"signing key name {key_name!r} must end in -pkg (pkg_add -t pkg)")
         gz = signify.zsign(gz, signing_key, key_name=key_name, mtime=mtime)
-    return Artifact(f"openbsd/{pkgname}.tgz", gz, secret=bool(tree.secrets))
+    return Artifact(package_path(node, version), gz, secret=bool(tree.secrets), node=node.name)
 
 
-def _tar_entry(name: str, data: bytes, mode: int, owner: str, group: str, account) -> TarEntry:
+def package_path(node: Node, version: int) -> str:
+    return f"openbsd/{package_name(node, version)}.tgz"
+
+
+class OpenBSDPackageWriter(Writer):
+    """An OpenBSD node's configuration package, signify-signed."""
+
+    name = "openbsd-pkg"
+    signing = frozenset({"signify"})
+
+    def unfit(self, cluster: Cluster, node: Node) -> str | None:
+        return None if node.os == "openbsd" else f"node {node.name} runs {node.os}, not OpenBSD"
+
+    def check(self, cluster: Cluster, node: Node) -> list[str]:
+        problems = []
+        if not _NAME_OK.match(node.openbsd_stem):
+            problems.append(
+                f"{cluster.source}: node {node.name}: OpenBSD package stem "
+                f"{node.openbsd_stem!r} has unusable characters"
+            )
+        bundle = node.packages.bundle
+        if bundle is not None:
+            try:
+                elf_arch(bundle.binary.read_bytes(), f"{cluster.source}: packages.bundle.binary")
+            except UserError as e:
+                problems.append(str(e))
+        return problems
+
+    def outputs(
+        self,
+        cluster: Cluster,
+        nodes: Sequence[Node],
+        versions: Mapping[str, int],
+        upstream: Sequence[Output] = (),
+    ) -> list[Output]:
+        return [Output(package_path(n, versions[n.name]), n.name, secret=True) for n in nodes]
+
+    def build(self, inputs: BuildInputs, nodes: Sequence[Node]) -> list[Artifact]:
+        keys = inputs.keys
+        return [
+            build_openbsd_pkg(
+                n,
+                inputs.trees[n.name],
+                version=inputs.versions[n.name],
+                mtime=inputs.mtime,
+                signing_key=keys.signify_secret,
+                key_name=keys.signing_key_name,
+            )
+            for n in nodes
+        ]
+
+
+def _tar_entry(
+    name: str, data: bytes, mode: int, owner: str, group: str, account: ServiceAccount
+) -> TarEntry:
     ids = dict(_IDS)
     if account.create:
         if account.uid is not None:

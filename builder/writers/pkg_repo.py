@@ -15,13 +15,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
-import re
+from collections.abc import Mapping, Sequence
 
 from builder.errors import BuildError
-from builder.writers import Artifact
-from builder.writers.openbsd_pkg import package_file_name
+from builder.model import Cluster, Node
+from builder.openbsd_names import package_file_name
+from builder.writers import Artifact, BuildInputs, Output, Writer
 
-__all__ = ["REPO_DIR", "build_pkg_repo"]
+__all__ = ["REPO_DIR", "PkgRepoWriter", "build_pkg_repo"]
 
 REPO_DIR = "repo/openbsd"
 
@@ -30,21 +31,22 @@ def build_pkg_repo(pkgs: list[Artifact], *, pub_key: bytes | None, key_name: str
     """repo/openbsd/: the packages, index.html, SHA256 and <key_name>.pub (when signed)."""
     by_name: dict[str, Artifact] = {}
     for a in pkgs:
-        name = package_file_name(a)
+        name = package_file_name(a.path)
         if name in by_name:
             raise BuildError(f"two packages named {name}")
         by_name[name] = a
     names = sorted(by_name)
 
-    out = [Artifact(f"{REPO_DIR}/{n}", by_name[n].data, by_name[n].secret) for n in names]
+    out = [
+        Artifact(f"{REPO_DIR}/{n}", by_name[n].data, by_name[n].secret, by_name[n].node)
+        for n in names
+    ]
     sums = "".join(
         f"SHA256 ({n}) = {base64.b64encode(hashlib.sha256(by_name[n].data).digest()).decode()}\n"
         for n in names
     )
     extra = ["SHA256"]
     if pub_key is not None:
-        if not re.fullmatch(r"[A-Za-z0-9._-]+-pkg", key_name):
-            raise BuildError(f"signing key name {key_name!r} must end in -pkg")
         extra.append(f"{key_name}.pub")
         out.append(Artifact(f"{REPO_DIR}/{key_name}.pub", pub_key, secret=False))
     out.append(Artifact(f"{REPO_DIR}/SHA256", sums.encode(), secret=False))
@@ -67,3 +69,37 @@ def _index(names: list[str], extra: list[str]) -> bytes:
     lines += [f'<a href="{html.escape(n)}">{html.escape(n)}</a><br>' for n in extra]
     lines += ["</p>", "</body>", "</html>"]
     return ("\n".join(lines) + "\n").encode()
+
+
+class PkgRepoWriter(Writer):
+    """The OpenBSD package directory: every OpenBSD node's package, index and key."""
+
+    name = "pkg-repo"
+    needs = ("openbsd-pkg",)
+    signing = frozenset({"signify"})
+    per_node = False
+
+    def unfit(self, cluster: Cluster, node: Node) -> str | None:
+        return None if node.os == "openbsd" else f"node {node.name} runs {node.os}, not OpenBSD"
+
+    def outputs(
+        self,
+        cluster: Cluster,
+        nodes: Sequence[Node],
+        versions: Mapping[str, int],
+        upstream: Sequence[Output] = (),
+    ) -> list[Output]:
+        pkgs = [o for o in upstream if o.node in {n.name for n in nodes}]
+        if not pkgs:
+            return []
+        key = cluster.packages.signing_key_name
+        out = [Output(f"{REPO_DIR}/{package_file_name(o.path)}", o.node, o.secret) for o in pkgs]
+        shared = ["SHA256", "index.html", f"{key}.pub"]
+        return out + [Output(f"{REPO_DIR}/{name}", None, secret=False) for name in shared]
+
+    def build(self, inputs: BuildInputs, nodes: Sequence[Node]) -> list[Artifact]:
+        pkgs = [inputs.package_of("openbsd-pkg", n) for n in nodes]
+        if not pkgs:
+            return []
+        keys = inputs.keys
+        return build_pkg_repo(pkgs, pub_key=keys.signify_public, key_name=keys.signing_key_name)

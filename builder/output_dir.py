@@ -1,0 +1,133 @@
+"""The output directory: what may be written where, and the marker that says
+nomad-build made it.
+
+An output directory may not be, contain or lie inside the state directory, and
+may not contain the cluster file: a build replaces its output whole, and must
+never take the CA key or the cluster file with it. A non-empty directory
+without our marker is someone else's (a web root, a home directory): refused
+unless the operator says `--force`. The marker (`.nomad-build.json`) lists what
+was published, with the package versions, so the next run can refuse version
+counters that went back below what nodes have already seen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from builder.errors import UserError
+from builder.nodetree import NodeTree
+from builder.writers import Artifact
+
+MARKER = ".nomad-build.json"
+_MADE_BY = "nomad-build"
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    return path == directory or directory in path.parents
+
+
+def check(out: Path, state_dir: Path, cluster_file: Path, *, force: bool) -> None:
+    """Refuse an output directory that could destroy the state, the cluster file or
+    files nomad-build did not make. Reads only."""
+    o, s, c = out.resolve(), state_dir.resolve(), cluster_file.resolve()
+    if _inside(o, s):
+        raise UserError(f"{out}: --out is the state directory {state_dir} or inside it")
+    if _inside(s, o):
+        raise UserError(
+            f"{out}: --out contains the state directory {state_dir}; "
+            "choose an output directory of its own (e.g. dist/)"
+        )
+    if _inside(c, o):
+        raise UserError(
+            f"{out}: --out contains the cluster file {cluster_file}; "
+            "choose an output directory of its own (e.g. dist/)"
+        )
+    if o.exists() and not o.is_dir():
+        raise UserError(f"{out}: exists and is not a directory")
+    if o.is_dir() and not force and not made_by_us(o) and any(o.iterdir()):
+        raise UserError(
+            f"{out}: not empty and not made by nomad-build (no {MARKER}); choose an empty "
+            "directory, or add --force to replace it deliberately"
+        )
+
+
+def made_by_us(out: Path) -> bool:
+    return read_marker(out) is not None
+
+
+def read_marker(out: Path) -> dict[str, dict[str, object]] | None:
+    """The artifacts a previous run published here, or None when nomad-build did not."""
+    try:
+        data = json.loads((out / MARKER).read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("made_by") != _MADE_BY:
+        return None
+    artifacts = data.get("artifacts")
+    return artifacts if isinstance(artifacts, dict) else {}
+
+
+def published_versions(out: Path) -> dict[tuple[str, str], int]:
+    """(node, format) -> the highest package version published here."""
+    found: dict[tuple[str, str], int] = {}
+    for entry in (read_marker(out) or {}).values():
+        package = entry.get("package") if isinstance(entry, dict) else None
+        if not isinstance(package, dict):
+            continue
+        node, fmt, version = package.get("node"), package.get("format"), package.get("version")
+        if isinstance(node, str) and isinstance(fmt, str) and isinstance(version, int):
+            found[(node, fmt)] = max(version, found.get((node, fmt), 0))
+    return found
+
+
+def marker(
+    artifacts: Iterable[Artifact],
+    packages: Mapping[str, tuple[str, str, int]],
+    previous: Mapping[str, dict[str, object]] | None = None,
+) -> Artifact:
+    """The marker listing `artifacts` (merged over `previous` for single-file commands);
+    `packages` maps a package's path to (node, format, version)."""
+    import hashlib
+
+    entries: dict[str, dict[str, object]] = dict(previous or {})
+    for a in artifacts:
+        entry: dict[str, object] = {
+            "sha256": hashlib.sha256(a.data).hexdigest(),
+            "size": len(a.data),
+            "secret": a.secret,
+            "node": a.node,
+        }
+        if a.path in packages:
+            node, fmt, version = packages[a.path]
+            entry["package"] = {"node": node, "format": fmt, "version": version}
+        entries[a.path] = entry
+    body = {"made_by": _MADE_BY, "artifacts": dict(sorted(entries.items()))}
+    return Artifact(MARKER, (json.dumps(body, indent=1) + "\n").encode(), secret=False)
+
+
+def sweep_staging(out: Path) -> None:
+    """Remove what a killed run left beside `out` (staging copies hold secrets)."""
+    parent = out.resolve().parent
+    if not parent.is_dir():
+        return
+    for leftover in parent.glob(f".{out.resolve().name}.staging-*"):
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def write_root(out: Path, tree: NodeTree) -> list[Path]:
+    """One node's files under `out` as a root filesystem, with their modes."""
+    from builder import publish
+
+    paths = publish.write_root(out, ((f.path, f.content, f.mode) for f in tree.files))
+    for d in tree.dirs:
+        target = out / d.path.lstrip("/")
+        target.mkdir(parents=True, exist_ok=True)
+        os.chmod(target, d.mode)
+    marker_artifact = marker([], {}, {})
+    publish.publish_files(out, [marker_artifact])
+    return paths

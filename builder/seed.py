@@ -1,0 +1,248 @@
+"""What the boot seeds share: the NoCloud ISO, the node's network plan, the user-data
+context (admin, package delivery, repository source), and image template rendering.
+Used by the cloud-init, Ubuntu autoinstall and OpenBSD autoinstall writers."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import ipaddress
+import json
+import posixpath
+import re
+import threading
+import time
+import types
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import jinja2
+
+import builder
+from builder import apt_source, openpgp
+from builder.data import template_environment
+from builder.errors import BuildError
+from builder.model import Cluster, Node
+from builder.nodetree import NodeTree
+from builder.writers import Artifact, BuildInputs
+
+__all__ = [
+    "DEB_DIR",
+    "NetworkPlan",
+    "content_id",
+    "deb_file_name",
+    "keyring_file_name",
+    "network_plan",
+    "render",
+    "repository_keyring",
+    "seed_iso",
+    "static_address_problem",
+    "user_context",
+]
+
+DEB_DIR = "/var/lib/nomad-build"  # where an embedded .deb is written on the node
+SOURCES_FILE = f"/etc/apt/sources.list.d/{apt_source.SOURCES_FILE}"
+_DEB_NAME = re.compile(r"^[a-z0-9][a-z0-9.+-]*_[A-Za-z0-9.+~:-]+_[a-z0-9-]+\.deb$")
+_ISO_LOCK = threading.Lock()
+
+
+# ---------------------------------------------------------------- templates
+def _yaml_scalar(value: Any) -> str:
+    """A YAML value as JSON (a JSON document is valid YAML): quoting done once, right."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+@cache
+def _env() -> jinja2.Environment:
+    return template_environment(
+        {"yaml": _yaml_scalar, "b64": lambda data: base64.b64encode(data).decode("ascii")}
+    )
+
+
+def render(template: str, **context: Any) -> bytes:
+    """Render images/<template> with the tool's version in the context."""
+    return _env().get_template(template).render(version=builder.__version__, **context).encode()
+
+
+# ---------------------------------------------------------------- network
+@dataclass(frozen=True)
+class NetworkPlan:
+    """What the node's network-config v2 says, shared with the autoinstall seed."""
+
+    key: str  # the ethernets key: the interface name the node ends up with
+    mac: str | None  # matched by MAC (and renamed to `key` with set-name)
+    static: bool
+    cidr: str  # address/prefix when static
+    dhcp_key: str  # dhcp4 | dhcp6
+    gateway_key: str  # gateway4 | gateway6
+    default_route: str  # 0.0.0.0/0 | ::/0
+    gateway: str | None
+    nameservers: tuple[str, ...]
+    search: tuple[str, ...]
+
+
+def network_plan(node: Node, *, fallback_name: str = "eth0") -> NetworkPlan | None:
+    """The node's network, or None when cloud-init's own fallback (DHCP) is right."""
+    try:
+        addr = ipaddress.ip_address(node.address)
+    except ValueError:
+        raise BuildError(f"{node.name}: address {node.address!r} is not an IP") from None
+    static = node.prefix is not None
+    if node.interface is None and node.mac is None:
+        if static:
+            raise BuildError(f"{node.name}: a static address but no interface or mac")
+        return None
+    key = node.interface or fallback_name
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", key):
+        raise BuildError(f"{node.name}: interface {key!r} is not a Linux interface name")
+    v6 = addr.version == 6
+    return NetworkPlan(
+        key=key,
+        mac=node.mac,
+        static=static,
+        cidr=f"{addr}/{node.prefix}" if static else "",
+        dhcp_key="dhcp6" if v6 else "dhcp4",
+        gateway_key="gateway6" if v6 else "gateway4",
+        default_route="::/0" if v6 else "0.0.0.0/0",
+        gateway=node.gateway if static else None,
+        nameservers=node.nameservers,
+        search=(node.domain,) if node.domain else (),
+    )
+
+
+# ---------------------------------------------------------------- delivery
+def deb_file_name(deb: Artifact) -> str:
+    name = posixpath.basename(deb.path)
+    if not deb.path.startswith("debian/") or not _DEB_NAME.match(name):
+        raise BuildError(f"not a Debian package artifact: {deb.path}")
+    return name
+
+
+def keyring_file_name(keyring: bytes) -> str:
+    """Where the repository keyring goes (apt_repo's path; .asc if given armored)."""
+    armored = keyring.lstrip().startswith(b"-----BEGIN PGP PUBLIC KEY BLOCK-----")
+    path = apt_source.KEYRING_PATH
+    return path.removesuffix(".gpg") + ".asc" if armored else path
+
+
+def repository_source(node: Node, keyring_path: str) -> bytes:
+    """deb822 source of the signed repository; repo_url is where repo/debian/ is served."""
+    p = node.packages
+    assert p.repo_url is not None
+    return apt_source.sources_file(
+        suite=p.apt_suite,
+        component=p.apt_component,
+        repo_url=p.repo_url,
+        keyring_path=keyring_path,
+    )
+
+
+# ---------------------------------------------------------------- ISO
+def seed_iso(files: list[tuple[str, bytes]], *, mtime: int, label: str = "cidata") -> bytes:
+    """An ISO 9660 + Joliet + Rock Ridge image of flat files, byte-identical per input.
+
+    pycdlib stamps volume and directory dates from time.time()/localtime(); they
+    are pinned to `mtime` in UTC while building (pycdlib offers no option).
+    """
+    import pycdlib
+    from pycdlib import dates, headervd
+    from pycdlib import pycdlib as pycdlib_core
+
+    if mtime < 0:
+        raise BuildError(f"mtime must not be negative: {mtime}")
+    names = [n for n, _ in files]
+    if len(set(names)) != len(names):
+        raise BuildError(f"two seed files share a name: {names}")
+    clock = types.SimpleNamespace(
+        time=lambda: float(mtime),
+        localtime=time.gmtime,
+        gmtime=time.gmtime,
+        strftime=time.strftime,
+    )
+    modules = (dates, headervd, pycdlib_core)
+    with _ISO_LOCK:
+        saved = [m.time for m in modules]  # type: ignore[attr-defined]
+        for m in modules:
+            m.time = clock  # type: ignore[attr-defined]
+        try:
+            iso = pycdlib.PyCdlib()
+            iso.new(
+                interchange_level=3,
+                joliet=3,
+                rock_ridge="1.09",
+                vol_ident=label,
+                app_ident_str="nomad-build",
+            )
+            for name, data in sorted(files):
+                iso9660 = "/" + re.sub(r"[^A-Z0-9_.]", "_", name.upper()) + ";1"
+                iso.add_fp(
+                    io.BytesIO(data),
+                    len(data),
+                    iso9660,
+                    rr_name=name,
+                    joliet_path="/" + name,
+                    file_mode=0o100400,
+                )
+            out = io.BytesIO()
+            iso.write_fp(out)
+            iso.close()
+        finally:
+            for m, t in zip(modules, saved, strict=True):
+                m.time = t  # type: ignore[attr-defined]
+    return out.getvalue()
+
+
+def content_id(*parts: bytes) -> str:
+    """A short digest of everything a seed delivers (length-prefixed, order-sensitive)."""
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(len(p).to_bytes(8, "big"))
+        h.update(p)
+    return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- the seed
+def user_context(node: Node, tree: NodeTree, deb: Artifact, repo_keyring: bytes | None) -> dict:
+    """What user-data (cloud-init and autoinstall) needs to say about the node."""
+    deb_name = deb_file_name(deb)
+    ctx: dict[str, Any] = {
+        "node": node,
+        "service": tree.service,
+        "domain": node.domain,
+        "images": node.images,
+        "deb_name": deb_name,
+        "deb_path": f"{DEB_DIR}/{deb_name}",
+        "deb_data": deb.data,
+        "repo": None,
+        "nomad_apt": node.packages.nomad_apt,
+    }
+    if node.packages.repo_url:
+        if repo_keyring is None:
+            raise BuildError(f"{node.name}: packages.repo_url is set but no repository keyring")
+        keyring_path = keyring_file_name(repo_keyring)
+        ctx["repo"] = {
+            "keyring_path": keyring_path,
+            "keyring": repo_keyring,
+            "sources_path": SOURCES_FILE,
+            "sources": repository_source(node, keyring_path).decode(),
+        }
+    return ctx
+
+
+def static_address_problem(cluster: Cluster, node: Node) -> str | None:
+    """A static address needs to know which NIC gets it."""
+    if node.prefix is not None and node.interface is None and node.mac is None:
+        return (
+            f"{cluster.source}: node {node.name}: prefix: a static address in an image needs "
+            "the node's interface or mac in the cluster file (which NIC gets it?)"
+        )
+    return None
+
+
+def repository_keyring(inputs: BuildInputs) -> bytes | None:
+    """The apt repository's public keyring, when the seeds install from the repository."""
+    if not inputs.cluster.packages.repo_url or inputs.keys.apt_secret is None:
+        return None
+    return openpgp.public_keyring(inputs.keys.apt_secret)
