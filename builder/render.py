@@ -20,6 +20,7 @@ from builder.data import data_path, template_environment
 from builder.errors import BuildError
 from builder.model import Cluster, Node
 from builder.nodetree import NodeDir, NodeFile, NodeTree, Service, ServiceAccount
+from builder.os_profile import OSProfile, profile
 from builder.pki import inspect_cert
 from builder.state import CASpec, CertSpec, State
 
@@ -85,14 +86,10 @@ def _toml(*parts: str) -> dict[str, Any]:
 class _Service:
     """One OS's service facts (packaging/<os>/service.toml) as they apply to one node."""
 
-    spec: dict[str, Any]
+    os: OSProfile
     files: list[dict[str, Any]]  # the service files of this node's variant
     account: ServiceAccount
     fields: dict[str, str]  # what recipe/service paths and modes are formatted with
-
-    @property
-    def root_group(self) -> str:
-        return str(self.spec["root_group"])
 
     @property
     def unit_path(self) -> str:
@@ -115,7 +112,7 @@ def render_tree(cluster: Cluster, node: Node, secrets: NodeSecrets) -> NodeTree:
         node=node.name,
         os=node.os,
         service=Service(
-            name=svc.spec["service_name"],
+            name=svc.os.service_name,
             unit_path=svc.unit_path,
             config_path=node.config_file,
             data_dir=node.data_dir,
@@ -128,8 +125,9 @@ def render_tree(cluster: Cluster, node: Node, secrets: NodeSecrets) -> NodeTree:
 
 
 def _service(node: Node) -> _Service:
+    os = profile(node.os)
     spec = _toml("packaging", node.os, "service.toml")
-    account = _account(node, spec)
+    account = _account(node, os)
     # With a bundled binary Debian gets a complete unit instead of a drop-in.
     variant = "bundled_binary" if node.packages.bundle is not None else "packaged_binary"
     files = [f for f in spec["files"] if f.get("when", variant) == variant]
@@ -139,11 +137,11 @@ def _service(node: Node) -> _Service:
         "tls_dir": node.tls_dir,
         "user": account.user,
         "group": account.group,
-        "root_group": spec["root_group"],
+        "root_group": os.root_group,
         # A root-run agent needs nothing from the group; an unprivileged one reads via it.
         "secret_mode": "0600" if account.user == "root" else "0640",
     }
-    return _Service(spec=spec, files=files, account=account, fields=fields)
+    return _Service(os=os, files=files, account=account, fields=fields)
 
 
 def _context(cluster: Cluster, node: Node, svc: _Service) -> dict[str, Any]:
@@ -153,8 +151,8 @@ def _context(cluster: Cluster, node: Node, svc: _Service) -> dict[str, Any]:
         "cluster": cluster,
         "role_text": ROLE_TEXT[node.role],
         "account": svc.account,
-        "service_name": svc.spec["service_name"],
-        "binary": svc.spec["binary"],
+        "service_name": svc.os.service_name,
+        "binary": svc.os.binary,
         "notify_ready": _notifies_systemd(node),
         "source_name": cluster.source.name,
     }
@@ -215,17 +213,17 @@ def _service_files(
                 content=_render(f["template"], context, **extra),
                 mode=int(f.get("mode", "0644"), 8),
                 owner="root",
-                group=f.get("group", svc.root_group),
+                group=f.get("group", svc.os.root_group),
                 kind=f["kind"],
             )
         )
         if f["kind"] == "firewall":
-            notes.append(_firewall_note(node, path))
+            notes.append(_firewall_note(svc.os, path))
     return files, notes
 
 
-def _firewall_note(node: Node, path: str) -> str:
-    if node.os == "openbsd":
+def _firewall_note(os: OSProfile, path: str) -> str:
+    if os.firewall == "pf":
         return (
             f'Load the Nomad firewall rules from /etc/pf.conf: anchor "nomad" and '
             f'load anchor "nomad" from "{path}", then pfctl -f /etc/pf.conf'
@@ -242,11 +240,11 @@ def _bundle_files(node: Node, svc: _Service) -> list[NodeFile]:
         return []
     return [
         NodeFile(
-            path=svc.spec["binary"],
+            path=svc.os.binary,
             content=node.packages.bundle.binary.read_bytes(),
             mode=0o755,
             owner="root",
-            group=svc.root_group if node.os == "debian" else "bin",
+            group=svc.os.binary_group,
             kind="binary",
         )
     ]
@@ -265,12 +263,11 @@ def _check_cert_region(cluster: Cluster, node: Node, cert_pem: bytes) -> None:
         )
 
 
-def _account(node: Node, svc: dict[str, Any]) -> ServiceAccount:
+def _account(node: Node, os: OSProfile) -> ServiceAccount:
     extra_groups = ("docker",) if "docker" in node.drivers and node.user != "root" else ()
     if node.user == "root":
-        return ServiceAccount(user="root", group=svc["root_group"], create=False)
-    port_user = node.os == "openbsd" and node.user == "_nomad"
-    uid = svc.get("server_uid") if port_user else None
+        return ServiceAccount(user="root", group=os.root_group, create=False)
+    uid = os.server_uid if node.user == os.server_user else None
     return ServiceAccount(
         user=node.user,
         group=node.user,
@@ -291,7 +288,7 @@ def _firewall_context(cluster: Cluster, node: Node, path: str) -> dict[str, Any]
     servers gossip (4648 tcp+udp) and call clients' RPC (alloc logs/exec)."""
     servers = [ip for n in cluster.servers if n is not node for ip in n.ips]
     everyone = [ip for n in cluster.nodes if n is not node for ip in n.ips]
-    if node.os == "openbsd":
+    if profile(node.os).firewall == "pf":
         tables: list[tuple[str, list[str]]] = []
         rules: list[str] = []
 
