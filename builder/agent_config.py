@@ -11,9 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from builder import hcl
-from builder.cluster import thaw
 from builder.errors import UserError
-from builder.model import Cluster, Node
+from builder.model import Cluster, Node, thaw
 
 
 def agent_config(
