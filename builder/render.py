@@ -93,7 +93,7 @@ class _Service:
 
     @property
     def unit_path(self) -> str:
-        return next(f["path"] for f in self.files if f["kind"] in ("unit", "script"))
+        return str(next(f["path"] for f in self.files if f["kind"] in ("unit", "script")))
 
 
 def render_tree(cluster: Cluster, node: Node, secrets: NodeSecrets) -> NodeTree:
@@ -154,7 +154,6 @@ def _context(cluster: Cluster, node: Node, svc: _Service) -> dict[str, Any]:
         "service_name": svc.os.service_name,
         "binary": svc.os.binary,
         "notify_ready": _notifies_systemd(node),
-        "source_name": cluster.source.name,
     }
 
 
