@@ -30,6 +30,7 @@ from builder.model import (
     PKISettings,
 )
 from builder.nodes import NodeContext, openbsd_name, read_layers
+from builder.os_profile import profile
 from builder.settings import (
     BUNDLE,
     CLUSTER,
@@ -71,6 +72,11 @@ def read_cluster_file(source: Path) -> bytes:
         # O_NONBLOCK: a FIFO without a writer reads as empty instead of hanging
         fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
+        if source.is_symlink():
+            target = os.readlink(source)
+            raise UserError(
+                f"{source}: a symbolic link to {target}, which does not exist"
+            ) from None
         raise UserError(f"{source}: no such cluster file (give one with -c FILE)") from None
     except OSError as e:
         raise UserError(f"{source}: cannot read: {e.strerror}") from None
@@ -82,7 +88,7 @@ def read_cluster_file(source: Path) -> bytes:
     finally:
         os.close(fd)
     if len(raw) > MAX_BYTES:
-        raise UserError(f"{source}: larger than {MAX_BYTES // 1024} KiB: not a cluster file")
+        raise UserError(f"{source}: larger than {MAX_BYTES >> 20} MiB: not a cluster file")
     if not raw.strip():
         raise UserError(f"{source}: is empty (a cluster file needs [cluster] and [[nodes]])")
     if b"\0" in raw:
@@ -119,6 +125,8 @@ def _build(r: Reader, data: dict[str, Any]) -> Cluster:
     defaults, roles = read_layers(r, data)
     nodes = _nodes(r, data, NodeContext(r, c["domain"], packages, images, defaults, roles))
     cross_checks.check(r, nodes, c["domain"], pki, images)
+    if "maintainer" not in data.get("packages", {}):
+        _check_default_maintainer(r, nodes, c["domain"])
     expect, warnings = cross_checks.servers(r, nodes, c.get("bootstrap_expect"))
     return Cluster(
         source=r.source,
@@ -160,6 +168,16 @@ def default_maintainer(domain: str) -> str:
     """The .deb Maintainer when packages.maintainer is not set: an address in the
     cluster's own domain (lintian refuses root@localhost and the like)."""
     return f"nomad-build <nomad-build@{domain}>"
+
+
+def _check_default_maintainer(r: Reader, nodes: tuple[Node, ...], domain: str) -> None:
+    # lintian's bogus-mail-host: a mail host needs a dot (no single-label domains)
+    if "." not in domain and any(profile(n.os).package_format == "deb" for n in nodes):
+        raise r.fail(
+            "packages.maintainer",
+            f"missing, and the default {default_maintainer(domain)!r} is no mail address "
+            "lintian accepts (a one-label domain); set it, e.g. 'Ops <ops@example.org>'",
+        )
 
 
 def _packages(r: Reader, data: Any, c: dict[str, Any]) -> PackageSettings:
