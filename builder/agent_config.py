@@ -11,9 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from builder import hcl
-from builder.cluster import thaw
 from builder.errors import UserError
-from builder.model import Cluster, Node
+from builder.model import Cluster, Node, thaw
 
 
 def agent_config(
@@ -48,22 +47,9 @@ def agent_config(
     }
     if node.is_server:
         config["advertise"]["serf"] = node.advertise or node.address
-        if gossip_key is None:
-            raise ValueError(f"{node.name}: a server needs the gossip key")
-        config["server"] = {
-            "enabled": True,
-            "bootstrap_expect": cluster.bootstrap_expect,
-            "encrypt": gossip_key,
-        }
+        config["server"] = _server(cluster, node, gossip_key)
     if node.is_client:
-        client: dict[str, Any] = {"enabled": True}
-        if node.interface:
-            client["network_interface"] = node.interface
-        if node.node_class is not None:
-            client["node_class"] = node.node_class
-        if node.meta:
-            client["meta"] = dict(node.meta)
-        config["client"] = client
+        config["client"] = _client(node)
         plugins = {d: {"config": {"enabled": True}} for d in node.drivers if d == "raw_exec"}
         if plugins:
             config["plugin"] = plugins
@@ -80,6 +66,23 @@ def agent_config(
     if problems:
         raise UserError(f"{cluster.source}: node {node.name}: extra: {problems[0]}")
     return merged
+
+
+def _server(cluster: Cluster, node: Node, gossip_key: str | None) -> dict[str, Any]:
+    if gossip_key is None:
+        raise ValueError(f"{node.name}: a server needs the gossip key")
+    return {"enabled": True, "bootstrap_expect": cluster.bootstrap_expect, "encrypt": gossip_key}
+
+
+def _client(node: Node) -> dict[str, Any]:
+    client: dict[str, Any] = {"enabled": True}
+    if node.interface:
+        client["network_interface"] = node.interface
+    if node.node_class is not None:
+        client["node_class"] = node.node_class
+    if node.meta:
+        client["meta"] = dict(node.meta)
+    return client
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -1,15 +1,19 @@
 """The validated, immutable cluster model. Built only by builder.cluster.
 
 Everything downstream (secrets, rendering, writers) reads these objects,
-never the cluster file.
+never the cluster file. The defaults of the settings are those declared in
+builder.settings (one declaration per key of the cluster file).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
+
+from builder.settings import CONSUL, IMAGES, PACKAGES, PKI
 
 Role = Literal["server", "client", "both"]
 OS = Literal["openbsd", "debian"]
@@ -17,21 +21,21 @@ OS = Literal["openbsd", "debian"]
 
 @dataclass(frozen=True)
 class PKISettings:
-    ca_days: int = 1825
-    cert_days: int = 365
-    renew_before_days: int = 30
-    backdate_minutes: int = 10
-    extra_name_constraints: tuple[str, ...] = ()
+    ca_days: int = PKI.default("ca_days")
+    cert_days: int = PKI.default("cert_days")
+    renew_before_days: int = PKI.default("renew_before_days")
+    backdate_minutes: int = PKI.default("backdate_minutes")
+    extra_name_constraints: tuple[str, ...] = PKI.default("name_constraints")
 
 
 @dataclass(frozen=True)
 class ConsulSettings:
-    address: str = "127.0.0.1:8500"
-    server_service_name: str = "nomad"
-    client_service_name: str = "nomad-client"
-    auto_advertise: bool = True
-    server_auto_join: bool = True
-    client_auto_join: bool = True
+    address: str = CONSUL.default("address")
+    server_service_name: str = CONSUL.default("server_service_name")
+    client_service_name: str = CONSUL.default("client_service_name")
+    auto_advertise: bool = CONSUL.default("auto_advertise")
+    server_auto_join: bool = CONSUL.default("server_auto_join")
+    client_auto_join: bool = CONSUL.default("client_auto_join")
 
 
 @dataclass(frozen=True)
@@ -65,25 +69,25 @@ class NomadAptSource:
 
 @dataclass(frozen=True)
 class PackageSettings:
-    nomad_min_version: str = "1.7.0"
-    maintainer: str = "nomad-build <root@localhost>"
-    apt_suite: str = "stable"
-    apt_component: str = "main"
-    repo_url: str | None = None  # where nodes find the signed repositories (images use it)
-    signing_key_name: str = ""  # signify key stem; "<cluster>-pkg" by default
-    bundle: Bundle | None = None
-    nomad_apt: NomadAptSource | None = None
+    nomad_min_version: str = PACKAGES.default("nomad_min_version")
+    maintainer: str = PACKAGES.default("maintainer")  # the loader derives it from the domain
+    apt_suite: str = PACKAGES.default("apt_suite")
+    apt_component: str = PACKAGES.default("apt_component")
+    repo_url: str | None = PACKAGES.default("repo_url")  # where nodes find the repositories
+    signing_key_name: str = PACKAGES.default("signing_key_name")  # loader: "<cluster>-pkg"
+    bundle: Bundle | None = PACKAGES.default("bundle")  # noqa: RUF009 (None)
+    nomad_apt: NomadAptSource | None = PACKAGES.default("nomad_apt")  # noqa: RUF009 (None)
 
 
 @dataclass(frozen=True)
 class ImageSettings:
-    admin_user: str = "ops"
-    ssh_keys: tuple[str, ...] = ()
-    password_hash: str | None = None  # crypt(3) hash, never plain text
-    openbsd_release: str = "7.8"
-    openbsd_sets_url: str | None = None  # e.g. http://10.20.130.1/pub/OpenBSD/7.8/amd64
-    openbsd_disk: str = "sd0"
-    timezone: str = "UTC"
+    admin_user: str = IMAGES.default("admin_user")
+    ssh_keys: tuple[str, ...] = IMAGES.default("ssh_keys")
+    password_hash: str | None = IMAGES.default("password_hash")  # crypt(3), never plain text
+    openbsd_release: str = IMAGES.default("openbsd_release")
+    openbsd_sets_url: str | None = IMAGES.default("openbsd_sets_url")  # …/7.8/amd64
+    openbsd_disk: str = IMAGES.default("openbsd_disk")
+    timezone: str = IMAGES.default("timezone")
 
 
 @dataclass(frozen=True)
@@ -187,3 +191,21 @@ class Cluster:
         dns = [*role_names, "localhost", node.fqdn, *node.extra_names]
         ips = ["127.0.0.1", *node.ips]
         return role_names[0], tuple(dict.fromkeys(dns)), tuple(dict.fromkeys(ips))
+
+
+def freeze(value: Any) -> Any:
+    """Plain dicts/lists (as TOML gives them) as read-only mappings and tuples."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: freeze(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return tuple(freeze(v) for v in value)
+    return value
+
+
+def thaw(value: Any) -> Any:
+    """A frozen model mapping back into plain dicts/lists (for merging and output)."""
+    if isinstance(value, Mapping):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [thaw(v) for v in value]
+    return value

@@ -20,6 +20,7 @@ from builder.data import data_path, template_environment
 from builder.errors import BuildError
 from builder.model import Cluster, Node
 from builder.nodetree import NodeDir, NodeFile, NodeTree, Service, ServiceAccount
+from builder.os_profile import OSProfile, profile
 from builder.pki import inspect_cert
 from builder.state import CASpec, CertSpec, State
 
@@ -81,26 +82,91 @@ def _toml(*parts: str) -> dict[str, Any]:
         return tomllib.load(f)
 
 
+@dataclass(frozen=True)
+class _Service:
+    """One OS's service facts (packaging/<os>/service.toml) as they apply to one node."""
+
+    os: OSProfile
+    files: list[dict[str, Any]]  # the service files of this node's variant
+    account: ServiceAccount
+    fields: dict[str, str]  # what recipe/service paths and modes are formatted with
+
+    @property
+    def unit_path(self) -> str:
+        return str(next(f["path"] for f in self.files if f["kind"] in ("unit", "script")))
+
+
 def render_tree(cluster: Cluster, node: Node, secrets: NodeSecrets) -> NodeTree:
     _check_cert_region(cluster, node, secrets.node_cert)
-    svc = _toml("packaging", node.os, "service.toml")
-    account = _account(node, svc)
-    root_group = svc["root_group"]
+    svc = _service(node)
+    recipe = _toml("recipes", node.role, "recipe.toml")
+    context = _context(cluster, node, svc)
+    files = _recipe_files(cluster, node, secrets, recipe, svc, context)
+    service_files, notes = _service_files(cluster, node, svc, context)
+    files += service_files
+    files += _bundle_files(node, svc)
+    files.sort(key=lambda f: f.path)
+    account = svc.account
+    dirs = (NodeDir(node.data_dir, 0o700, account.user, account.group),)
+    return NodeTree(
+        node=node.name,
+        os=node.os,
+        service=Service(
+            name=svc.os.service_name,
+            unit_path=svc.unit_path,
+            config_path=node.config_file,
+            data_dir=node.data_dir,
+            account=account,
+        ),
+        files=tuple(files),
+        dirs=dirs,
+        notes=tuple(notes),
+    )
+
+
+def _service(node: Node) -> _Service:
+    os = profile(node.os)
+    spec = _toml("packaging", node.os, "service.toml")
+    account = _account(node, os)
     # With a bundled binary Debian gets a complete unit instead of a drop-in.
     variant = "bundled_binary" if node.packages.bundle is not None else "packaged_binary"
-    service_files = [f for f in svc["files"] if f.get("when", variant) == variant]
-    unit_path = next(f["path"] for f in service_files if f["kind"] in ("unit", "script"))
+    files = [f for f in spec["files"] if f.get("when", variant) == variant]
     fields = {
         "config_file": node.config_file,
         "config_dir": node.config_dir,
         "tls_dir": node.tls_dir,
         "user": account.user,
         "group": account.group,
-        "root_group": root_group,
+        "root_group": os.root_group,
         # A root-run agent needs nothing from the group; an unprivileged one reads via it.
         "secret_mode": "0600" if account.user == "root" else "0640",
     }
-    recipe = _toml("recipes", node.role, "recipe.toml")
+    return _Service(os=os, files=files, account=account, fields=fields)
+
+
+def _context(cluster: Cluster, node: Node, svc: _Service) -> dict[str, Any]:
+    """What every template of the node sees."""
+    return {
+        "node": node,
+        "cluster": cluster,
+        "role_text": ROLE_TEXT[node.role],
+        "account": svc.account,
+        "service_name": svc.os.service_name,
+        "binary": svc.os.binary,
+        "notify_ready": _notifies_systemd(node),
+    }
+
+
+def _recipe_files(
+    cluster: Cluster,
+    node: Node,
+    secrets: NodeSecrets,
+    recipe: dict[str, Any],
+    svc: _Service,
+    context: dict[str, Any],
+) -> list[NodeFile]:
+    """The role's recipe: the agent configuration and the TLS files."""
+    fields = svc.fields
     tls_files = {}
     for f in recipe["files"]:
         key = {"ca_cert": "ca_file", "node_cert": "cert_file", "node_key": "key_file"}.get(
@@ -108,16 +174,6 @@ def render_tree(cluster: Cluster, node: Node, secrets: NodeSecrets) -> NodeTree:
         )
         if key:
             tls_files[key] = f["path"].format(**fields)
-    context = {
-        "node": node,
-        "cluster": cluster,
-        "role_text": ROLE_TEXT[node.role],
-        "account": account,
-        "service_name": svc["service_name"],
-        "binary": svc["binary"],
-        "notify_ready": _notifies_systemd(node),
-        "source_name": cluster.source.name,
-    }
     content = {
         "agent_config": lambda: _render(
             "recipes/common/nomad.hcl.j2",
@@ -128,21 +184,27 @@ def render_tree(cluster: Cluster, node: Node, secrets: NodeSecrets) -> NodeTree:
         "node_cert": lambda: secrets.node_cert,
         "node_key": lambda: secrets.node_key,
     }
-    files: list[NodeFile] = []
-    for f in recipe["files"]:
-        files.append(
-            NodeFile(
-                path=f["path"].format(**fields),
-                content=content[f["source"]](),
-                mode=int(f["mode"].format(**fields), 8),
-                owner=f["owner"].format(**fields),
-                group=f["group"].format(**fields),
-                kind=f["kind"],
-            )
+    return [
+        NodeFile(
+            path=f["path"].format(**fields),
+            content=content[f["source"]](),
+            mode=int(f["mode"].format(**fields), 8),
+            owner=f["owner"].format(**fields),
+            group=f["group"].format(**fields),
+            kind=f["kind"],
         )
+        for f in recipe["files"]
+    ]
+
+
+def _service_files(
+    cluster: Cluster, node: Node, svc: _Service, context: dict[str, Any]
+) -> tuple[list[NodeFile], list[str]]:
+    """The OS's unit or rc.d script and firewall snippet, with how to load the latter."""
+    files: list[NodeFile] = []
     notes: list[str] = []
-    for f in service_files:
-        path = f["path"].format(**fields)
+    for f in svc.files:
+        path = f["path"].format(**svc.fields)
         extra = _firewall_context(cluster, node, path) if f["kind"] == "firewall" else {}
         files.append(
             NodeFile(
@@ -150,48 +212,41 @@ def render_tree(cluster: Cluster, node: Node, secrets: NodeSecrets) -> NodeTree:
                 content=_render(f["template"], context, **extra),
                 mode=int(f.get("mode", "0644"), 8),
                 owner="root",
-                group=f.get("group", root_group),
+                group=f.get("group", svc.os.root_group),
                 kind=f["kind"],
             )
         )
-        if f["kind"] == "firewall" and node.os == "openbsd":
-            notes.append(
-                f'Load the Nomad firewall rules from /etc/pf.conf: anchor "nomad" and '
-                f'load anchor "nomad" from "{path}", then pfctl -f /etc/pf.conf'
-            )
-        elif f["kind"] == "firewall":
-            notes.append(
-                f'Load the Nomad firewall rules: add include "{path}" to /etc/nftables.conf, '
-                "then systemctl reload nftables"
-            )
-    if node.packages.bundle is not None:
-        files.append(
-            NodeFile(
-                path=svc["binary"],
-                content=node.packages.bundle.binary.read_bytes(),
-                mode=0o755,
-                owner="root",
-                group=root_group if node.os == "debian" else "bin",
-                kind="binary",
-            )
+        if f["kind"] == "firewall":
+            notes.append(_firewall_note(svc.os, path))
+    return files, notes
+
+
+def _firewall_note(os: OSProfile, path: str) -> str:
+    if os.firewall == "pf":
+        return (
+            f'Load the Nomad firewall rules from /etc/pf.conf: anchor "nomad" and '
+            f'load anchor "nomad" from "{path}", then pfctl -f /etc/pf.conf'
         )
-    files.sort(key=lambda f: f.path)
-    owner_group = (account.user, account.group)
-    dirs = (NodeDir(node.data_dir, 0o700, *owner_group),)
-    return NodeTree(
-        node=node.name,
-        os=node.os,
-        service=Service(
-            name=svc["service_name"],
-            unit_path=unit_path,
-            config_path=node.config_file,
-            data_dir=node.data_dir,
-            account=account,
-        ),
-        files=tuple(files),
-        dirs=dirs,
-        notes=tuple(notes),
+    return (
+        f'Load the Nomad firewall rules: add include "{path}" to /etc/nftables.conf, '
+        "then systemctl reload nftables"
     )
+
+
+def _bundle_files(node: Node, svc: _Service) -> list[NodeFile]:
+    """The bundled Nomad binary, when the cluster ships one."""
+    if node.packages.bundle is None:
+        return []
+    return [
+        NodeFile(
+            path=svc.os.binary,
+            content=node.packages.bundle.binary.read_bytes(),
+            mode=0o755,
+            owner="root",
+            group=svc.os.binary_group,
+            kind="binary",
+        )
+    ]
 
 
 def _check_cert_region(cluster: Cluster, node: Node, cert_pem: bytes) -> None:
@@ -207,12 +262,11 @@ def _check_cert_region(cluster: Cluster, node: Node, cert_pem: bytes) -> None:
         )
 
 
-def _account(node: Node, svc: dict[str, Any]) -> ServiceAccount:
+def _account(node: Node, os: OSProfile) -> ServiceAccount:
     extra_groups = ("docker",) if "docker" in node.drivers and node.user != "root" else ()
     if node.user == "root":
-        return ServiceAccount(user="root", group=svc["root_group"], create=False)
-    port_user = node.os == "openbsd" and node.user == "_nomad"
-    uid = svc.get("server_uid") if port_user else None
+        return ServiceAccount(user="root", group=os.root_group, create=False)
+    uid = os.server_uid if node.user == os.server_user else None
     return ServiceAccount(
         user=node.user,
         group=node.user,
@@ -233,7 +287,7 @@ def _firewall_context(cluster: Cluster, node: Node, path: str) -> dict[str, Any]
     servers gossip (4648 tcp+udp) and call clients' RPC (alloc logs/exec)."""
     servers = [ip for n in cluster.servers if n is not node for ip in n.ips]
     everyone = [ip for n in cluster.nodes if n is not node for ip in n.ips]
-    if node.os == "openbsd":
+    if profile(node.os).firewall == "pf":
         tables: list[tuple[str, list[str]]] = []
         rules: list[str] = []
 
