@@ -16,7 +16,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from builder import hcl
+from builder import nomad_schema
 from builder.errors import UserError
 from builder.model import (
     Bundle,
@@ -202,7 +202,9 @@ class _Reader:
         return data
 
 
-def _layer(r: _Reader, data: Any, where: str, schema: Mapping[str, Check]) -> dict[str, Any]:
+def _layer(
+    r: _Reader, data: Any, where: str, schema: Mapping[str, Check], nomad_min_version: str
+) -> dict[str, Any]:
     """A [defaults], [roles.<role>] or [[nodes]] table, its values checked where written,
     so an error names the line the operator has to fix, not every node that inherits it."""
     layer = r.table(data, where, schema)
@@ -215,8 +217,11 @@ def _layer(r: _Reader, data: Any, where: str, schema: Mapping[str, Check]) -> di
     for k, v in layer.get("meta", {}).items():
         if not isinstance(v, str):
             raise r.fail(f"{where}.meta.{k}", f"must be a string, not {_describe(v)}")
-    problems = hcl.validate({"telemetry": layer.get("telemetry", {})}, where=where)
-    problems += hcl.validate(layer.get("extra", {}), where=f"{where}.extra")
+    # Checked against every Nomad release from nomad_min_version on ([packages] is read first).
+    versions = {"min_version": nomad_min_version}
+    telemetry = {"telemetry": layer.get("telemetry", {})}
+    problems = nomad_schema.check_config(telemetry, where=where, **versions)
+    problems += nomad_schema.check_extra(layer.get("extra", {}), where=f"{where}.extra", **versions)
     if problems:
         raise r.fail("", problems[0])
     return layer
@@ -279,7 +284,8 @@ def _build(r: _Reader, data: dict[str, Any]) -> Cluster:
     packages = _packages(r, data.get("packages", {}), name)
     images = _images(r, data.get("images", {}))
 
-    defaults = _layer(r, data.get("defaults", {}), "defaults", LAYER_KEYS)
+    min_version = packages.nomad_min_version
+    defaults = _layer(r, data.get("defaults", {}), "defaults", LAYER_KEYS, min_version)
     roles_data = data.get("roles", {})
     if not isinstance(roles_data, dict):
         raise r.fail("roles", f"must be a table, not {_describe(roles_data)}")
@@ -287,7 +293,7 @@ def _build(r: _Reader, data: dict[str, Any]) -> Cluster:
     for role, layer in roles_data.items():
         if role not in ROLES:
             raise r.fail(f"roles.{role}", f"unknown role (valid: {', '.join(ROLES)})")
-        roles[role] = _layer(r, layer, f"roles.{role}", LAYER_KEYS)
+        roles[role] = _layer(r, layer, f"roles.{role}", LAYER_KEYS, min_version)
 
     nodes_data = data.get("nodes")
     if nodes_data is None:
@@ -498,7 +504,8 @@ class _NodeContext:
             raise r.fail(where, f"must be a table, not {_describe(data)}")
         if isinstance(data.get("name"), str):
             where = f"nodes[{index}] ({data['name']})"
-        _layer(r, data, where, {**NODE_ONLY_KEYS, **LAYER_KEYS})
+        keys = {**NODE_ONLY_KEYS, **LAYER_KEYS}
+        _layer(r, data, where, keys, self.packages.nomad_min_version)
         for key in ("name", "role", "address"):
             if key not in data:
                 raise r.fail(f"{where}.{key}", "missing (required)")
