@@ -218,10 +218,10 @@ def _layer(
         if not isinstance(v, str):
             raise r.fail(f"{where}.meta.{k}", f"must be a string, not {_describe(v)}")
     # Checked against every Nomad release from nomad_min_version on ([packages] is read first).
-    versions = {"min_version": nomad_min_version}
     telemetry = {"telemetry": layer.get("telemetry", {})}
-    problems = nomad_schema.check_config(telemetry, where=where, **versions)
-    problems += nomad_schema.check_extra(layer.get("extra", {}), where=f"{where}.extra", **versions)
+    problems = nomad_schema.check_config(telemetry, where=where, min_version=nomad_min_version)
+    extra, extra_where = layer.get("extra", {}), f"{where}.extra"
+    problems += nomad_schema.check_extra(extra, where=extra_where, min_version=nomad_min_version)
     if problems:
         raise r.fail("", problems[0])
     return layer
