@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from builder import hcl
+from builder import nomad_schema
 from builder.errors import UserError
 from builder.model import Cluster, Node, thaw
 
@@ -62,7 +62,7 @@ def agent_config(
         **tls_files,
     }
     merged = _merge(config, thaw(node.extra))
-    problems = hcl.validate(merged)
+    problems = nomad_schema.check_config(merged, min_version=cluster.packages.nomad_min_version)
     if problems:
         raise UserError(f"{cluster.source}: node {node.name}: extra: {problems[0]}")
     return merged

@@ -122,7 +122,7 @@ def _build(r: Reader, data: dict[str, Any]) -> Cluster:
     consul = ConsulSettings(**r.settings(r.table(data.get("consul", {}), "consul", CONSUL), CONSUL))
     packages = _packages(r, data.get("packages", {}), c)
     images = ImageSettings(**r.settings(r.table(data.get("images", {}), "images", IMAGES), IMAGES))
-    defaults, roles = read_layers(r, data)
+    defaults, roles = read_layers(r, data, packages.nomad_min_version)
     nodes = _nodes(r, data, NodeContext(r, c["domain"], packages, images, defaults, roles))
     cross_checks.check(r, nodes, c["domain"], pki, images)
     if "maintainer" not in data.get("packages", {}):

@@ -15,17 +15,17 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from builder import hcl
+from builder import nomad_schema
 from builder.model import ImageSettings, Node, PackageSettings, freeze
 from builder.os_profile import OSProfile, profile
 from builder.settings import FQDN_MAX, LAYER, MERGED_TABLES, NODE, ROLES, Reader, Table, describe
 
 
 def read_layers(
-    r: Reader, data: dict[str, Any]
+    r: Reader, data: dict[str, Any], nomad_min_version: str
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """The [defaults] layer and the [roles.<role>] layers, checked."""
-    defaults = _layer(r, data.get("defaults", {}), "defaults", LAYER)
+    defaults = _layer(r, data.get("defaults", {}), "defaults", LAYER, nomad_min_version)
     roles_data = data.get("roles", {})
     if not isinstance(roles_data, dict):
         raise r.fail("roles", f"must be a table, not {describe(roles_data)}")
@@ -33,21 +33,26 @@ def read_layers(
     for role, layer in roles_data.items():
         if role not in ROLES:
             raise r.fail(f"roles.{role}", f"unknown role (valid: {', '.join(ROLES)})")
-        roles[role] = _layer(r, layer, f"roles.{role}", LAYER)
+        roles[role] = _layer(r, layer, f"roles.{role}", LAYER, nomad_min_version)
     return defaults, roles
 
 
-def _layer(r: Reader, data: Any, where: str, schema: Table) -> dict[str, Any]:
+def _layer(
+    r: Reader, data: Any, where: str, schema: Table, nomad_min_version: str
+) -> dict[str, Any]:
     """A [defaults], [roles.<role>] or [[nodes]] table, its values checked where written."""
     layer = r.table(data, where, schema)
-    _check_nomad_schema(r, layer, where)
+    _check_nomad_schema(r, layer, where, nomad_min_version)
     return layer
 
 
-def _check_nomad_schema(r: Reader, layer: dict[str, Any], where: str) -> None:
-    """telemetry and extra hold Nomad configuration: only keys Nomad knows."""
-    problems = hcl.validate({"telemetry": layer.get("telemetry", {})}, where=where)
-    problems += hcl.validate(layer.get("extra", {}), where=f"{where}.extra")
+def _check_nomad_schema(r: Reader, layer: dict[str, Any], where: str, min_version: str) -> None:
+    """telemetry and extra hold Nomad configuration: only keys every Nomad release from
+    nomad_min_version on knows, and none that nomad-build writes itself."""
+    telemetry = {"telemetry": layer.get("telemetry", {})}
+    problems = nomad_schema.check_config(telemetry, where=where, min_version=min_version)
+    extra = layer.get("extra", {})
+    problems += nomad_schema.check_extra(extra, where=f"{where}.extra", min_version=min_version)
     if problems:
         raise r.fail("", problems[0])
 
@@ -65,7 +70,7 @@ class NodeContext:
 
     def node(self, index: int, data: Any) -> Node:
         where = self._where(index, data)
-        _layer(self.r, data, where, NODE)
+        _layer(self.r, data, where, NODE, self.packages.nomad_min_version)
         self.r.require(data, where, NODE)
         name, role = data["name"], data["role"]
         s = self._merged(role, data)

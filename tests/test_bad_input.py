@@ -237,9 +237,9 @@ CASES = [
         node_key("bi-node-sbg-2", "extra.tls.verfy_server_hostname") + r": unknown key",
     ),
     Case(
-        "extra-telemetry-typo",
-        on_node("bi-node-sbg-2", "extra = { telemetry = { prometheus_metric = true } }"),
-        node_key("bi-node-sbg-2", "extra.telemetry.prometheus_metric") + r": unknown key",
+        "extra-telemetry-reserved",
+        on_node("bi-node-sbg-2", "extra = { telemetry = { prometheus_metrics = true } }"),
+        node_key("bi-node-sbg-2", "extra.telemetry") + r": set by nomad-build; use telemetry$",
     ),
     Case(
         "extra-plugin-confg",

@@ -28,9 +28,7 @@ from builder.state import State
 import go_hcl
 from conftest import REPO, Rendered, example_text
 
-SCHEMA: dict[str, dict[str, str]] = tomllib.loads(
-    (REPO / "recipes" / "nomad-schema.toml").read_text()
-)
+SCHEMA: dict[str, Any] = tomllib.loads((REPO / "recipes" / "nomad-schema.toml").read_text())
 NODES = {
     # name: (role, address, meta client_type)
     "bi-core-sbg-1": ("server", "10.20.130.52", None),
@@ -222,6 +220,8 @@ def schema_problems(config: dict[str, Any], block: str = "agent", path: str = ""
     for key, value in config.items():
         where = f"{path}.{key}" if path else key
         kind = spec.get(key)
+        if isinstance(kind, dict):  # { type = …, since = …, until = … }
+            kind = kind["type"]
         if kind is None:
             problems.append(f"{where}: not a key of Nomad's {block} block")
         elif kind.startswith("block:"):
