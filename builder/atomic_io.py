@@ -22,6 +22,7 @@ from pathlib import Path
 from builder.errors import UserError
 
 __all__ = [
+    "LOCK_NAME",
     "TMP_RE",
     "RunLock",
     "fsync_dir",
@@ -123,11 +124,9 @@ def write_atomic(files: Sequence[tuple[Path, bytes, int]]) -> None:
         fsync_dir(d)
 
 
-def sweep_temps(root: Path, dir_mode: int = 0o700) -> None:
-    """Under the lock: tighten every directory to `dir_mode`, drop temps of a dead run."""
-    for dirpath, dirs, files in os.walk(root):
-        for d in dirs:
-            tighten(Path(dirpath, d), dir_mode)
+def sweep_temps(root: Path) -> None:
+    """Under the lock: drop the temps a dead run left behind."""
+    for dirpath, _dirs, files in os.walk(root):
         for f in files:
             if TMP_RE.match(f):
                 with contextlib.suppress(FileNotFoundError):

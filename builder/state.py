@@ -177,9 +177,8 @@ class State:
             self.directory.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
         except FileExistsError:
             raise UserError(f"{self.directory}: exists but is not a directory") from None
-        atomic_io.tighten(self.directory, _DIR_MODE)
         self._run_lock = atomic_io.RunLock(self.directory, _SECRET_MODE)
-        atomic_io.sweep_temps(self.directory, _DIR_MODE)
+        atomic_io.sweep_temps(self.directory)
 
     def _check_ledger_exists(self, adopt: bool) -> None:
         ledger = self._ledger
@@ -634,7 +633,7 @@ class State:
         except FileNotFoundError:
             return None
 
-    def _read(self, rel: str, *, fix_mode: bool) -> bytes | None:
+    def _read(self, rel: str) -> bytes | None:
         path = self._path(rel)
         try:
             data = path.read_bytes()
@@ -644,23 +643,35 @@ class State:
             raise self._refuse(rel, "is a directory, expected a file") from None
         except OSError as e:
             raise self._refuse(rel, f"unreadable ({e.strerror})") from None
-        if fix_mode and self.writable:
-            atomic_io.tighten(path, _SECRET_MODE)
         return data
+
+    def _tighten(self, rel: str, *, file: bool) -> None:
+        """Writable: take group/other bits off a sound file (if `file`) and its dirs."""
+        if not self.writable:
+            return
+        path = self._path(rel)
+        if file:
+            atomic_io.tighten(path, _SECRET_MODE)
+        for parent in path.relative_to(self.directory).parents:  # down to the store itself
+            atomic_io.tighten(self.directory / parent, _DIR_MODE)
 
     def _load(
         self, rel: str, *, lost_ok: bool = False, fix_mode: bool = True
     ) -> tuple[bytes | None, Status]:
         """The file's bytes and its status against the ledger; lost or changed is refused."""
-        data = self._read(rel, fix_mode=fix_mode)
+        data = self._read(rel)
         assert self._ledger is not None
         status = self._ledger.status(rel, data)
         if status is Status.LOST and not lost_ok:
             raise self._refuse(rel, "missing, but this store created it before")
         if status is Status.DAMAGED:
             raise self._refuse(
-                rel, f"changed since nomad-build wrote it (sha256 differs from {LEDGER_NAME})"
+                rel,
+                "changed since nomad-build wrote it "
+                f"(its sha256 is not the one {self._ledger.path} records)",
             )
+        if data is not None:
+            self._tighten(rel, file=fix_mode)
         return data, status
 
     def _in_flight(self, rel: str) -> bool:

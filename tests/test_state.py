@@ -348,7 +348,7 @@ def test_mismatched_key_is_refused(sdir: Path, clock: Clock) -> None:
         st.node_cert("n1", CERT, st.ca(CA))
         st.node_cert("n2", CERT, st.ca(CA))
     (sdir / "nodes" / "n1" / "key.pem").write_bytes((sdir / "nodes/n2/key.pem").read_bytes())
-    with _open(sdir, clock) as st, pytest.raises(UserError, match="nodes/n1/key.pem: changed"):
+    with _open(sdir, clock) as st, pytest.raises(UserError, match=r"nodes/n1/key\.pem: changed"):
         st.node_cert("n1", CERT, st.ca(CA))
 
 
