@@ -40,6 +40,8 @@ def ca_spec(cluster: Cluster) -> CASpec:
         common_name=f"nomad-build CA {cluster.name}",
         permitted_dns=cluster.permitted_dns,
         days=cluster.pki.ca_days,
+        cert_days=cluster.pki.cert_days,
+        renew_before=timedelta(days=cluster.pki.renew_before_days),
     )
 
 

@@ -3,6 +3,7 @@
 Layout (dirs 0700, files 0600 unless made with `public()`):
 
     <dir>/.lock                      flock taken by a writing run
+    <dir>/ledger.json                every file the store ever created (builder.ledger)
     <dir>/gossip.key                 base64 gossip key + newline
     <dir>/ca/ca.key, ca/ca.pem       the cluster CA (its key never leaves state/)
     <dir>/nodes/<node>/key.pem       a node's key ...
@@ -10,34 +11,43 @@ Layout (dirs 0700, files 0600 unless made with `public()`):
     <dir>/versions.json              package version per (node, format)
     <dir>/<name>                     other secrets / public keys (secret(), public())
 
-Nothing is regenerated unless it no longer fits the spec, so a second run over the
-same state writes nothing. Every write is atomic (temp file + fsync + rename +
-directory fsync). A read-only store (create=False, used by `check`) never writes;
-there `events` describes what a writing run *would* do.
+Only a secret that never existed is created. One the ledger knows and that is now
+missing, or changed since the store wrote it, or unparsable, is a UserError naming the
+file, the backup, and the deliberate command that replaces it; nothing is written then.
+A node certificate that no longer fits (names, addresses, CA, expiry) is re-issued:
+that is its normal life. A second run over the same state writes nothing.
+
+A read-only store (create=False, the plan) makes exactly the same checks and raises
+exactly the same errors as a writable one, but never creates, writes or chmods; there
+`events` describes what a writing run *would* do. `warnings` collects what the CLI
+should print on every command (a CA nearing its end, a file found unrecorded).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
-import fcntl
-import ipaddress
 import json
-import os
-import re
-import secrets as _secrets
-import stat
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import TypedDict
 
-from builder import pki
+from builder import atomic_io, pki
+from builder.cert_policy import (
+    CASpec,
+    CertSpec,
+    ca_verdict,
+    cert_problems,
+    issue_problem,
+    new_ca_problem,
+    permitted_diff,
+)
 from builder.errors import UserError
+from builder.ledger import LEDGER_NAME, Ledger, Status, restore_ledger
 
 __all__ = ["CASpec", "CertSpec", "Event", "State"]
 
@@ -53,26 +63,11 @@ _Versions = dict[str, dict[str, _VersionEntry]]
 _DIR_MODE = 0o700
 _SECRET_MODE = 0o600
 _PUBLIC_MODE = 0o644
-_TMP_RE = re.compile(r"^\..+\.tmp-[0-9a-f]{16}$")
+_VERSIONS = "versions.json"
+_CA_KEY, _CA_CERT = "ca/ca.key", "ca/ca.pem"
 # Names secret()/public() may not take: they belong to the store itself.
-_RESERVED = {"gossip.key", "ca", "nodes", "versions.json"}
-
-
-@dataclass(frozen=True)
-class CASpec:
-    common_name: str
-    permitted_dns: tuple[str, ...]
-    days: int
-
-
-@dataclass(frozen=True)
-class CertSpec:
-    common_name: str
-    dns_names: tuple[str, ...]
-    ip_addresses: tuple[str, ...]
-    days: int
-    renew_before: timedelta
-    backdate: timedelta
+_RESERVED = {"gossip.key", "ca", "nodes", _VERSIONS, LEDGER_NAME}
+_INTERRUPTED = "an earlier run was interrupted while writing it"
 
 
 @dataclass(frozen=True)
@@ -82,32 +77,33 @@ class Event:
     reason: str  # "new", "DNS names changed: +a.b -c.d", ...
 
 
+@dataclass(frozen=True)
+class _Write:
+    rel: str
+    data: bytes
+    mode: int
+    old: bytes | None  # what the file held before (None: nothing)
+    digest: bool = True  # the ledger keeps its sha256 (else only that it exists)
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _diff(label: str, old: set[str], new: set[str], key: Callable[[str], object]) -> str | None:
-    """'<label> changed: +added -removed', comparing by `key` (case/notation-insensitive)."""
-    old_k = {key(x): x for x in old}
-    new_k = {key(x): x for x in new}
-    if old_k.keys() == new_k.keys():
-        return None
-    added = sorted(new_k[k] for k in new_k.keys() - old_k.keys())
-    removed = sorted(old_k[k] for k in old_k.keys() - new_k.keys())
-    return f"{label} changed: " + " ".join([f"+{a}" for a in added] + [f"-{r}" for r in removed])
-
-
-def _ip_key(ip: str) -> object:
-    try:
-        return ipaddress.ip_address(ip)
-    except ValueError:
-        return ip
-
-
-def _window(td: timedelta) -> str:
-    if td == timedelta(days=td.days):
-        return f"{td.days}-day"
-    return str(td)
+def way_out(rel: str) -> str:
+    """The deliberate command that replaces the store file `rel` ('' if only a restore)."""
+    parts = rel.split("/")
+    if parts[0] == "ca":
+        return "nomad-build pki rotate-ca"
+    if rel == "gossip.key":
+        return "nomad-build pki rotate-gossip"
+    if parts[0] == "nodes" and len(parts) == 3:
+        return f"nomad-build pki renew --node {parts[1]} --rekey"
+    if rel.endswith((".sec", ".pub")):
+        return "nomad-build pki rotate-signing-key --openbsd"
+    if rel == "apt-signing.key":
+        return "nomad-build pki rotate-signing-key --apt"
+    return ""
 
 
 @dataclass(eq=False, repr=False)  # repr would print key material held in the caches
@@ -123,7 +119,8 @@ class State:
     clock: Callable[[], datetime]
     events: list[Event] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    _lock_fd: int | None = None
+    _ledger: Ledger | None = None
+    _run_lock: atomic_io.RunLock | None = None
     _mutex: threading.RLock = field(default_factory=threading.RLock)
     _ca: tuple[CASpec, tuple[bytes, bytes] | None] | None = None
     _gossip: str | None = None
@@ -147,39 +144,86 @@ class State:
         *,
         create: bool,
         clock: Callable[[], datetime] | None = None,
+        adopt: bool = False,
     ) -> State:
-        """create=True: make the dir (0700) and take the run lock; else read-only, no writes."""
+        """create=True: make the dir (0700) and take the run lock; else read-only, no writes.
+
+        The ledger is checked here: missing while the directory holds files, or damaged,
+        is a UserError. adopt=True (writable only; a deliberate command for a store made
+        before the ledger existed) records every file present instead of refusing.
+        """
         directory = Path(directory)
         st = cls(directory=directory, writable=create, clock=clock or _utcnow)
-        if not create:
-            if directory.exists() and not directory.is_dir():
-                raise UserError(f"{directory}: exists but is not a directory")
-            return st
-        try:
-            directory.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
-        except FileExistsError:
-            raise UserError(f"{directory}: exists but is not a directory") from None
-        if not directory.is_dir():
+        if directory.exists() and not directory.is_dir():
             raise UserError(f"{directory}: exists but is not a directory")
-        st._tighten(directory, _DIR_MODE)
-        fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _SECRET_MODE)
+        if create:
+            st._open_writable()
+        elif adopt:
+            raise ValueError("adopt needs a writable store")
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise UserError(f"{directory}: another nomad-build run holds the lock") from None
-        st._lock_fd = fd
-        st._sweep()
+            st._ledger = (
+                Ledger.load(directory)
+                if directory.is_dir()
+                else Ledger(directory / LEDGER_NAME, {}, exists=False)
+            )
+            st._check_ledger_exists(adopt)
+        except BaseException:
+            st.close()
+            raise
         return st
+
+    def _open_writable(self) -> None:
+        try:
+            self.directory.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+        except FileExistsError:
+            raise UserError(f"{self.directory}: exists but is not a directory") from None
+        self._run_lock = atomic_io.RunLock(self.directory, _SECRET_MODE)
+        atomic_io.sweep_temps(self.directory)
+
+    def _check_ledger_exists(self, adopt: bool) -> None:
+        ledger = self._ledger
+        assert ledger is not None
+        if ledger.exists:
+            return
+        held = self._store_files()
+        if not held:
+            return
+        if adopt:
+            for rel in held:
+                path = self._path(rel)
+                public = bool(path.stat().st_mode & 0o044)
+                self._record(rel, path.read_bytes(), rel != _VERSIONS and not public)
+            self.warnings.append(f"{ledger.path}: created, recording {len(held)} files")
+            return
+        shown = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
+        raise UserError(
+            f"{ledger.path}: missing while {self.directory} holds {shown}; {restore_ledger()}"
+        )
+
+    def _store_files(self) -> list[str]:
+        if not self.directory.is_dir():
+            return []
+        found: list[str] = []
+        for path in sorted(self.directory.rglob("*")):
+            if path.name == atomic_io.LOCK_NAME or atomic_io.TMP_RE.match(path.name):
+                continue
+            if not path.is_dir():
+                found.append(path.relative_to(self.directory).as_posix())
+        return found
 
     def flush(self) -> None:
         """Persist package versions handed out so far. Call before publishing artifacts
         that carry them; close() does it too."""
         with self._mutex:
-            if self.writable and self._versions_dirty and self._versions is not None:
-                data = json.dumps(self._versions, indent=2, sort_keys=True) + "\n"
-                self._write_atomic([(self._versions_path, data.encode(), _SECRET_MODE)])
-                self._versions_dirty = False
+            if not (self.writable and self._versions_dirty and self._versions is not None):
+                return
+            data = (json.dumps(self._versions, indent=2, sort_keys=True) + "\n").encode()
+            assert self._ledger is not None
+            if _VERSIONS in self._ledger.entries:
+                atomic_io.write_atomic([(self._path(_VERSIONS), data, _SECRET_MODE)])
+            else:
+                self._commit([_Write(_VERSIONS, data, _SECRET_MODE, None, digest=False)])
+            self._versions_dirty = False
 
     def close(self) -> None:
         with self._mutex:
@@ -189,9 +233,9 @@ class State:
                 self.flush()
             finally:
                 self._closed = True
-                if self._lock_fd is not None:
-                    os.close(self._lock_fd)  # releases the flock
-                    self._lock_fd = None
+                if self._run_lock is not None:
+                    self._run_lock.release()
+                    self._run_lock = None
 
     def __enter__(self) -> State:
         return self
@@ -205,15 +249,15 @@ class State:
         # Versions are flushed even on failure: numbers may only grow, never be reused.
         self.close()
 
-    # ---------------------------------------------------------------- getters
+    # ---------------------------------------------------------------- gossip
 
     def gossip_key(self) -> str | None:
         with self._mutex:
             self._check_open()
             if self._gossip is not None:
                 return self._gossip
-            path = self.directory / "gossip.key"
-            raw = self._read(path, secret=True)
+            rel = "gossip.key"
+            raw, status = self._load(rel)
             if raw is not None:
                 key = raw.decode("ascii", "replace").strip()
                 try:
@@ -221,19 +265,27 @@ class State:
                 except (binascii.Error, ValueError):
                     n = -1
                 if n not in (16, 24, 32):
-                    raise UserError(f"{path}: not a gossip key (base64 of 16, 24 or 32 bytes)")
+                    raise self._refuse(rel, "not a gossip key (base64 of 16, 24 or 32 bytes)")
+                self._settle(rel, raw, status)
                 self._gossip = key
                 return key
             self._plan(Event("created", "gossip key", "new"))
             if not self.writable:
                 return None
             key = pki.generate_gossip_key()
-            self._write_atomic([(path, (key + "\n").encode(), _SECRET_MODE)])
+            self._commit([_Write(rel, (key + "\n").encode(), _SECRET_MODE, None)])
             self._gossip = key
             return key
 
+    # ---------------------------------------------------------------- CA
+
     def ca(self, spec: CASpec) -> tuple[bytes, bytes] | None:
-        """(key PEM, cert PEM) of the cluster CA, created once and never regenerated."""
+        """(key PEM, cert PEM) of the cluster CA, created once and never regenerated.
+
+        Refused (UserError): lost or damaged files, changed name constraints, an expired
+        CA, a CA ending before a certificate it would sign now; near its end it adds a
+        warning to `warnings`. Read-only, None when a writing run would create it.
+        """
         with self._mutex:
             self._check_open()
             if self._ca is not None and self._ca[0] == spec:
@@ -243,44 +295,66 @@ class State:
             return result
 
     def _ca_uncached(self, spec: CASpec) -> tuple[bytes, bytes] | None:
-        key_path, cert_path = self.directory / "ca" / "ca.key", self.directory / "ca" / "ca.pem"
-        key = self._read(key_path, secret=True)
-        cert = self._read(cert_path, secret=True)
+        key, key_status = self._load(_CA_KEY)
+        cert, cert_status = self._load(_CA_CERT)
         if key is None and cert is None:
-            self.events.append(Event("created", "CA", "new"))
-            if not self.writable:
-                return None
-            key, cert = pki.create_ca(
-                common_name=spec.common_name,
-                permitted_dns=spec.permitted_dns,
-                days=spec.days,
-                now=self.clock(),
-            )
-            self._mkdirs(key_path.parent)
-            self._write_atomic([(key_path, key, _SECRET_MODE), (cert_path, cert, _SECRET_MODE)])
-            return key, cert
+            return self._ca_create(spec, "new")
         if key is None or cert is None:
-            missing, present = (key_path, cert_path) if key is None else (cert_path, key_path)
-            raise UserError(
-                f"{missing}: missing while {present} exists; refusing to create a new CA "
-                "(every node trusts the old one): restore it or move the ca/ directory away"
-            )
-        info = self._inspect(cert_path, cert)
-        if not self._matches(key_path, key, cert_path, cert):
-            raise UserError(f"{key_path}: does not match {cert_path}; restore the CA's key")
+            present = _CA_KEY if key is not None else _CA_CERT
+            missing = _CA_CERT if key is not None else _CA_KEY
+            if self._in_flight(present):  # a creation that never finished
+                return self._ca_create(spec, _INTERRUPTED)
+            raise self._refuse(missing, f"missing while {self._path(present)} exists")
+        info = self._inspect(_CA_CERT, cert)
+        self._check_pair(_CA_KEY, key, _CA_CERT, cert)
         if not info.is_ca:
-            raise UserError(f"{cert_path}: is not a CA certificate")
-        diff = _diff("permitted", set(info.permitted_dns), set(spec.permitted_dns), str.lower)
-        if diff is not None:
-            raise UserError(
-                f"{cert_path}: the existing CA's name constraints permit "
-                f"{', '.join(info.permitted_dns) or '(anything)'} but the cluster needs "
-                f"{', '.join(spec.permitted_dns) or '(anything)'} ({diff}); a CA is never "
-                "regenerated silently because every node trusts it: fix the cluster file, "
-                f"or retire the CA deliberately (move {cert_path.parent} away) and "
-                "redeploy all nodes"
-            )
+            raise self._refuse(_CA_CERT, "is not a CA certificate")
+        self._check_constraints(info, spec)
+        refusal, warning = ca_verdict(info, spec, self.clock())
+        if refusal is not None:
+            raise UserError(f"{self._path(_CA_CERT)}: {refusal}")
+        if warning is not None:
+            self._warn(f"{self._path(_CA_CERT)}: {warning}")
+        self._settle(_CA_KEY, key, key_status)
+        self._settle(_CA_CERT, cert, cert_status)
         return key, cert
+
+    def _ca_create(self, spec: CASpec, reason: str) -> tuple[bytes, bytes] | None:
+        problem = new_ca_problem(spec)
+        if problem is not None:
+            raise UserError(f"{self._path('ca')}: cannot create the CA: {problem}")
+        self._plan(Event("created", "CA", reason))
+        if not self.writable:
+            return None
+        key, cert = pki.create_ca(
+            common_name=spec.common_name,
+            permitted_dns=spec.permitted_dns,
+            days=spec.days,
+            now=self.clock(),
+        )
+        old_key, old_cert = self._peek(_CA_KEY), self._peek(_CA_CERT)
+        self._commit(
+            [
+                _Write(_CA_KEY, key, _SECRET_MODE, old_key),
+                _Write(_CA_CERT, cert, _SECRET_MODE, old_cert),
+            ]
+        )
+        return key, cert
+
+    def _check_constraints(self, info: pki.CertInfo, spec: CASpec) -> None:
+        diff = permitted_diff(info, spec)
+        if diff is None:
+            return
+        raise UserError(
+            f"{self._path(_CA_CERT)}: the existing CA's name constraints permit "
+            f"{', '.join(info.permitted_dns) or '(anything)'} but the cluster needs "
+            f"{', '.join(spec.permitted_dns) or '(anything)'} ({diff}); a CA is never "
+            "regenerated silently because every node trusts it: fix the cluster file, "
+            "or replace the CA deliberately with `nomad-build pki rotate-ca` and "
+            "redeploy all nodes"
+        )
+
+    # ---------------------------------------------------------------- node certs
 
     def node_cert(
         self, node: str, spec: CertSpec, ca: tuple[bytes, bytes] | None
@@ -288,7 +362,8 @@ class State:
         """(key PEM, cert PEM) for `node`, (re)issued only when the stored one no longer fits.
 
         `ca` is what ca() returned; None is accepted only read-only (CA not made yet).
-        Read-only, returns None when a writing run would (re)issue.
+        Read-only, returns None when a writing run would (re)issue. A key or cert the
+        ledger knows that is missing, changed, unparsable or not a pair is refused.
         """
         with self._mutex:
             self._check_open()
@@ -305,19 +380,83 @@ class State:
     def _node_cert_uncached(
         self, node: str, spec: CertSpec, ca: tuple[bytes, bytes] | None
     ) -> tuple[bytes, bytes] | None:
-        ndir = self._node_dir(node)
-        key_path, cert_path = ndir / "key.pem", ndir / "cert.pem"
-        key = self._read(key_path, secret=True)
-        cert = self._read(cert_path, secret=True)
-        now = self.clock()
-        reason = self._cert_problem(key_path, key, cert_path, cert, spec, ca, now)
+        key_rel, cert_rel = self._node_rel(node, "key.pem"), self._node_rel(node, "cert.pem")
+        key, key_status = self._load(key_rel)
+        cert, cert_status = self._load(cert_rel)
+        reason = self._node_reason(key_rel, key, key_status, cert_rel, cert, cert_status)
         if reason is None:
             assert key is not None and cert is not None
+            reason = self._fit_reason(cert_rel, cert, spec, ca)
+        if reason is None:
+            assert key is not None and cert is not None
+            self._settle(key_rel, key, key_status)
+            self._settle(cert_rel, cert, cert_status)
             return key, cert
+        self._check_issue(spec, ca)
         kind = "created" if reason == "new" else "reissued"
-        self.events.append(Event(kind, f"certificate {node}", reason))
+        self._plan(Event(kind, f"certificate {node}", reason))
         if not self.writable:
             return None
+        return self._issue(key_rel, key, cert_rel, cert, spec, ca)
+
+    def _node_reason(
+        self,
+        key_rel: str,
+        key: bytes | None,
+        key_status: Status,
+        cert_rel: str,
+        cert: bytes | None,
+        cert_status: Status,
+    ) -> str | None:
+        """Why the pair must be written regardless of the spec; None: it is a sound pair.
+        (Lost or damaged files were refused by _load already.)"""
+        if key is None and cert is None:
+            return "new"
+        if Status.INTERRUPTED in (key_status, cert_status):
+            return _INTERRUPTED
+        if key is None or cert is None:
+            present = key_rel if key is not None else cert_rel
+            if self._in_flight(present):
+                return _INTERRUPTED
+            missing = cert_rel if key is not None else key_rel
+            return f"{PurePosixPath(missing).name} is missing"
+        self._inspect(cert_rel, cert)
+        self._check_pair(key_rel, key, cert_rel, cert)
+        return None
+
+    def _fit_reason(
+        self, cert_rel: str, cert: bytes, spec: CertSpec, ca: tuple[bytes, bytes] | None
+    ) -> str | None:
+        info = self._inspect(cert_rel, cert)
+        ca_end = pki.inspect_cert(ca[1]).not_after if ca is not None else None
+        signed = ca is not None and pki.cert_signed_by(cert, ca[1])
+        reasons = cert_problems(
+            info, spec, signed_by_ca=signed, ca_not_after=ca_end, now=self.clock()
+        )
+        return "; ".join(reasons) or None
+
+    def _check_issue(self, spec: CertSpec, ca: tuple[bytes, bytes] | None) -> None:
+        """Refuse a certificate that would outlive the CA (read-only: the planned one)."""
+        now = self.clock()
+        if ca is not None:
+            ca_end = pki.inspect_cert(ca[1]).not_after
+        elif self._ca is not None and self._ca[1] is None:
+            ca_end = now + timedelta(days=self._ca[0].days)
+        else:
+            return
+        problem = issue_problem(now, spec.days, ca_end)
+        if problem is not None:
+            raise UserError(f"{self._path(_CA_CERT)}: {problem}")
+
+    def _issue(
+        self,
+        key_rel: str,
+        old_key: bytes | None,
+        cert_rel: str,
+        old_cert: bytes | None,
+        spec: CertSpec,
+        ca: tuple[bytes, bytes] | None,
+    ) -> tuple[bytes, bytes]:
         assert ca is not None
         new_key, new_cert = pki.issue_cert(
             ca_key_pem=ca[0],
@@ -326,63 +465,26 @@ class State:
             dns_names=spec.dns_names,
             ip_addresses=spec.ip_addresses,
             days=spec.days,
-            now=now,
+            now=self.clock(),
             backdate=spec.backdate,
         )
-        self._mkdirs(ndir)
-        # Both temps are written before either rename; a crash between the renames
-        # leaves a key/cert mismatch, which the next run detects and re-issues.
-        self._write_atomic([(key_path, new_key, _SECRET_MODE), (cert_path, new_cert, _SECRET_MODE)])
+        self._commit(
+            [
+                _Write(key_rel, new_key, _SECRET_MODE, old_key),
+                _Write(cert_rel, new_cert, _SECRET_MODE, old_cert),
+            ]
+        )
         return new_key, new_cert
 
-    def _cert_problem(
-        self,
-        key_path: Path,
-        key: bytes | None,
-        cert_path: Path,
-        cert: bytes | None,
-        spec: CertSpec,
-        ca: tuple[bytes, bytes] | None,
-        now: datetime,
-    ) -> str | None:
-        """Why the stored pair must be (re)issued, or None if it still fits."""
-        if key is None and cert is None:
-            return "new"
-        if key is None:
-            return f"{key_path.name} is missing"
-        if cert is None:
-            return f"{cert_path.name} is missing"
-        info = self._inspect(cert_path, cert)
-        if not self._matches(key_path, key, cert_path, cert):
-            return "key does not match certificate"
-        reasons: list[str] = []
-        if info.subject_cn != spec.common_name:
-            reasons.append(f"common name changed: {info.subject_cn} -> {spec.common_name}")
-        for r in (
-            _diff("DNS names", set(info.dns_names), set(spec.dns_names), str.lower),
-            _diff("IP addresses", set(info.ip_addresses), set(spec.ip_addresses), _ip_key),
-        ):
-            if r is not None:
-                reasons.append(r)
-        if ca is None or not pki.cert_signed_by(cert, ca[1]):
-            reasons.append("not signed by the current CA")
-        left = info.not_after - now
-        if left <= timedelta(0):
-            reasons.append(f"expired {info.not_after.date().isoformat()}")
-        elif left < spec.renew_before:
-            reasons.append(
-                f"expires {info.not_after.date().isoformat()} "
-                f"(inside the {_window(spec.renew_before)} renewal window)"
-            )
-        return "; ".join(reasons) or None
-
     def cert_info(self, node: str) -> pki.CertInfo | None:
-        """Read-only peek at a node's stored certificate (None if absent)."""
+        """Read-only peek at a node's stored certificate (None if it never existed)."""
         with self._mutex:
             self._check_open()
-            path = self._node_dir(node) / "cert.pem"
-            raw = self._read(path, secret=True, fix_mode=False)
-            return None if raw is None else self._inspect(path, raw)
+            rel = self._node_rel(node, "cert.pem")
+            raw, _ = self._load(rel, fix_mode=False)
+            return None if raw is None else self._inspect(rel, raw)
+
+    # ---------------------------------------------------------------- versions
 
     def package_version(self, node: str, fmt: str, digest: str) -> int:
         """Monotonic version per (node, fmt): bumps only when the content digest changes.
@@ -390,90 +492,131 @@ class State:
         Kept in memory and persisted by flush()/close() (one write per run, not per call).
         """
         with self._mutex:
-            self._check_open()
-            versions = self._load_versions()
-            entry = versions.setdefault(node, {}).get(fmt)
-            if entry is not None and entry["digest"] == digest:
-                return entry["version"]
-            version = entry["version"] + 1 if entry is not None else 1
-            versions[node][fmt] = {"version": version, "digest": digest}
-            self._versions_dirty = True
+            current = self.current_version(node, fmt)
+            if current is not None and current[1] == digest:
+                return current[0]
+            version = current[0] + 1 if current is not None else 1
+            self.set_version(node, fmt, version, digest)
             return version
 
     def current_version(self, node: str, fmt: str) -> tuple[int, str] | None:
+        """(version, digest) last handed out for (node, fmt), or None; never bumps."""
         with self._mutex:
             self._check_open()
             entry = self._load_versions().get(node, {}).get(fmt)
             return None if entry is None else (entry["version"], entry["digest"])
 
     def set_version(self, node: str, fmt: str, version: int, digest: str) -> None:
+        """Record `version` (a positive int, never lower than the current one) and the
+        content `digest` for (node, fmt); persisted by flush()/close()."""
+        with self._mutex:
+            self._check_open()
+            if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+                raise ValueError(f"package version must be a positive integer, not {version!r}")
+            versions = self._load_versions()
+            entry = versions.get(node, {}).get(fmt)
+            if entry is not None and version < entry["version"]:
+                raise ValueError(
+                    f"{node} {fmt}: version {version} is lower than {entry['version']}"
+                )
+            if entry == {"version": version, "digest": digest}:
+                return
+            versions.setdefault(node, {})[fmt] = {"version": version, "digest": digest}
+            self._versions_dirty = True
+
+    def require_versions_at_least(self, published: Mapping[tuple[str, str], int]) -> None:
+        """UserError naming versions.json if a counter is below a version already
+        published, {(node, format): version}: the next package would go backwards."""
         with self._mutex:
             self._check_open()
             versions = self._load_versions()
-            entry = versions.setdefault(node, {}).get(fmt)
-            if entry is not None and version < entry["version"]:
-                raise ValueError(f"{node} {fmt}: version {version} < {entry['version']}")
-            versions[node][fmt] = {"version": version, "digest": digest}
-            self._versions_dirty = True
-
-    def require_versions_at_least(self, published: dict[tuple[str, str], int]) -> None:
-        with self._mutex:
-            versions = self._load_versions()
-            for (node, fmt), v in sorted(published.items()):
+            for (node, fmt), seen in sorted(published.items()):
                 entry = versions.get(node, {}).get(fmt)
-                if entry is None or entry["version"] < v:
-                    raise UserError(
-                        f"{self._versions_path}: {node} {fmt} is below the published version "
-                        f"{v}; restore it from your backup"
+                have = entry["version"] if entry is not None else 0
+                if have < seen:
+                    raise self._refuse(
+                        _VERSIONS,
+                        f"{node} {fmt} is at version {have}, but version {seen} is already "
+                        "published; package versions only go up",
                     )
 
+    def _load_versions(self) -> _Versions:
+        if self._versions is not None:
+            return self._versions
+        raw, status = self._load(_VERSIONS)
+        if raw is None:
+            self._versions = {}
+            return self._versions
+        problem = _versions_problem(raw)
+        if problem is not None:
+            raise self._refuse(_VERSIONS, problem)
+        self._settle(_VERSIONS, raw, status)
+        data: _Versions = json.loads(raw)
+        self._versions = data
+        return data
+
+    # ---------------------------------------------------------------- other files
+
     def secret(self, name: str, factory: Callable[[], bytes]) -> bytes | None:
-        """Get-or-create <dir>/<name> (mode 0600) with bytes from factory()."""
+        """Get-or-create <dir>/<name> (mode 0600) with bytes from factory(). Created only
+        if it never existed; lost or changed since written is a UserError."""
         return self._blob(name, factory, _SECRET_MODE)
 
     def public(self, name: str, factory: Callable[[], bytes]) -> bytes | None:
-        """Like secret(), but mode 0644: for public keys published beside artifacts."""
+        """Like secret(), but mode 0644, for public keys published beside artifacts. The
+        ledger records only that it exists (the caller verifies it against its secret),
+        and a lost one is made again by factory() (which must derive it), reported."""
         return self._blob(name, factory, _PUBLIC_MODE)
 
     def _blob(self, name: str, factory: Callable[[], bytes], mode: int) -> bytes | None:
         with self._mutex:
             self._check_open()
-            path = self._blob_path(name)
-            raw = self._read(path, secret=mode == _SECRET_MODE)
+            rel = self._blob_rel(name)
+            public = mode == _PUBLIC_MODE
+            raw, status = self._load(rel, lost_ok=public, fix_mode=not public)
             if raw is not None:
+                self._settle(rel, raw, status, digest=not public)
                 return raw
-            self._plan(Event("created", name, "new"))
+            reason = "new" if status is Status.NEW else "was missing; derived again"
+            self._plan(Event("created", name, reason))
             if not self.writable:
                 return None
             data = factory()
             if not isinstance(data, bytes):
                 raise TypeError(f"factory for {name} returned {type(data).__name__}, not bytes")
-            self._mkdirs(path.parent)
-            self._write_atomic([(path, data, mode)])
+            self._commit([_Write(rel, data, mode, None, digest=not public)])
             return data
 
     # ---------------------------------------------------------------- internals
 
-    @property
-    def _versions_path(self) -> Path:
-        return self.directory / "versions.json"
+    def _path(self, rel: str) -> Path:
+        return self.directory.joinpath(*rel.split("/"))
+
+    def _refuse(self, rel: str, problem: str) -> UserError:
+        cmd = way_out(rel)
+        tail = f", or replace it deliberately with `{cmd}`" if cmd else ""
+        return UserError(f"{self._path(rel)}: {problem}; restore it from your backup{tail}")
 
     def _plan(self, event: Event) -> None:
         # Read-only, nothing gets cached, so a repeated call must not repeat the event.
         if self.writable or event not in self.events:
             self.events.append(event)
 
+    def _warn(self, message: str) -> None:
+        if message not in self.warnings:
+            self.warnings.append(message)
+
     def _check_open(self) -> None:
         if self._closed:
             raise ValueError("State is closed")
 
-    def _node_dir(self, node: str) -> Path:
+    def _node_rel(self, node: str, name: str) -> str:
         # The cluster model validates names; this only keeps a bad one inside state/.
         if not node or "/" in node or "\0" in node or node.startswith("."):
             raise ValueError(f"bad node name for the state store: {node!r}")
-        return self.directory / "nodes" / node
+        return f"nodes/{node}/{name}"
 
-    def _blob_path(self, name: str) -> Path:
+    def _blob_rel(self, name: str) -> str:
         p = PurePosixPath(name)
         if (
             p.is_absolute()
@@ -482,134 +625,116 @@ class State:
             or p.parts[0] in _RESERVED
         ):
             raise ValueError(f"bad secret name for the state store: {name!r}")
-        return self.directory.joinpath(*p.parts)
+        return p.as_posix()
 
-    def _tighten(self, path: Path, mode: int) -> None:
-        """In a writable store, take away group/other bits a human may have added."""
-        if not self.writable:
-            return
-        st = path.lstat()
-        if stat.S_ISLNK(st.st_mode):
-            return  # never chmod through a link to somewhere outside state/
-        cur = stat.S_IMODE(st.st_mode)
-        if cur & ~mode & 0o777:
-            os.chmod(path, cur & mode)
+    def _peek(self, rel: str) -> bytes | None:
+        try:
+            return self._path(rel).read_bytes()
+        except FileNotFoundError:
+            return None
 
-    def _mkdirs(self, path: Path) -> None:
-        rel = path.relative_to(self.directory)
-        cur = self.directory
-        for part in rel.parts:
-            cur = cur / part
-            try:
-                cur.mkdir(mode=_DIR_MODE)
-                os.chmod(cur, _DIR_MODE)  # mkdir's mode is filtered by umask
-                self._fsync_dir(cur.parent)
-            except FileExistsError:
-                self._tighten(cur, _DIR_MODE)
-
-    def _read(self, path: Path, *, secret: bool, fix_mode: bool = True) -> bytes | None:
+    def _read(self, rel: str) -> bytes | None:
+        path = self._path(rel)
         try:
             data = path.read_bytes()
         except FileNotFoundError:
             return None
         except IsADirectoryError:
-            raise UserError(f"{path}: is a directory, expected a file") from None
-        if secret and fix_mode:
-            self._tighten(path, _SECRET_MODE)
+            raise self._refuse(rel, "is a directory, expected a file") from None
+        except OSError as e:
+            raise self._refuse(rel, f"unreadable ({e.strerror})") from None
         return data
 
-    def _inspect(self, path: Path, cert: bytes) -> pki.CertInfo:
+    def _tighten(self, rel: str, *, file: bool) -> None:
+        """Writable: take group/other bits off a sound file (if `file`) and its dirs."""
+        if not self.writable:
+            return
+        path = self._path(rel)
+        if file:
+            atomic_io.tighten(path, _SECRET_MODE)
+        for parent in path.relative_to(self.directory).parents:  # down to the store itself
+            atomic_io.tighten(self.directory / parent, _DIR_MODE)
+
+    def _load(
+        self, rel: str, *, lost_ok: bool = False, fix_mode: bool = True
+    ) -> tuple[bytes | None, Status]:
+        """The file's bytes and its status against the ledger; lost or changed is refused."""
+        data = self._read(rel)
+        assert self._ledger is not None
+        status = self._ledger.status(rel, data)
+        if status is Status.LOST and not lost_ok:
+            raise self._refuse(rel, "missing, but this store created it before")
+        if status is Status.DAMAGED:
+            raise self._refuse(
+                rel,
+                "changed since nomad-build wrote it "
+                f"(its sha256 is not the one {self._ledger.path} records)",
+            )
+        if data is not None:
+            self._tighten(rel, file=fix_mode)
+        return data, status
+
+    def _in_flight(self, rel: str) -> bool:
+        assert self._ledger is not None
+        entry = self._ledger.entries.get(rel)
+        return entry is not None and entry.pending is not None
+
+    def _settle(self, rel: str, data: bytes, status: Status, *, digest: bool = True) -> None:
+        """A sound file the ledger does not describe exactly (restored from an older
+        backup, or left by an interrupted write): a writing run records it as it is."""
+        if status is Status.UNRECORDED:
+            later = "recorded" if self.writable else "a writing run records it"
+            self._warn(f"{self._path(rel)}: not in {LEDGER_NAME}; {later}")
+        if status in (Status.UNRECORDED, Status.INTERRUPTED) and self.writable:
+            self._record(rel, data, digest and rel != _VERSIONS)
+
+    def _record(self, rel: str, data: bytes, digest: bool) -> None:
+        assert self._ledger is not None
+        self._ledger.begin({rel: (data, data, digest)}, self.clock())
+        blob = self._ledger.finish([rel])
+        atomic_io.write_atomic([(self._ledger.path, blob, _SECRET_MODE)])
+
+    def _commit(self, writes: list[_Write]) -> None:
+        """Ledger first (the writes marked pending), then the files, then the ledger again."""
+        assert self.writable and self._ledger is not None
+        ledger = self._ledger
+        changes = {w.rel: (w.data, w.old, w.digest) for w in writes}
+        atomic_io.write_atomic([(ledger.path, ledger.begin(changes, self.clock()), _SECRET_MODE)])
+        for w in writes:
+            atomic_io.make_dirs(self.directory, self._path(w.rel).parent, _DIR_MODE)
+        atomic_io.write_atomic([(self._path(w.rel), w.data, w.mode) for w in writes])
+        blob = ledger.finish([w.rel for w in writes])
+        atomic_io.write_atomic([(ledger.path, blob, _SECRET_MODE)])
+
+    def _inspect(self, rel: str, cert: bytes) -> pki.CertInfo:
         try:
             return pki.inspect_cert(cert)
         except ValueError as e:
-            raise UserError(f"{path}: not a valid PEM certificate ({e})") from None
+            raise self._refuse(rel, f"not a valid PEM certificate ({e})") from None
 
-    def _matches(self, key_path: Path, key: bytes, cert_path: Path, cert: bytes) -> bool:
+    def _check_pair(self, key_rel: str, key: bytes, cert_rel: str, cert: bytes) -> None:
         try:
-            return pki.key_matches_cert(key, cert)
+            ok = pki.key_matches_cert(key, cert)
         except (ValueError, TypeError) as e:
-            raise UserError(f"{key_path}: not a valid PEM private key ({e})") from None
-
-    def _load_versions(self) -> _Versions:
-        if self._versions is not None:
-            return self._versions
-        path = self._versions_path
-        raw = self._read(path, secret=True)
-        if raw is None:
-            self._versions = {}
-            return self._versions
-        try:
-            data = json.loads(raw)
-            ok = isinstance(data, dict) and all(
-                isinstance(fmts, dict)
-                and all(
-                    isinstance(e, dict)
-                    and isinstance(e.get("version"), int)
-                    and isinstance(e.get("digest"), str)
-                    for e in fmts.values()
-                )
-                for fmts in data.values()
-            )
-        except (ValueError, UnicodeDecodeError):
-            ok = False
+            raise self._refuse(key_rel, f"not a valid PEM private key ({e})") from None
         if not ok:
-            raise UserError(
-                f"{path}: not a valid versions file "
-                '(expected {"<node>": {"<format>": {"version": N, "digest": "..."}}})'
-            )
-        self._versions = data
-        return data
-
-    def _sweep(self) -> None:
-        """Under the lock: tighten every dir to 0700 and drop temps of a run that died."""
-        for root, dirs, files in os.walk(self.directory):
-            for d in dirs:
-                self._tighten(Path(root, d), _DIR_MODE)
-            for f in files:
-                if _TMP_RE.match(f):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(os.path.join(root, f))
-
-    @staticmethod
-    def _fsync_dir(path: Path) -> None:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def _write_atomic(self, files: list[tuple[Path, bytes, int]]) -> None:
-        """Write every file to a temp beside it, then rename them all, then fsync the dirs."""
-        assert self.writable
-        temps: list[tuple[Path, Path]] = []
-        try:
-            for path, data, mode in files:
-                tmp = path.with_name(f".{path.name}.tmp-{_secrets.token_hex(8)}")
-                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-                fd = os.open(tmp, flags, mode)
-                temps.append((tmp, path))
-                try:
-                    os.fchmod(fd, mode)  # exact mode before any content, whatever the umask
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view) :]
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            for tmp, path in temps:
-                os.replace(tmp, path)
-        except BaseException:
-            for tmp, _ in temps:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-            raise
-        for d in _unique(path.parent for _, path in temps):
-            self._fsync_dir(d)
+            raise self._refuse(key_rel, f"does not belong to {self._path(cert_rel)}")
 
 
-def _unique(paths: Iterator[Path]) -> list[Path]:
-    seen: list[Path] = []
-    for p in paths:
-        if p not in seen:
-            seen.append(p)
-    return seen
+def _versions_problem(raw: bytes) -> str | None:
+    """What is wrong with versions.json's bytes, or None."""
+    shape = '(expected {"<node>": {"<format>": {"version": N, "digest": "..."}}})'
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return f"not valid JSON {shape}"
+    if not isinstance(data, dict) or not all(isinstance(f, dict) for f in data.values()):
+        return f"not a versions file {shape}"
+    for node, fmts in sorted(data.items()):
+        for fmt, e in sorted(fmts.items()):
+            if not isinstance(e, dict) or not isinstance(e.get("digest"), str):
+                return f"{node} {fmt}: not a version entry {shape}"
+            v = e.get("version")
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                return f"{node} {fmt}: version {v!r} is not a positive integer"
+    return None

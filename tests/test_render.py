@@ -222,6 +222,7 @@ def test_changed_extra_ips_reissue_only_that_nodes_cert(tmp_path: Path) -> None:
     changed = sorted(k for k in after if after[k] != before.get(k))
     # a re-issue is a new key and certificate (as `nomad tls cert create`), for that node only
     assert changed == [
+        "ledger.json",  # the store records what it wrote
         "nodes/bi-node-sbg-2",
         "nodes/bi-node-sbg-2/cert.pem",
         "nodes/bi-node-sbg-2/key.pem",

@@ -89,6 +89,7 @@ def test_modes_are_exact_whatever_the_umask(sdir: Path, clock: Clock, umask: int
         os.umask(old)
     expected_files = {
         ".lock",
+        "ledger.json",
         "gossip.key",
         "ca/ca.key",
         "ca/ca.pem",
@@ -327,40 +328,38 @@ def test_reissue_when_expired(sdir: Path, clock: Clock) -> None:
         assert [e.reason for e in st.events] == ["expired 2026-06-01"]
 
 
-def test_reissue_when_ca_changed(sdir: Path, clock: Clock) -> None:
+def test_a_ca_moved_away_is_refused_not_replaced(sdir: Path, clock: Clock) -> None:
     with _open(sdir, clock) as st:
         st.node_cert("n1", CERT, st.ca(CA))
-    # An operator retiring the CA deliberately: every node cert must follow.
+    # Retiring the CA takes a deliberate command, never a `mv`.
     (sdir / "ca").rename(sdir.parent / "old-ca")
-    with _open(sdir, clock) as st:
-        ca = st.ca(CA)
-        pair = st.node_cert("n1", CERT, ca)
-        assert st.events == [
-            Event("created", "CA", "new"),
-            Event("reissued", "certificate n1", "not signed by the current CA"),
-        ]
-    assert ca is not None and pair is not None
-    assert pki.cert_signed_by(pair[1], ca[1])
+    for create in (False, True):
+        with _open(sdir, clock, create=create) as st, pytest.raises(UserError) as e:
+            st.ca(CA)
+        assert str(e.value) == (
+            f"{sdir / 'ca' / 'ca.key'}: missing, but this store created it before; restore it "
+            "from your backup, or replace it deliberately with `nomad-build pki rotate-ca`"
+        )
+    assert not (sdir / "ca").exists()
 
 
-def test_mismatched_key_is_reissued(sdir: Path, clock: Clock) -> None:
+def test_mismatched_key_is_refused(sdir: Path, clock: Clock) -> None:
     with _open(sdir, clock) as st:
         st.node_cert("n1", CERT, st.ca(CA))
         st.node_cert("n2", CERT, st.ca(CA))
     (sdir / "nodes" / "n1" / "key.pem").write_bytes((sdir / "nodes/n2/key.pem").read_bytes())
-    with _open(sdir, clock) as st:
-        pair = st.node_cert("n1", CERT, st.ca(CA))
-        assert st.events == [Event("reissued", "certificate n1", "key does not match certificate")]
-    assert pair is not None and pki.key_matches_cert(*pair)
+    with _open(sdir, clock) as st, pytest.raises(UserError, match=r"nodes/n1/key\.pem: changed"):
+        st.node_cert("n1", CERT, st.ca(CA))
 
 
-def test_missing_half_is_reissued(sdir: Path, clock: Clock) -> None:
+def test_missing_half_is_refused(sdir: Path, clock: Clock) -> None:
     with _open(sdir, clock) as st:
         st.node_cert("n1", CERT, st.ca(CA))
     (sdir / "nodes" / "n1" / "cert.pem").unlink()
-    with _open(sdir, clock) as st:
+    with _open(sdir, clock) as st, pytest.raises(UserError) as e:
         st.node_cert("n1", CERT, st.ca(CA))
-        assert [e.reason for e in st.events] == ["cert.pem is missing"]
+    assert "nodes/n1/cert.pem: missing" in str(e.value)
+    assert "`nomad-build pki renew --node n1 --rekey`" in str(e.value)
 
 
 # ---------------------------------------------------------------- the CA is sacred
@@ -385,7 +384,7 @@ def test_ca_half_missing_is_refused(sdir: Path, clock: Clock) -> None:
     with _open(sdir, clock) as st:
         st.ca(CA)
     (sdir / "ca" / "ca.key").unlink()
-    with _open(sdir, clock) as st, pytest.raises(UserError, match=r"ca\.key: missing"):
+    with _open(sdir, clock) as st, pytest.raises(UserError, match=r"ca\.key: missing, but"):
         st.ca(CA)
     assert not (sdir / "ca" / "ca.key").exists()
 
@@ -550,7 +549,7 @@ def test_crash_between_key_and_cert_rename_heals(
     assert (sdir / "nodes/n1/key.pem").read_bytes() != old[0]
     with _open(sdir, clock) as st:
         pair = st.node_cert("n1", CERT, st.ca(CA))
-        assert [e.reason for e in st.events] == ["key does not match certificate"]
+        assert [e.reason for e in st.events] == ["an earlier run was interrupted while writing it"]
     assert pair is not None and pki.key_matches_cert(*pair)
 
 

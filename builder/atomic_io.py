@@ -1,0 +1,141 @@
+"""Crash-safe file writes and the run lock, for anything that persists into a directory.
+
+- `RunLock`: an exclusive, non-blocking flock on `<dir>/.lock` held by one writing run.
+- `write_atomic`: every file to a temp beside it (exact mode, fsync), then all renames,
+  then an fsync of every directory touched. A crash leaves old or new files, never a
+  half-written one; temps left by a killed run match `TMP_RE` and `sweep_temps` drops them.
+- `make_dirs` / `tighten`: directories with an exact mode whatever the umask, and
+  group/other bits a human added taken away again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import secrets
+import stat
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from builder.errors import UserError
+
+__all__ = [
+    "LOCK_NAME",
+    "TMP_RE",
+    "RunLock",
+    "fsync_dir",
+    "make_dirs",
+    "sweep_temps",
+    "tighten",
+    "write_atomic",
+]
+
+TMP_RE = re.compile(r"^\..+\.tmp-[0-9a-f]{16}$")
+LOCK_NAME = ".lock"
+
+
+class RunLock:
+    """`<directory>/.lock`, flock'ed exclusively; released by release() or process exit."""
+
+    def __init__(self, directory: Path, mode: int = 0o600) -> None:
+        path = directory / LOCK_NAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(f"{directory}: another nomad-build run holds the lock") from None
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # releases the flock
+            self._fd = None
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def tighten(path: Path, mode: int) -> None:
+    """Take away permission bits beyond `mode` (never through a symlink)."""
+    st = path.lstat()
+    if stat.S_ISLNK(st.st_mode):
+        return
+    cur = stat.S_IMODE(st.st_mode)
+    if cur & ~mode & 0o777:
+        os.chmod(path, cur & mode)
+
+
+def make_dirs(root: Path, path: Path, mode: int = 0o700) -> None:
+    """Create `path` (inside the existing `root`) and its parents with exactly `mode`;
+    existing ones are tightened to it."""
+    cur = root
+    for part in path.relative_to(root).parts:
+        cur = cur / part
+        try:
+            cur.mkdir(mode=mode)
+            os.chmod(cur, mode)  # mkdir's mode is filtered by the umask
+            fsync_dir(cur.parent)
+        except FileExistsError:
+            tighten(cur, mode)
+
+
+def _write_temp(path: Path, data: bytes, mode: int) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(8)}")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, mode)
+    try:
+        os.fchmod(fd, mode)  # exact mode before any content, whatever the umask
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    os.close(fd)
+    return tmp
+
+
+def write_atomic(files: Sequence[tuple[Path, bytes, int]]) -> None:
+    """Write every (path, bytes, mode) to a temp beside it, then rename them all in order,
+    then fsync the directories. On an error no temp is left behind."""
+    temps: list[tuple[Path, Path]] = []
+    try:
+        for path, data, mode in files:
+            temps.append((_write_temp(path, data, mode), path))
+        for tmp, path in temps:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in temps:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        raise
+    for d in _unique(path.parent for _, path in temps):
+        fsync_dir(d)
+
+
+def sweep_temps(root: Path) -> None:
+    """Under the lock: drop the temps a dead run left behind."""
+    for dirpath, _dirs, files in os.walk(root):
+        for f in files:
+            if TMP_RE.match(f):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(dirpath, f))
+
+
+def _unique(paths: Iterable[Path]) -> list[Path]:
+    seen: list[Path] = []
+    for p in paths:
+        if p not in seen:
+            seen.append(p)
+    return seen
