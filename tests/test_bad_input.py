@@ -1,13 +1,25 @@
-"""Malformed cluster files, through the real command: exit 2, one line on stderr naming
-the file and the offending key, no traceback, and nothing written anywhere.
+"""Bad input, through the real command: exit 2, one line on stderr naming the file (cluster
+file, state file or path) and the offending key, no traceback, and nothing written
+anywhere: state/ and the --out directory stay byte-identical, modes included
+(conftest.tree_fingerprint), whether they exist yet or not.
 
-Each case is a small mutation of examples/bi-sbg.toml (as conftest writes it).
+One table per category (the count is test_catalogue_is_large_enough):
+
+- CLUSTER_CASES: cluster keys, each a small mutation of examples/bi-sbg.toml;
+- EXTRA_CASES: `extra` setting what nomad-build writes itself, or Nomad keys misspelt;
+- ADDRESS_CASES: addresses, names and MACs no node can have;
+- ENV_CASES: SOURCE_DATE_EPOCH that is not a plain number of seconds;
+- STATE_CASES: state/ damaged after a good build: refused, with the way out ("restore");
+- OUT_CASES: --out that would destroy the state, the cluster file or a foreign directory;
+- USAGE_CASES: command-line mistakes (options, choices, files that are no cluster file).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import random
 import re
 import subprocess
 from collections.abc import Callable
@@ -16,7 +28,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import example_text, nomad_build
+from conftest import (
+    STATE_LEDGER,
+    copy_tree,
+    example_of,
+    example_text,
+    nomad_build,
+    tree_fingerprint,
+)
 
 CLUSTER = "cluster.toml"
 NODE_INDEX = {
@@ -112,9 +131,10 @@ class Case:
     mutate: Mutation
     expect: str  # regex the one stderr line must match (the key path, at least)
     package: bool = False  # also run `package --node bi-core-sbg-1`
+    os_name: str = "openbsd"  # the example it mutates (conftest.example_of)
 
 
-CASES = [
+CLUSTER_CASES = [
     Case("unknown-table", add("\n[packagez]\nx = 1\n"), r": packagez: unknown table"),
     Case(
         "unknown-cluster-key",
@@ -361,29 +381,205 @@ CASES = [
 ]
 
 
+def rest_of(key: str, hint: str) -> str:
+    """The key path, then (later on the line, after the colon) the hint."""
+    return re.escape(key) + r": .*" + hint
+
+
+# ---------------------------------------------------------------- extra
+# `extra` passes Nomad settings through; what nomad-build writes itself must be set
+# through the cluster file's own key, which the message names (after the colon).
+# (node, extra table, the key path under extra, the hint regex)
+OWN_KEYS = [
+    ("bi-node-sbg-1", 'region = "us"', "region", r"cluster\.region"),
+    ("bi-node-sbg-1", 'datacenter = "dc2"', "datacenter", r"cluster\.datacenter"),
+    ("bi-node-sbg-1", 'name = "other"', "name", r"\bname\b"),
+    (
+        "bi-core-sbg-1",
+        "server = { bootstrap_expect = 1 }",
+        "server.bootstrap_expect",
+        r"cluster\.bootstrap_expect",
+    ),
+    ("bi-core-sbg-1", 'server = { encrypt = "x" }', "server.encrypt", r"gossip"),
+    ("bi-core-sbg-1", 'tls = { ca_file = "/x" }', "tls.ca_file", r"tls_dir"),
+    ("bi-core-sbg-1", 'tls = { cert_file = "/x" }', "tls.cert_file", r"tls_dir"),
+    ("bi-node-sbg-2", 'tls = { key_file = "/x" }', "tls.key_file", r"tls_dir"),
+    (
+        "bi-node-sbg-2",
+        'addresses = { http = "0.0.0.0" }',
+        "addresses.http",
+        r"loopback|127\.0\.0\.1",
+    ),
+    ("bi-node-sbg-2", 'advertise = { rpc = "10.0.0.9" }', "advertise.rpc", r"\badvertise\b"),
+    (
+        "bi-node-sbg-2",
+        'consul = { address = "10.0.0.1:8500" }',
+        "consul.address",
+        r"consul\.address",
+    ),
+    (
+        "bi-core-sbg-1",
+        'consul = { server_service_name = "x" }',
+        "consul.server_service_name",
+        r"consul\.server_service_name",
+    ),
+    ("bi-node-sbg-3", 'client = { meta = { a = "b" } }', "client.meta", r"\bmeta\b"),
+    ("bi-node-sbg-3", 'data_dir = "/srv/nomad"', "data_dir", r"\bdata_dir\b"),
+    ("bi-node-sbg-3", 'log_level = "DEBUG"', "log_level", r"\blog_level\b"),
+]
+
+EXTRA_CASES = [
+    Case(
+        f"extra-sets-{key}",
+        on_node(node, f"extra = {{ {table} }}"),
+        rest_of(f"nodes[{NODE_INDEX[node]}] ({node}).extra.{key}", hint),
+    )
+    for node, table, key, hint in OWN_KEYS
+] + [
+    Case(
+        "roles-extra-sets-region",
+        sub("[roles.client]\n", '[roles.client]\nextra = { region = "us" }\n'),
+        rest_of("roles.client.extra.region", r"cluster\.region"),
+    ),
+    Case(
+        "defaults-extra-sets-data_dir",
+        sub("[defaults]\n", '[defaults]\nextra = { data_dir = "/srv/nomad" }\n'),
+        rest_of("defaults.extra.data_dir", r"\bdata_dir\b"),
+    ),
+    # Nomad's server block is strict (an unknown key stops the agent): did-you-mean.
+    Case(
+        "extra-server-deployment_query_rate_limit",
+        on_node("bi-core-sbg-1", "extra = { server = { deployment_query_rate_limit = 5 } }"),
+        node_key("bi-core-sbg-1", "extra.server.deployment_query_rate_limit")
+        + r": unknown key.*'deploy_query_rate_limit'",
+        package=True,
+    ),
+    # consul and vault blocks are lax in Nomad (a typo is silently ignored): refused here.
+    Case(
+        "extra-consul-adress-on-a-client",
+        on_node("bi-node-sbg-2", 'extra = { consul = { adress = "127.0.0.1:8500" } }'),
+        node_key("bi-node-sbg-2", "extra.consul.adress") + r": unknown key.*'address'",
+    ),
+    Case(
+        "extra-vault-adress",
+        on_node("bi-core-sbg-1", 'extra = { vault = { adress = "https://vault:8200" } }'),
+        node_key("bi-core-sbg-1", "extra.vault.adress") + r": unknown key.*'address'",
+    ),
+]
+
+
+# ---------------------------------------------------------------- addresses
+BAD_IPS = [
+    ("zone-scoped", "fe80::1%eth0"),
+    ("multicast4", "224.0.0.1"),
+    ("multicast6", "ff02::1"),
+    ("unspecified4", "0.0.0.0"),
+    ("unspecified6", "::"),
+    ("broadcast", "255.255.255.255"),
+]
+IP_FIELDS = {
+    "address": sub('address = "10.20.131.42"', 'address = "{ip}"'),
+    "extra_ips": on_node("bi-node-sbg-2", 'extra_ips = ["{ip}"]'),
+    "advertise": on_node("bi-node-sbg-2", 'advertise = "{ip}"'),
+}
+
+
+def with_ip(field: str, ip: str) -> Mutation:
+    def apply(text: str, d: Path) -> str | bytes | None:
+        out = IP_FIELDS[field](text, d)
+        assert isinstance(out, str)
+        return out.replace("{ip}", ip)
+
+    return apply
+
+
+def two_nodes(line_1: str, line_2: str) -> Mutation:
+    first, second = on_node("bi-node-sbg-1", line_1), on_node("bi-node-sbg-2", line_2)
+
+    def apply(text: str, d: Path) -> str:
+        out = first(text, d)
+        assert isinstance(out, str)
+        out = second(out, d)
+        assert isinstance(out, str)
+        return out
+
+    return apply
+
+
+LONG_DOMAIN = ".".join(["d" * 61] * 4)  # 247 characters: a valid domain ...
+assert len(LONG_DOMAIN) == 247  # ... but bi-core-sbg-1.<it> is 261 > 253
+
+ADDRESS_CASES = [
+    Case(
+        f"{field}-{kind}",
+        with_ip(field, ip),
+        node_key("bi-node-sbg-2", field) + r"(\[0\])?: '" + re.escape(ip) + "'",
+    )
+    for field in IP_FIELDS
+    for kind, ip in BAD_IPS
+] + [
+    Case(
+        "fqdn-longer-than-253",
+        sub('domain = "intra.terror.ninja"', f'domain = "{LONG_DOMAIN}"'),
+        r"(cluster\.domain|nodes\[0\] \(bi-core-sbg-1\)).*: .*253",
+    ),
+    Case(
+        "domain-label-longer-than-63",
+        sub('domain = "intra.terror.ninja"', f'domain = "{"x" * 64}.ninja"'),
+        r"cluster\.domain: '" + "x" * 64,
+    ),
+    Case(
+        "extra_names-label-longer-than-63",
+        on_node("bi-core-sbg-1", f'extra_names = ["{"e" * 64}.intra.terror.ninja"]'),
+        node_key("bi-core-sbg-1", "extra_names") + r"(\[0\])?: '" + "e" * 64,
+    ),
+    Case(
+        "duplicate-mac",
+        two_nodes('mac = "52:54:00:00:00:01"', 'mac = "52:54:00:00:00:01"'),
+        node_key("bi-node-sbg-2", "mac") + r": .*already used by node bi-node-sbg-1",
+    ),
+    Case(
+        "duplicate-mac-other-case",
+        two_nodes('mac = "52:54:00:ab:00:01"', 'mac = "52:54:00:AB:00:01"'),
+        node_key("bi-node-sbg-2", "mac") + r": .*already used by node bi-node-sbg-1",
+    ),
+    Case(
+        # The cloud-init seed's network-config must match the NIC by name or MAC.
+        "prefix-without-interface-or-mac-on-debian",
+        lambda text, d: on_node("bi-node-sbg-2", "prefix = 24")(
+            drop_line('interface = "eth1"')(text, d), d
+        ),
+        node_key("bi-node-sbg-2", "prefix") + r": .*(interface|mac)",
+        os_name="debian",
+    ),
+    Case(
+        "openbsd_sets_url-without-architecture",
+        sub(
+            'openbsd_sets_url = "http://10.20.130.10/pub/OpenBSD/7.8/amd64"',
+            'openbsd_sets_url = "http://10.20.130.1/pub/OpenBSD/7.8"',
+        ),
+        r"images\.openbsd_sets_url: .*(architecture|amd64)",
+    ),
+]
+
+FILE_CASES = CLUSTER_CASES + EXTRA_CASES + ADDRESS_CASES
+
+
 # ---------------------------------------------------------------- running
 
 
-def listing(directory: Path) -> list[tuple[str, int, int]]:
-    """Every path below `directory` with its size and mtime: any write shows."""
-    out = []
-    for root, dirs, files in os.walk(directory):
-        for name in sorted(dirs + files):
-            p = Path(root, name)
-            st = p.lstat()
-            out.append((str(p.relative_to(directory)), st.st_size, st.st_mtime_ns))
-    return sorted(out)
-
-
 def assert_refused(
-    proc: subprocess.CompletedProcess[str], expect: str, *, file_name: str = CLUSTER
+    proc: subprocess.CompletedProcess[str], expect: str, *, file_name: str | None = CLUSTER
 ) -> str:
+    """Exit 2, no traceback, exactly one stderr line: 'nomad-build: ', naming file_name
+    (unless None) and matching `expect`."""
     assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr + proc.stdout
     lines = proc.stderr.splitlines()
     assert len(lines) == 1, proc.stderr
     line = lines[0]
     assert line.startswith("nomad-build: "), line
+    assert "Usage:" not in line, line
     if file_name:
         assert file_name in line, line
     assert re.search(expect, line), f"{expect!r} not in {line!r}"
@@ -391,19 +587,23 @@ def assert_refused(
 
 
 def write_case(case: Case, directory: Path) -> None:
-    result = case.mutate(example_text("openbsd"), directory)
+    result = case.mutate(example_of(case.os_name), directory)
+    path = directory / CLUSTER
     if isinstance(result, bytes):
-        (directory / CLUSTER).write_bytes(result)
+        path.write_bytes(result)
     elif result is not None:
-        (directory / CLUSTER).write_text(result)
+        path.write_text(result)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def test_the_unmutated_example_is_accepted(tmp_path: Path) -> None:
     """The baseline of every case below: without the mutation, check passes."""
-    (tmp_path / CLUSTER).write_text(example_text("openbsd"))
-    proc = nomad_build(tmp_path, "check", "-c", CLUSTER)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stderr == ""
+    for kind in ("openbsd", "debian", "mixed"):
+        (tmp_path / CLUSTER).write_text(example_of(kind))
+        proc = nomad_build(tmp_path, "check", "-c", CLUSTER)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stderr == ""
 
 
 def test_the_bundle_fixture_is_accepted(tmp_path: Path) -> None:
@@ -413,32 +613,460 @@ def test_the_bundle_fixture_is_accepted(tmp_path: Path) -> None:
     assert nomad_build(tmp_path, "check", "-c", CLUSTER).returncode == 0
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_cluster_file_is_refused_and_nothing_written(case: Case, tmp_path: Path) -> None:
-    write_case(case, tmp_path)
-    before = listing(tmp_path)
+def test_good_addresses_are_accepted(tmp_path: Path) -> None:
+    """What the address cases refuse is the value, not the key: these pass."""
+    text = example_text("openbsd")
+    text = text.replace('address = "10.20.131.42"', 'address = "2001:db8::42"')
+    text = text.replace(
+        'name = "bi-node-sbg-2"\n',
+        'name = "bi-node-sbg-2"\nextra_ips = ["10.20.140.42"]\nadvertise = "10.20.131.42"\n'
+        'mac = "52:54:00:00:00:02"\n',
+    )
+    (tmp_path / CLUSTER).write_text(text)
+    proc = nomad_build(tmp_path, "check", "-c", CLUSTER)
+    assert proc.returncode == 0, proc.stderr
 
-    line = assert_refused(nomad_build(tmp_path, "check", "-c", CLUSTER), case.expect)
-    assert listing(tmp_path) == before
+
+@pytest.mark.parametrize("case", FILE_CASES, ids=[c.id for c in FILE_CASES])
+def test_bad_cluster_file_is_refused_and_nothing_written(
+    case: Case, tmp_path: Path, built_example: Callable[[str], Path]
+) -> None:
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    write_case(case, fresh)
+    before = tree_fingerprint(fresh)
+
+    line = assert_refused(nomad_build(fresh, "check", "-c", CLUSTER), case.expect)
+    assert tree_fingerprint(fresh) == before
     assert "hunter2" not in line  # a plain password given by mistake is never echoed
 
-    build = nomad_build(tmp_path, "build", "-c", CLUSTER, "--state", "S", "--out", "O")
+    build = nomad_build(fresh, "build", "-c", CLUSTER, "--state", "S", "--out", "O")
     assert assert_refused(build, case.expect) == line
-    assert not (tmp_path / "S").exists() and not (tmp_path / "O").exists()
-    assert listing(tmp_path) == before
+    assert not (fresh / "S").exists() and not (fresh / "O").exists()
+    assert tree_fingerprint(fresh) == before
 
     if case.package:
         pkg = nomad_build(
-            tmp_path, "package", "-c", CLUSTER, "--node", "bi-core-sbg-1", "--state", "S",
+            fresh, "package", "-c", CLUSTER, "--node", "bi-core-sbg-1", "--state", "S",
             "--out", "O",
         )  # fmt: skip
         assert assert_refused(pkg, case.expect) == line
-        assert listing(tmp_path) == before
+        assert tree_fingerprint(fresh) == before
+
+    # The same file over the state and dist/ of an earlier good build: both untouched.
+    old = tmp_path / "old"
+    copy_tree(built_example(case.os_name), old)
+    write_case(case, old)
+    state, dist = tree_fingerprint(old / "state"), tree_fingerprint(old / "dist")
+    assert assert_refused(nomad_build(old, "build", "-c", CLUSTER), case.expect) == line
+    assert tree_fingerprint(old / "state") == state
+    assert tree_fingerprint(old / "dist") == dist
+
+
+# ---------------------------------------------------------------- environment
+
+
+@dataclass(frozen=True)
+class EnvCase:
+    id: str
+    env: dict[str, str]
+    expect: str
+
+
+# Only digits are seconds since the epoch (reproducible-builds.org); anything else,
+# the empty string included, is refused the same way by every command.
+ENV_CASES = [
+    EnvCase(f"SOURCE_DATE_EPOCH-{name}", {"SOURCE_DATE_EPOCH": value}, r"SOURCE_DATE_EPOCH")
+    for name, value in (("abc", "abc"), ("negative", "-5"), ("float", "1e9"), ("empty", ""))
+]
+
+
+def test_a_plain_source_date_epoch_is_accepted(tmp_path: Path) -> None:
+    (tmp_path / CLUSTER).write_text(example_text("openbsd"))
+    env = {"SOURCE_DATE_EPOCH": "1700000000"}
+    assert nomad_build(tmp_path, "check", "-c", CLUSTER, env=env).returncode == 0
+    assert nomad_build(tmp_path, "build", "-c", CLUSTER, env=env).returncode == 0
+
+
+@pytest.mark.parametrize("case", ENV_CASES, ids=[c.id for c in ENV_CASES])
+def test_bad_environment_is_refused_and_nothing_written(
+    case: EnvCase, tmp_path: Path, built_example: Callable[[str], Path]
+) -> None:
+    (tmp_path / "fresh").mkdir()
+    fresh = tmp_path / "fresh"
+    (fresh / CLUSTER).write_text(example_text("openbsd"))
+    before = tree_fingerprint(fresh)
+    lines = set()
+    for cmd in (["check"], ["build"], ["package", "--node", "bi-core-sbg-1"]):
+        proc = nomad_build(fresh, *cmd, "-c", CLUSTER, env=case.env)
+        lines.add(assert_refused(proc, case.expect, file_name=None))
+        assert tree_fingerprint(fresh) == before  # no state/ created, no dist/
+    assert len(lines) == 1, lines
+
+    old = tmp_path / "old"
+    copy_tree(built_example("openbsd"), old)
+    before = tree_fingerprint(old)
+    proc = nomad_build(old, "build", "-c", CLUSTER, env=case.env)
+    assert assert_refused(proc, case.expect, file_name=None) in lines
+    assert tree_fingerprint(old) == before
+
+
+# ---------------------------------------------------------------- state damage
+# After a good build of the mixed example (every kind of secret), one file in state/ is
+# damaged; the next build must refuse, naming that file and the way out ("restore it
+# from your backup"), and leave state/ and dist/ exactly as they were: a missing or
+# damaged secret is never silently replaced by a fresh one.
+
+SIGNIFY_SEC = "bi-sbg-pkg.sec"
+SIGNIFY_PUB = "bi-sbg-pkg.pub"
+STATE_FILES = [
+    "ca/ca.key",
+    "ca/ca.pem",
+    "gossip.key",
+    "apt-signing.key",
+    SIGNIFY_SEC,
+    "versions.json",
+    "nodes/bi-core-sbg-1/key.pem",
+    "nodes/bi-core-sbg-1/cert.pem",
+]
+Damage = Callable[[Path], None]  # gets the state directory
+
+
+def existing(state: Path, rel: str) -> Path:
+    path = state / rel
+    assert path.is_file(), f"the first build left no {path}"
+    return path
+
+
+def deleted(rel: str) -> Damage:
+    return lambda state: existing(state, rel).unlink()
+
+
+def truncated(rel: str) -> Damage:
+    def apply(state: Path) -> None:
+        path = existing(state, rel)
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+
+    return apply
+
+
+def garbage(rel: str) -> Damage:
+    def apply(state: Path) -> None:
+        path = existing(state, rel)
+        rng = random.Random(rel)
+        path.write_bytes(bytes(rng.randrange(256) for _ in range(len(path.read_bytes()))))
+
+    return apply
+
+
+def swapped(rel_a: str, rel_b: str) -> Damage:
+    def apply(state: Path) -> None:
+        a, b = existing(state, rel_a), existing(state, rel_b)
+        data_a, data_b = a.read_bytes(), b.read_bytes()
+        a.write_bytes(data_b)
+        b.write_bytes(data_a)
+
+    return apply
+
+
+DEB_NODE = "bi-node-sbg-3"  # the mixed example's Debian node: its .deb is published
+
+
+def version_set(value: object) -> Damage:
+    """The published .deb's version in versions.json set to `value`."""
+
+    def apply(state: Path) -> None:
+        path = existing(state, "versions.json")
+        data = json.loads(path.read_text())
+        (entry,) = data[DEB_NODE].values()
+        assert isinstance(entry, dict) and entry["version"] >= 1
+        entry["version"] = value
+        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+    return apply
+
+
+@dataclass(frozen=True)
+class StateCase:
+    id: str
+    damage: Damage
+    names: str  # the state file the message must name, relative to state/
+
+
+STATE_CASES = [
+    StateCase(f"{how.__name__}-{rel.replace('/', '-')}", how(rel), rel)
+    for how in (deleted, truncated, garbage)
+    for rel in STATE_FILES
+] + [
+    StateCase(
+        "ca-key-swapped-with-a-node-key",
+        swapped("ca/ca.key", "nodes/bi-core-sbg-1/key.pem"),
+        "ca/ca.key",
+    ),
+    StateCase("version-below-published-0", version_set(0), "versions.json"),
+    StateCase("version-below-published-minus-1", version_set(-1), "versions.json"),
+    StateCase("version-not-a-number", version_set("x"), "versions.json"),
+    StateCase(f"deleted-{STATE_LEDGER}", deleted(STATE_LEDGER), STATE_LEDGER),
+]
+
+
+@pytest.mark.parametrize("case", STATE_CASES, ids=[c.id for c in STATE_CASES])
+def test_damaged_state_is_refused_and_nothing_written(
+    case: StateCase, tmp_path: Path, built_example: Callable[[str], Path]
+) -> None:
+    copy_tree(built_example("mixed"), tmp_path)
+    case.damage(tmp_path / "state")
+    before = tree_fingerprint(tmp_path)
+    proc = nomad_build(tmp_path, "build", "-c", CLUSTER)
+    line = assert_refused(proc, r"\brestore\b", file_name=f"state/{case.names}")
+    assert "PRIVATE KEY" not in line
+    assert tree_fingerprint(tmp_path) == before
+
+
+def test_a_lost_signify_public_key_is_derived_again(
+    tmp_path: Path, built_example: Callable[[str], Path]
+) -> None:
+    """The .pub is no secret of its own (signify keeps it inside the .sec too)."""
+    copy_tree(built_example("mixed"), tmp_path)
+    pub = tmp_path / "state" / SIGNIFY_PUB
+    data, mode = pub.read_bytes(), pub.stat().st_mode
+    dist = tree_fingerprint(tmp_path / "dist")
+    pub.unlink()
+    proc = nomad_build(tmp_path, "build", "-c", CLUSTER)
+    assert proc.returncode == 0, proc.stderr
+    assert pub.read_bytes() == data and pub.stat().st_mode == mode
+    assert tree_fingerprint(tmp_path / "dist") == dist
+
+
+# ---------------------------------------------------------------- output paths
+# --out is never the state, never inside it, never around it or the cluster file:
+# refused before anything happens (not even state/ created on a first run).
+
+COMMANDS = {
+    "build": ["build"],
+    "repo": ["repo"],
+    "package": ["package", "--node", "bi-core-sbg-1"],
+    "image": ["image", "--node", "bi-node-sbg-1", "--kind", "openbsd-autoinstall"],
+    "render": ["render", "--node", "bi-core-sbg-1"],
+}
+
+
+@dataclass(frozen=True)
+class OutCase:
+    id: str
+    command: str
+    out: str  # --out, relative to the working directory
+    expect: str
+    cluster: str = CLUSTER  # the cluster file, relative to the working directory
+    foreign: bool = False  # `out` holds an index.html nomad-build did not make
+
+    def args(self) -> list[str]:
+        return [*COMMANDS[self.command], "-c", self.cluster, "--state", "state", "--out", self.out]
+
+    def prepare(self, directory: Path, text: str) -> None:
+        (directory / self.cluster).parent.mkdir(parents=True, exist_ok=True)
+        (directory / self.cluster).write_text(text)
+        if self.foreign:
+            (directory / self.out).mkdir(parents=True, exist_ok=True)
+            (directory / self.out / "index.html").write_text("<h1>my site</h1>\n")
+
+
+OUT_RELATIONS = [
+    ("is-the-state", "state", CLUSTER),
+    ("inside-the-state", "state/out", CLUSTER),
+    ("contains-the-state", ".", CLUSTER),
+    ("contains-the-cluster-file", "conf", "conf/cluster.toml"),
+]
+OUT_CASES = [
+    OutCase(f"{command}-out-{relation}", command, out, r"--out", cluster=cluster)
+    for command in COMMANDS
+    for relation, out, cluster in OUT_RELATIONS
+] + [
+    OutCase(f"{command}-out-foreign-dir", command, "site", r"--force", foreign=True)
+    for command in COMMANDS
+]
+
+
+@pytest.mark.parametrize("case", OUT_CASES, ids=[c.id for c in OUT_CASES])
+def test_dangerous_out_is_refused_and_nothing_written(
+    case: OutCase, tmp_path: Path, built_example: Callable[[str], Path]
+) -> None:
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    case.prepare(fresh, example_text("openbsd"))
+    before = tree_fingerprint(fresh)
+    line = assert_refused(nomad_build(fresh, *case.args()), case.expect, file_name=case.out)
+    assert not (fresh / "state").exists()
+    assert tree_fingerprint(fresh) == before
+
+    # Over the state of an earlier build: the same refusal, the state untouched.
+    old = tmp_path / "old"
+    old.mkdir()
+    built = built_example("openbsd")
+    copy_tree(built / "state", old / "state")
+    copy_tree(built / "dist", old / "dist")
+    case.prepare(old, example_text("openbsd"))
+    before = tree_fingerprint(old)
+    proc = nomad_build(old, *case.args())
+    assert assert_refused(proc, case.expect, file_name=case.out) == line
+    assert tree_fingerprint(old) == before
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_force_replaces_a_foreign_out(command: str, tmp_path: Path) -> None:
+    case = OutCase("force", command, "site", "", foreign=True)
+    case.prepare(tmp_path, example_text("openbsd"))
+    proc = nomad_build(tmp_path, *case.args(), "--force")
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "site" / "index.html").exists()
+    assert any(p.is_file() for p in (tmp_path / "site").rglob("*"))
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_an_out_nomad_build_made_is_replaced_without_force(command: str, tmp_path: Path) -> None:
+    case = OutCase("again", command, "out", "")
+    case.prepare(tmp_path, example_text("openbsd"))
+    first = nomad_build(tmp_path, *case.args())
+    assert first.returncode == 0, first.stderr
+    # a change, so that the second run has something to replace
+    text = example_text("openbsd").replace('client_type = "edge"', 'client_type = "edge-2"')
+    (tmp_path / CLUSTER).write_text(text)
+    second = nomad_build(tmp_path, *case.args())
+    assert second.returncode == 0, second.stderr
+    assert any(p.is_file() for p in (tmp_path / "out").rglob("*"))
+
+
+# ---------------------------------------------------------------- usage
+
+
+def make_dir(name: str) -> Callable[[Path], None]:
+    return lambda d: (d / name).mkdir()
+
+
+def make_file(name: str, data: bytes) -> Callable[[Path], None]:
+    return lambda d: (d / name).write_bytes(data)
+
+
+def make_fifo(name: str) -> Callable[[Path], None]:
+    return lambda d: os.mkfifo(d / name)
+
+
+def nothing(_: Path) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class UsageCase:
+    id: str
+    args: list[str]
+    expect: str
+    setup: Callable[[Path], None] = nothing
+    file_name: str | None = None
+
+
+USAGE_CASES = [
+    UsageCase("unknown-option-build", ["build", "--bogus"], r"--bogus"),
+    UsageCase("unknown-option-check", ["check", "--colour", "blue"], r"--colour"),
+    UsageCase("unknown-command", ["frobnicate"], r"frobnicate"),
+    UsageCase(
+        "bad-kind-choice",
+        ["image", "--node", "bi-node-sbg-1", "--kind", "iso", "--out", "O"],
+        r"--kind.*'iso'",
+    ),
+    UsageCase(
+        "bad-role-choice",
+        ["package", "--node", "bi-core-sbg-1", "--role", "leader", "--out", "O"],
+        r"--role.*'leader'",
+    ),
+    UsageCase(
+        "bad-format-choice",
+        ["package", "--node", "bi-core-sbg-1", "--format", "rpm", "--out", "O"],
+        r"--format.*'rpm'",
+    ),
+    UsageCase("missing-node-option", ["package", "--out", "O"], r"--node"),
+    UsageCase(
+        "cluster-is-a-directory",
+        ["check", "-c", "confdir"],
+        r"director",
+        setup=make_dir("confdir"),
+        file_name="confdir",
+    ),
+    UsageCase(
+        "cluster-is-empty",
+        ["build", "-c", "empty.toml", "--out", "O"],
+        r"empty\.toml",
+        setup=make_file("empty.toml", b""),
+        file_name="empty.toml",
+    ),
+    UsageCase(
+        "cluster-is-binary",
+        ["build", "-c", "bin.toml", "--out", "O"],
+        r"bin\.toml",
+        setup=make_file("bin.toml", b"\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00" * 64),
+        file_name="bin.toml",
+    ),
+    UsageCase(
+        "cluster-is-dev-zero",
+        ["build", "-c", "/dev/zero", "--out", "O"],
+        r"/dev/zero",
+        file_name="/dev/zero",
+    ),
+    UsageCase(
+        "cluster-is-a-fifo",
+        ["build", "-c", "fifo.toml", "--out", "O"],
+        r"fifo\.toml",
+        setup=make_fifo("fifo.toml"),
+        file_name="fifo.toml",
+    ),
+    UsageCase(
+        "state-is-a-file",
+        ["build", "--state", "notadir", "--out", "O"],
+        r"notadir",
+        setup=make_file("notadir", b"x\n"),
+        file_name="notadir",
+    ),
+    UsageCase(
+        "out-is-a-file",
+        ["build", "--out", "notadir"],
+        r"notadir",
+        setup=make_file("notadir", b"x\n"),
+        file_name="notadir",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", USAGE_CASES, ids=[c.id for c in USAGE_CASES])
+def test_usage_error_is_one_line(case: UsageCase, tmp_path: Path) -> None:
+    (tmp_path / CLUSTER).write_text(example_text("openbsd"))
+    case.setup(tmp_path)
+    before = tree_fingerprint(tmp_path)
+    # /dev/zero, a FIFO: no hang, and no eating all the memory while trying
+    proc = nomad_build(tmp_path, *case.args, timeout=20, memory_limit=2 << 30)
+    assert "Usage:" not in proc.stderr + proc.stdout
+    assert_refused(proc, case.expect, file_name=case.file_name)
+    assert tree_fingerprint(tmp_path) == before
+
+
+# ---------------------------------------------------------------- the catalogue
+
+CATALOGUE = {
+    "cluster keys": CLUSTER_CASES,
+    "extra": EXTRA_CASES,
+    "addresses": ADDRESS_CASES,
+    "environment": ENV_CASES,
+    "state damage": STATE_CASES,
+    "output paths": OUT_CASES,
+    "usage": USAGE_CASES,
+}
 
 
 def test_catalogue_is_large_enough() -> None:
-    assert len(CASES) >= 25
-    assert len({c.id for c in CASES}) == len(CASES)
+    cases: list[Case | EnvCase | StateCase | OutCase | UsageCase] = [
+        c for table in CATALOGUE.values() for c in table
+    ]
+    assert len(cases) >= 120, {k: len(v) for k, v in CATALOGUE.items()}
+    assert len({c.id for c in cases}) == len(cases)
 
 
 # ---------------------------------------------------------------- bad requests
@@ -451,17 +1079,17 @@ def example_dir(tmp_path: Path) -> Path:
 
 
 def test_package_role_guard(example_dir: Path) -> None:
-    before = listing(example_dir)
+    before = tree_fingerprint(example_dir)
     proc = nomad_build(
         example_dir, "package", "-c", CLUSTER, "--node", "bi-core-sbg-1", "--role", "client",
         "--out", "O",
     )  # fmt: skip
     assert_refused(proc, r"node bi-core-sbg-1 has role 'server', not 'client'")
-    assert listing(example_dir) == before
+    assert tree_fingerprint(example_dir) == before
 
 
 def test_unknown_node_lists_the_nodes(example_dir: Path) -> None:
-    before = listing(example_dir)
+    before = tree_fingerprint(example_dir)
     for args in (
         ["package", "--node", "nosuch", "--out", "O"],
         ["render", "--node", "nosuch", "--out", "R"],
@@ -471,24 +1099,24 @@ def test_unknown_node_lists_the_nodes(example_dir: Path) -> None:
         line = assert_refused(proc, r"no node named 'nosuch'")
         for name in NODE_INDEX:
             assert name in line
-        assert listing(example_dir) == before
+        assert tree_fingerprint(example_dir) == before
 
 
 def test_package_format_must_match_the_os(example_dir: Path) -> None:
-    before = listing(example_dir)
+    before = tree_fingerprint(example_dir)
     proc = nomad_build(
         example_dir, "package", "-c", CLUSTER, "--node", "bi-node-sbg-1", "--format", "deb",
         "--out", "O",
     )  # fmt: skip
     assert_refused(proc, r"node bi-node-sbg-1 runs openbsd; its package format is openbsd, not deb")
-    assert listing(example_dir) == before
+    assert tree_fingerprint(example_dir) == before
 
 
 def test_image_kind_must_match_the_os(example_dir: Path) -> None:
-    before = listing(example_dir)
+    before = tree_fingerprint(example_dir)
     proc = nomad_build(
         example_dir, "image", "-c", CLUSTER, "--node", "bi-node-sbg-1", "--kind", "cloud-init",
         "--state", "S", "--out", "O",
     )  # fmt: skip
     assert_refused(proc, r"node bi-node-sbg-1 runs openbsd; a cloud-init image is for debian")
-    assert listing(example_dir) == before
+    assert tree_fingerprint(example_dir) == before
