@@ -289,6 +289,20 @@ def pki_renew(cluster_file: Path, state_dir: Path | None) -> None:
         click.echo("every certificate is current", err=True)
 
 
+@cli.group()
+def state() -> None:
+    """The secrets store."""
+
+
+@state.command("adopt")
+@CLUSTER_OPTION
+@STATE_OPTION
+@_errors
+def state_adopt(cluster_file: Path, state_dir: Path | None) -> None:
+    """Record a store made before nomad-build kept a ledger of its secrets (once)."""
+    _warnings(pipeline.adopt_state(cluster_file, state_dir))
+
+
 def main() -> None:
     """Run the CLI; a usage error is one line on stderr and exit 2, like any bad input."""
     try:

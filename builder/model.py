@@ -122,6 +122,8 @@ class Node:
     deb_package: str  # "nomad-config-<name>"
     openbsd_stem: str  # "nomad-config-<name with '-<digit>' mapped to '_<digit>'>"
     # cluster-wide settings the writers need (shared objects)
+    # where the cluster file defines it, e.g. "nodes[4] (bi-node-sbg-2)": what errors name
+    key: str = field(default="", compare=False)
     packages: PackageSettings = field(repr=False, compare=False, default=PackageSettings())
     images: ImageSettings = field(repr=False, compare=False, default=ImageSettings())
 

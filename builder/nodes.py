@@ -84,6 +84,7 @@ class NodeContext:
         self._check_extra(where, s, role)
         paths = {key: (s.get(key) or getattr(os, key)).rstrip("/") for key in _PATHS}
         return Node(
+            key=where,
             name=name,
             role=role,
             os=s["os"],

@@ -26,9 +26,9 @@ OLDEST = "1.7.0"  # the oldest release the schema describes (nomad_min_version's
 # sets instead. Kept here, not in the schema file: the schema holds Nomad's facts, this is
 # nomad-build's own business and names cluster-file keys. A path covers its whole subtree.
 RESERVED: dict[str, str] = {
-    "name": "use [[nodes]] name",
-    "region": "use [cluster] region",
-    "datacenter": "use [cluster] datacenter",
+    "name": "use the node's name",
+    "region": "use cluster.region",
+    "datacenter": "use cluster.datacenter",
     "data_dir": "use data_dir",
     "bind_addr": "use bind_addr",
     "addresses": "use bind_addr (the HTTP API stays on 127.0.0.1)",
@@ -41,14 +41,14 @@ RESERVED: dict[str, str] = {
     "enable_syslog": "always true",
     "leave_on_interrupt": "always true",
     "leave_on_terminate": "always true",
-    "consul.address": "use [consul] address",
-    "consul.server_service_name": "use [consul] server_service_name",
-    "consul.client_service_name": "use [consul] client_service_name",
-    "consul.auto_advertise": "use [consul] auto_advertise",
-    "consul.server_auto_join": "use [consul] server_auto_join",
-    "consul.client_auto_join": "use [consul] client_auto_join",
+    "consul.address": "use consul.address",
+    "consul.server_service_name": "use consul.server_service_name",
+    "consul.client_service_name": "use consul.client_service_name",
+    "consul.auto_advertise": "use consul.auto_advertise",
+    "consul.server_auto_join": "use consul.server_auto_join",
+    "consul.client_auto_join": "use consul.client_auto_join",
     "server.enabled": "use the node's role",
-    "server.bootstrap_expect": "use [cluster] bootstrap_expect",
+    "server.bootstrap_expect": "use cluster.bootstrap_expect",
     "server.encrypt": "the gossip key is generated once and kept in state/",
     "client.enabled": "use the node's role",
     "client.network_interface": "use interface",
@@ -57,9 +57,9 @@ RESERVED: dict[str, str] = {
     "tls.rpc": "RPC is always TLS with nomad-build's certificates ([pki])",
     "tls.http": "the HTTP API stays on loopback without TLS",
     "tls.verify_server_hostname": "always true: certificates name <role>.<region>.nomad",
-    "tls.ca_file": "nomad-build's CA ([pki])",
-    "tls.cert_file": "nomad-build issues each node's certificate ([pki])",
-    "tls.key_file": "nomad-build issues each node's certificate ([pki])",
+    "tls.ca_file": "use tls_dir (where nomad-build puts its CA's certificate)",
+    "tls.cert_file": "use tls_dir (where nomad-build puts the node's certificate)",
+    "tls.key_file": "use tls_dir (where nomad-build puts the node's key)",
     # Only the switch: other raw_exec settings (no_cgroups, …) are the operator's.
     "plugin.raw_exec.config.enabled": 'use drivers = ["raw_exec"]',
 }
@@ -126,7 +126,8 @@ def newest_version() -> str:
 def check_extra(extra: Mapping[str, Any], *, where: str, min_version: str = OLDEST) -> list[str]:
     """Problems with an operator's `extra` table, one line each, named `<where>.<key path>`."""
     problems = [
-        f"{where}.{path}: set by nomad-build; {RESERVED[path]}" for path in _reserved_in(extra)
+        f"{where}.{_written(extra, path)}: set by nomad-build; {RESERVED[path]}"
+        for path in _reserved_in(extra)
     ]
     free = _without(extra, set(_reserved_in(extra)))
     return problems + check_config(free, where=where, min_version=min_version)
@@ -258,6 +259,17 @@ def _reserved_in(extra: Mapping[str, Any]) -> Iterator[str]:
             node = node[part]
         else:
             yield path
+
+
+def _written(extra: Mapping[str, Any], path: str) -> str:
+    """The key path the operator wrote at or below a reserved `path` (the first leaf)."""
+    node: Any = extra
+    for part in path.split("."):
+        node = node[part]
+    while isinstance(node, Mapping) and node:
+        key = next(iter(node))
+        path, node = f"{path}.{key}", node[key]
+    return path
 
 
 def _without(config: Mapping[str, Any], paths: set[str], prefix: str = "") -> dict[str, Any]:

@@ -30,12 +30,13 @@ def _inside(path: Path, directory: Path) -> bool:
     return path == directory or directory in path.parents
 
 
-def check(out: Path, state_dir: Path, cluster_file: Path, *, force: bool) -> None:
+def check(out: Path, state_dir: Path, cluster_file: Path, *, force: bool) -> bool:
     """Refuse an output directory that could destroy the state, the cluster file or
-    files nomad-build did not make. Reads only."""
+    files nomad-build did not make. Reads only. True: --force was needed (the run
+    replaces someone else's directory)."""
     o, s, c = out.resolve(), state_dir.resolve(), cluster_file.resolve()
     if _inside(o, s):
-        raise UserError(f"{out}: --out is the state directory {state_dir} or inside it")
+        raise UserError(f"{out}: --out is the state directory {state_dir} or lies inside it")
     if _inside(s, o):
         raise UserError(
             f"{out}: --out contains the state directory {state_dir}; "
@@ -48,11 +49,13 @@ def check(out: Path, state_dir: Path, cluster_file: Path, *, force: bool) -> Non
         )
     if o.exists() and not o.is_dir():
         raise UserError(f"{out}: exists and is not a directory")
-    if o.is_dir() and not force and not made_by_us(o) and any(o.iterdir()):
+    foreign = o.is_dir() and not made_by_us(o) and any(o.iterdir())
+    if foreign and not force:
         raise UserError(
-            f"{out}: not empty and not made by nomad-build (no {MARKER}); choose an empty "
-            "directory, or add --force to replace it deliberately"
+            f"{out}: --out is not empty and not made by nomad-build (no {MARKER}); choose "
+            "an empty directory, or add --force to replace it deliberately"
         )
+    return foreign
 
 
 def made_by_us(out: Path) -> bool:
@@ -107,6 +110,17 @@ def marker(
         entries[a.path] = entry
     body = {"made_by": _MADE_BY, "artifacts": dict(sorted(entries.items()))}
     return Artifact(MARKER, (json.dumps(body, indent=1) + "\n").encode(), secret=False)
+
+
+def set_aside(out: Path) -> None:
+    """--force: move someone else's directory out of the way (removed with the staging
+    leftovers), so what is published is exactly nomad-build's."""
+    resolved = out.resolve()
+    aside = resolved.with_name(f".{resolved.name}.staging-replaced")
+    shutil.rmtree(aside, ignore_errors=True)
+    os.rename(resolved, aside)
+    os.mkdir(resolved, 0o755)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def sweep_staging(out: Path) -> None:

@@ -90,6 +90,7 @@ class Plan:
     jobs: tuple[Job, ...]
     keys_needed: frozenset[str]
     source_date_epoch: int | None
+    replace_out: bool  # --force over a directory nomad-build did not make
     events: list[Event] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     versions: dict[str, int] = field(default_factory=dict)  # current (or first) versions
@@ -114,12 +115,15 @@ def plan(request: Request) -> Plan:
     jobs = _jobs(cluster, request, nodes)
     _check_writers(cluster, jobs)
     epoch = _source_date_epoch()
+    replace_out = False
     if request.out_dir is not None:
-        output_dir.check(request.out_dir, state_dir, cluster.source, force=request.force)
+        replace_out = output_dir.check(
+            request.out_dir, state_dir, cluster.source, force=request.force
+        )
     keys = frozenset(k for j in jobs for k in j.writer.signing_keys(cluster))
     if not request.sign:
         keys -= {"signify"}
-    p = Plan(request, cluster, state_dir, request.out_dir, nodes, jobs, keys, epoch)
+    p = Plan(request, cluster, state_dir, request.out_dir, nodes, jobs, keys, epoch, replace_out)
     with State.open(state_dir, create=False) as st:
         current = _secrets(p, st, nodes).current_certs
         p.certificates = {
@@ -196,7 +200,7 @@ def _check_writers(cluster: Cluster, jobs: Sequence[Job]) -> None:
 def _source_date_epoch() -> int | None:
     """SOURCE_DATE_EPOCH (reproducible-builds.org), read and validated once per run."""
     value = os.environ.get("SOURCE_DATE_EPOCH")
-    if value is None or value == "":
+    if value is None:
         return None
     if not value.isascii() or not value.isdigit():
         raise UserError(f"SOURCE_DATE_EPOCH: {value!r} is not a number of seconds since 1970")
@@ -365,9 +369,11 @@ def _publish(
 ) -> list[Path]:
     out = p.out_dir
     assert out is not None
+    output_dir.sweep_staging(out)
+    if p.replace_out:
+        output_dir.set_aside(out)
     if p.request.command == "render":
         return output_dir.write_root(out, trees[p.nodes[0].name])
-    output_dir.sweep_staging(out)
     if p.request.command == "build":
         mark = output_dir.marker(artifacts, packages)
         return publish.publish_tree(out, [*artifacts, mark])[:-1]
@@ -375,3 +381,10 @@ def _publish(
     previous = output_dir.read_marker(out) if out.is_dir() else None
     publish.publish_files(out, [output_dir.marker(artifacts, packages, previous)])
     return paths
+
+
+def adopt_state(cluster_file: Path, state_dir: Path | None) -> list[str]:
+    """Record every file of a store made before the ledger existed (deliberate, once)."""
+    cluster = cluster_mod.load(cluster_file)
+    with State.open(state_dir or cluster.source.parent / "state", create=True, adopt=True) as st:
+        return list(st.warnings)

@@ -56,14 +56,21 @@ def publish_files(out: Path, artifacts: Iterable[Artifact]) -> list[Path]:
 
 
 def publish_tree(out: Path, artifacts: Iterable[Artifact]) -> list[Path]:
-    """Replace the whole of `out` with exactly these artifacts, in one step."""
+    """Replace the whole of `out` with exactly these artifacts, in one step.
+
+    The new tree is assembled inside a 0700 staging directory beside `out` (it holds
+    secret-bearing copies), swapped with `out`, and the old tree removed with it.
+    """
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.staging-"))
     try:
+        tree = stage / "tree"
+        tree.mkdir(mode=0o755)
+        os.chmod(tree, 0o755)
         paths = []
         for a in artifacts:
-            target = stage / a.path
+            target = tree / a.path
             target.parent.mkdir(parents=True, exist_ok=True)
             old = out / a.path
             if old.is_file() and old.read_bytes() == a.data:
@@ -76,8 +83,7 @@ def publish_tree(out: Path, artifacts: Iterable[Artifact]) -> list[Path]:
             else:
                 _write_file(target, a.data, _mode(a))
             paths.append(out / a.path)
-        os.chmod(stage, 0o755)
-        _swap(stage, out)
+        _swap(tree, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return paths
@@ -88,13 +94,12 @@ def _swap(new: Path, out: Path) -> None:
         os.rename(new, out)
         return
     if _exchange(new, out):
-        return  # `new` now holds the previous output, removed by the caller
+        return  # `new` now holds the previous output, removed with its staging directory
     # No atomic exchange here (not Linux): two renames, with a window of
     # microseconds in which `out` is missing but never half-written.
-    old = new.with_name(new.name + "-old")
+    old = new.with_name("old")
     os.rename(out, old)
     os.rename(new, out)
-    os.rename(old, new)
 
 
 def _exchange(a: Path, b: Path) -> bool:

@@ -235,7 +235,7 @@ def static_address_problem(cluster: Cluster, node: Node) -> str | None:
     """A static address needs to know which NIC gets it."""
     if node.prefix is not None and node.interface is None and node.mac is None:
         return (
-            f"{cluster.source}: node {node.name}: prefix: a static address in an image needs "
+            f"{cluster.source}: {node.key}.prefix: a static address in an image needs "
             "the node's interface or mac in the cluster file (which NIC gets it?)"
         )
     return None

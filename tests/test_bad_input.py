@@ -259,7 +259,9 @@ CLUSTER_CASES = [
     Case(
         "extra-telemetry-reserved",
         on_node("bi-node-sbg-2", "extra = { telemetry = { prometheus_metrics = true } }"),
-        node_key("bi-node-sbg-2", "extra.telemetry") + r": set by nomad-build; use telemetry$",
+        # the key the operator wrote, down to the leaf
+        node_key("bi-node-sbg-2", "extra.telemetry.prometheus_metrics")
+        + r": set by nomad-build; use telemetry$",
     ),
     Case(
         "extra-plugin-confg",
@@ -423,7 +425,7 @@ OWN_KEYS = [
         "consul.server_service_name",
         r"consul\.server_service_name",
     ),
-    ("bi-node-sbg-3", 'client = { meta = { a = "b" } }', "client.meta", r"\bmeta\b"),
+    ("bi-node-sbg-3", 'client = { meta = { a = "b" } }', "client.meta.a", r"\bmeta\b"),
     ("bi-node-sbg-3", 'data_dir = "/srv/nomad"', "data_dir", r"\bdata_dir\b"),
     ("bi-node-sbg-3", 'log_level = "DEBUG"', "log_level", r"\blog_level\b"),
 ]

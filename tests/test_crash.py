@@ -59,14 +59,18 @@ def secrets(directory: Path) -> dict[str, bytes]:
     return {rel: (state / rel).read_bytes() for rel in SECRETS if (state / rel).is_file()}
 
 
+MARKER = ".nomad-build.json"  # dist/'s marker: nomad-build made this directory
+
+
 def staging_entries(directory: Path) -> list[Path]:
-    """Dot-entries beside dist/ (in the build's directory) and anywhere inside dist/."""
+    """Dot-entries beside dist/ (in the build's directory) and anywhere inside dist/
+    (except the marker at its top)."""
     found = [p for p in directory.iterdir() if p.name.startswith(".")]
     dist = directory / "dist"
     if dist.is_dir():
         for root, dirs, files in os.walk(dist):
             found += [Path(root, n) for n in dirs + files if n.startswith(".")]
-    return found
+    return [p for p in found if p != dist / MARKER]
 
 
 def state_temps(directory: Path) -> list[Path]:

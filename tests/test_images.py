@@ -425,7 +425,7 @@ def test_network_needs_a_nic_for_a_static_address(debian: Built) -> None:
     # the writer's check (run in the plan, before anything is written) names the keys
     for writer in (CloudInitWriter(), AutoinstallWriter()):
         (problem,) = writer.check(debian.cluster, bare)
-        assert "bi-node-sbg-3: prefix:" in problem and "interface or mac" in problem
+        assert "(bi-node-sbg-3).prefix:" in problem and "interface or mac" in problem
     with pytest.raises(BuildError, match="interface or mac"):
         network_plan(bare)
     # DHCP on whatever NIC comes first: cloud-init's own fallback, no network-config

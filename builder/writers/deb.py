@@ -450,7 +450,7 @@ class DebWriter(Writer):
             )
         if not _PKG_OK.match(node.deb_package):
             problems.append(
-                f"{cluster.source}: node {node.name}: {node.deb_package!r} is not a "
+                f"{cluster.source}: {node.key}.name: {node.deb_package!r} is not a "
                 "valid Debian package name"
             )
         bundle = node.packages.bundle

@@ -138,17 +138,17 @@ def _node_problems(node: Node) -> list[str]:
     problems = []
     iface = node.interface or node.mac  # the installer takes a name or an lladdr
     if iface is not None and not _IFACE.fullmatch(iface):
-        problems.append(f"node {node.name}: interface: {iface!r} is not an OpenBSD interface name")
+        problems.append(f"{node.key}.interface: {iface!r} is not an OpenBSD interface name")
     if node.prefix is not None and iface is None:
         problems.append(
-            f"node {node.name}: prefix: a static address needs the node's interface or mac "
+            f"{node.key}.prefix: a static address needs the node's interface or mac "
             "in the cluster file (which NIC gets it?)"
         )
     images = node.images
     answers = (*images.ssh_keys, images.admin_user, images.timezone, images.openbsd_disk)
     for v in (*answers, *node.nameservers):
         if not v.strip() or any(c in v for c in "\r\n\0"):
-            problems.append(f"node {node.name}: {v!r} cannot be one installer answer")
+            problems.append(f"{node.key}: {v!r} cannot be one installer answer")
     for check in (
         lambda: xy(images.openbsd_release),
         lambda: split_sets_url(images.openbsd_sets_url or ""),

@@ -468,7 +468,7 @@ class OpenBSDPackageWriter(Writer):
         problems = []
         if not _NAME_OK.match(node.openbsd_stem):
             problems.append(
-                f"{cluster.source}: node {node.name}: OpenBSD package stem "
+                f"{cluster.source}: {node.key}.name: OpenBSD package stem "
                 f"{node.openbsd_stem!r} has unusable characters"
             )
         bundle = node.packages.bundle
