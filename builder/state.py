@@ -198,8 +198,8 @@ class State:
         shown = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
         raise UserError(
             f"{ledger.path}: missing while {self.directory} holds {shown}; {restore_ledger()}"
-            "; a store made before nomad-build kept a ledger is recorded once, deliberately, "
-            "with `nomad-build state adopt`"
+            "; a store made before nomad-build kept a ledger is recorded once with "
+            "`nomad-build state adopt`"
         )
 
     def _store_files(self) -> list[str]:

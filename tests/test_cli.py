@@ -208,3 +208,22 @@ def test_pki_status(tmp_path: Path) -> None:
         }
         assert set(m.group(4).split(",")) == {"127.0.0.1", address}
     assert entries(tmp_path) == before  # read-only
+
+
+def test_a_store_made_before_the_ledger_is_adopted_deliberately(tmp_path: Path) -> None:
+    """A missing ledger is refused (it may have been deleted); `state adopt` records the
+    store once, and nothing is made anew."""
+    write_cluster(tmp_path)
+    assert nomad_build(tmp_path, "build", "-c", "cluster.toml").returncode == 0
+    ca_key = (tmp_path / "state/ca/ca.key").read_bytes()
+    (tmp_path / "state/ledger.json").unlink()
+    refused = nomad_build(tmp_path, "build", "-c", "cluster.toml")
+    assert refused.returncode == 2
+    assert "ledger.json: missing" in refused.stderr and "state adopt" in refused.stderr
+    adopted = nomad_build(tmp_path, "state", "adopt", "-c", "cluster.toml")
+    assert adopted.returncode == 0, adopted.stderr
+    assert "ledger.json: created, recording" in adopted.stderr
+    again = nomad_build(tmp_path, "build", "-c", "cluster.toml")
+    assert again.returncode == 0, again.stderr
+    assert "created:" not in again.stderr
+    assert (tmp_path / "state/ca/ca.key").read_bytes() == ca_key

@@ -264,7 +264,8 @@ def test_messages_versions_and_ledger(sdir: Path, keys: dict[str, bytes]) -> Non
     assert both_refuse(sdir, keys) == (
         f"{sdir}/ledger.json: missing while {sdir} holds apt-signing.key, ca/ca.key, "
         "ca/ca.pem, ...; restore it from your backup (without it nomad-build cannot tell a "
-        "lost secret from one never made, and would silently make new ones)"
+        "lost secret from one never made, and would silently make new ones); a store made "
+        "before nomad-build kept a ledger is recorded once with `nomad-build state adopt`"
     )
 
 
