@@ -17,9 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from builder import pipeline
 from builder.cluster import load
-from builder.pipeline import Build
-from builder.state import State
 
 HEADER = """\
 [cluster]
@@ -66,26 +65,20 @@ def stage(label: str, fn: Callable[[], T]) -> T:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--nodes", type=int, default=1000)
-    ap.add_argument("--packages", action=argparse.BooleanOptionalAction, default=True)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "cluster.toml"
         path.write_text(cluster_text(args.nodes))
         print(f"{args.nodes} nodes")
-        cluster = stage("load + validate", lambda: load(path))
-        with State.open(Path(tmp) / "state", create=True) as st:
-            b = Build(cluster, st)
-            stage("render, fresh state (all PKI)", lambda: b.render(cluster.nodes))
-        with State.open(Path(tmp) / "state", create=True) as st:
-            b = Build(cluster, st)
-            stage("render again (nothing new)", lambda: b.render(cluster.nodes))
-            if args.packages:
-                pkgs = stage("every package", lambda: b.packages(cluster.nodes))
-                stage("apt + OpenBSD repositories", lambda: b.repos(pkgs))
-                deb = [n for n in cluster.nodes if n.os == "debian"]
-                bsd = [n for n in cluster.nodes if n.os == "openbsd"]
-                stage("cloud-init seed ISOs", lambda: b.images(deb, ["cloud-init"]))
-                stage("OpenBSD autoinstall", lambda: b.images(bsd, ["openbsd-autoinstall"]))
+        stage("load + validate", lambda: load(path))
+        request = pipeline.Request("build", path, out_dir=Path(tmp) / "dist")
+        plan = stage("plan, fresh state", lambda: pipeline.plan(request))
+        stage("build, fresh state (all PKI)", lambda: pipeline.execute(plan))
+        plan = stage("plan again", lambda: pipeline.plan(request))
+        stage("build again (nothing new)", lambda: pipeline.execute(plan))
+        text = path.read_text().replace('rack = "r7" }', 'rack = "moved" }', 1)
+        path.write_text(text)
+        stage("one node changed", lambda: pipeline.execute(pipeline.plan(request)))
 
 
 if __name__ == "__main__":

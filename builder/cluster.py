@@ -17,7 +17,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from builder import cross_checks
+from builder import cross_checks, openpgp
 from builder.errors import UserError
 from builder.model import (
     Bundle,
@@ -199,23 +199,13 @@ def _nomad_apt(r: Reader, data: Any) -> NomadAptSource:
     if not path.is_file():
         raise r.fail("packages.nomad_apt.keyring", f"{path}: no such file")
     keyring = path.read_bytes()
-    if not _is_openpgp_public_key(keyring):
+    if not openpgp.is_public_key(keyring):
         raise r.fail(
             "packages.nomad_apt.keyring",
             f"{path} is not an OpenPGP public key (HashiCorp's, e.g. from "
             "https://apt.releases.hashicorp.com/gpg, armored or dearmored)",
         )
     return NomadAptSource(url=a["url"].rstrip("/"), keyring=keyring)
-
-
-def _is_openpgp_public_key(data: bytes) -> bool:
-    if data.lstrip().startswith(b"-----BEGIN PGP PUBLIC KEY BLOCK-----"):
-        return True
-    if not data or not data[0] & 0x80:
-        return False
-    # First packet's tag: old format bits 5-2, new format bits 5-0; 6 = public key.
-    tag = data[0] & 0x3F if data[0] & 0x40 else (data[0] >> 2) & 0x0F
-    return tag == 6
 
 
 def _bundle(r: Reader, data: Any) -> Bundle:

@@ -13,6 +13,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
+from builder import openpgp
 from builder.settings import CONSUL, IMAGES, PACKAGES, PKI
 
 Role = Literal["server", "client", "both"]
@@ -58,7 +59,7 @@ class NomadAptSource:
 
     @property
     def armored(self) -> bool:
-        return self.keyring.lstrip().startswith(b"-----BEGIN PGP PUBLIC KEY BLOCK-----")
+        return openpgp.is_armored_public_key(self.keyring)
 
     @property
     def keyring_path(self) -> str:
@@ -131,6 +132,11 @@ class Node:
     def domain(self) -> str:
         """The cluster domain the node's FQDN ends in."""
         return self.fqdn[len(self.name) + 1 :]
+
+    @property
+    def role_text(self) -> str:
+        """The role as configs and package descriptions say it."""
+        return {"server": "server", "client": "client", "both": "server and client"}[self.role]
 
     @property
     def is_server(self) -> bool:

@@ -204,6 +204,25 @@ def _crc24(data: bytes) -> int:
     return crc & 0xFFFFFF
 
 
+PUBLIC_KEY_ARMOR = b"-----BEGIN PGP PUBLIC KEY BLOCK-----"
+
+
+def is_armored_public_key(data: bytes) -> bool:
+    """An ASCII-armored public key (apt reads it from a Signed-By file named *.asc)."""
+    return data.lstrip().startswith(PUBLIC_KEY_ARMOR)
+
+
+def is_public_key(data: bytes) -> bool:
+    """An OpenPGP public key, armored or binary (its first packet's tag is 6)."""
+    if is_armored_public_key(data):
+        return True
+    if not data or not data[0] & 0x80:
+        return False
+    # First packet's tag: new format bits 5-0, old format bits 5-2.
+    tag = data[0] & 0x3F if data[0] & 0x40 else (data[0] >> 2) & 0x0F
+    return tag == 6
+
+
 def armor(kind: str, data: bytes) -> bytes:
     """ASCII armor (RFC 4880 §6.2) without headers, 64-column lines and the CRC-24."""
     b64 = base64.b64encode(data).decode("ascii")

@@ -24,8 +24,6 @@ from builder.os_profile import OSProfile, profile
 from builder.pki import inspect_cert
 from builder.state import CASpec, CertSpec, State
 
-ROLE_TEXT = {"server": "server", "client": "client", "both": "server+client"}
-
 
 @dataclass(frozen=True)
 class NodeSecrets:
@@ -151,7 +149,7 @@ def _context(cluster: Cluster, node: Node, svc: _Service) -> dict[str, Any]:
     return {
         "node": node,
         "cluster": cluster,
-        "role_text": ROLE_TEXT[node.role],
+        "role_text": node.role_text,
         "account": svc.account,
         "service_name": svc.os.service_name,
         "binary": svc.os.binary,

@@ -122,7 +122,7 @@ def deb_file_name(deb: Artifact) -> str:
 
 def keyring_file_name(keyring: bytes) -> str:
     """Where the repository keyring goes (apt_repo's path; .asc if given armored)."""
-    armored = keyring.lstrip().startswith(b"-----BEGIN PGP PUBLIC KEY BLOCK-----")
+    armored = openpgp.is_armored_public_key(keyring)
     path = apt_source.KEYRING_PATH
     return path.removesuffix(".gpg") + ".asc" if armored else path
 
@@ -163,7 +163,7 @@ def seed_iso(files: list[tuple[str, bytes]], *, mtime: int, label: str = "cidata
     )
     modules = (dates, headervd, pycdlib_core)
     with _ISO_LOCK:
-        saved = [m.time for m in modules]  # type: ignore[attr-defined]
+        saved = [m.time for m in modules]
         for m in modules:
             m.time = clock  # type: ignore[attr-defined]
         try:
@@ -204,7 +204,9 @@ def content_id(*parts: bytes) -> str:
 
 
 # ---------------------------------------------------------------- the seed
-def user_context(node: Node, tree: NodeTree, deb: Artifact, repo_keyring: bytes | None) -> dict:
+def user_context(
+    node: Node, tree: NodeTree, deb: Artifact, repo_keyring: bytes | None
+) -> dict[str, Any]:
     """What user-data (cloud-init and autoinstall) needs to say about the node."""
     deb_name = deb_file_name(deb)
     ctx: dict[str, Any] = {

@@ -155,8 +155,3 @@ def bundled_binaries(node: Node, tree: NodeTree) -> list[NodeFile]:
     if node.packages.bundle is None and binaries:
         raise BuildError(f"{node.name}: the NodeTree has a binary but no bundle is configured")
     return binaries
-
-
-def role_text(node: Node) -> str:
-    """The node's role as package descriptions and configs say it."""
-    return {"server": "server", "client": "client", "both": "server and client"}[node.role]

@@ -59,7 +59,7 @@ def build_autoinstall_seed(
         raise BuildError(f"{node.name}: an autoinstall seed needs images.password_hash")
     ctx = user_context(node, tree, deb, repo_keyring)
     plan = network_plan(node)
-    network = ""
+    network = b""
     if plan is not None:
         network = render(
             "images/cloud-init/network-config.j2", net=plan, node_name=node.name, routes=True
@@ -69,7 +69,7 @@ def build_autoinstall_seed(
         **ctx,
         staging=DEB_DIR,
         layout=STORAGE_LAYOUT,
-        network=network.decode() if network else "",
+        network=network.decode(),
     )
     iid = "nomad-build-autoinstall-" + node.name + "-" + content_id(user_data, deb.data)
     meta = render("images/cloud-init/meta-data.j2", node=node, instance_id=iid)

@@ -47,18 +47,18 @@ from pathlib import PurePosixPath
 
 import jinja2
 
+from builder import elf
 from builder.archive import TarEntry, ar, gzip_bytes, ustar
 from builder.data import template_environment
 from builder.errors import BuildError, UserError
 from builder.model import Cluster, Node
 from builder.nodetree import NodeFile, NodeTree
-from builder.writers import Artifact, BuildInputs, Output, Writer, bundled_binaries, role_text
+from builder.writers import Artifact, BuildInputs, Output, Writer, bundled_binaries
 
 __all__ = [
     "DIVERTED",
     "VIRTUAL",
     "DebWriter",
-    "ElfFacts",
     "build_deb",
     "deb_arch",
     "deb_version",
@@ -94,49 +94,24 @@ def deb_arch(binary: bytes | None, what: str = "bundled nomad binary") -> str:
     """Debian architecture of a package carrying `binary` ("all" for none or a script)."""
     if binary is None or binary[:2] == b"#!":
         return "all"
-    if binary[:4] != b"\x7fELF" or len(binary) < 64:
+    if not elf.is_elf(binary):
         raise UserError(f"{what}: neither an ELF executable nor a script")
-    if binary[5] != 1:
+    header = elf.read_header(binary, what)
+    if header.order != "little":
         raise UserError(f"{what}: big-endian ELF is not a Debian architecture this tool knows")
-    machine = int.from_bytes(binary[18:20], "little")
-    arch = _ELF_MACHINES.get(machine)
+    arch = _ELF_MACHINES.get(header.machine)
     if arch is None:
-        raise UserError(f"{what}: ELF machine {machine} is not a Debian architecture")
-    if binary[7] not in (0, 3):  # ELFOSABI_NONE / ELFOSABI_GNU: a Linux binary
-        raise UserError(f"{what}: not a Linux executable (ELF OS ABI {binary[7]})")
+        raise UserError(f"{what}: ELF machine {header.machine} is not a Debian architecture")
+    if header.osabi not in elf.OSABI_LINUX:
+        raise UserError(f"{what}: not a Linux executable (ELF OS ABI {header.osabi})")
     return arch
 
 
-@dataclass(frozen=True)
-class ElfFacts:
-    """What lintian looks at in a bundled ELF binary."""
-
-    dynamic: bool  # has an interpreter (PT_INTERP): needs the C library
-    symbols: bool  # has a symbol table (SHT_SYMTAB): not stripped
-
-
-def elf_facts(binary: bytes) -> ElfFacts | None:
-    """Facts of a little-endian ELF executable (None for a script); call deb_arch first."""
-    if binary[:4] != b"\x7fELF":
+def elf_facts(binary: bytes, what: str = "bundled nomad binary") -> elf.ElfTables | None:
+    """What lintian looks at in a bundled ELF binary (None for a script)."""
+    if not elf.is_elf(binary):
         return None
-
-    def num(off: int, size: int) -> int:
-        return int.from_bytes(binary[off : off + size], "little")
-
-    try:
-        if binary[4] == 2:
-            phoff, shoff = num(32, 8), num(40, 8)
-            phentsize, phnum, shentsize, shnum = num(54, 2), num(56, 2), num(58, 2), num(60, 2)
-        else:
-            phoff, shoff = num(28, 4), num(32, 4)
-            phentsize, phnum, shentsize, shnum = num(42, 2), num(44, 2), num(46, 2), num(48, 2)
-        if phoff + phentsize * phnum > len(binary) or shoff + shentsize * shnum > len(binary):
-            raise IndexError
-        dynamic = any(num(phoff + i * phentsize, 4) == 3 for i in range(phnum))  # PT_INTERP
-        symbols = any(num(shoff + i * shentsize + 4, 4) == 2 for i in range(shnum))  # SHT_SYMTAB
-    except IndexError:
-        raise UserError("bundled nomad binary: truncated ELF headers") from None
-    return ElfFacts(dynamic=dynamic, symbols=symbols)
+    return elf.read_tables(binary, elf.read_header(binary, what), what)
 
 
 # ---------------------------------------------------------------- templates
@@ -229,7 +204,7 @@ def _changelog(pkg: str, version: str, node: Node, tree: NodeTree, mtime: int) -
         package=pkg,
         version=version,
         node=node,
-        role_text=role_text(node),
+        role_text=node.role_text,
         digest=tree.digest()[:16],
         maintainer=node.packages.maintainer,
         date=when,
@@ -263,10 +238,10 @@ class _Plan:
     context: dict[str, object]
 
 
-def _bundle_facts(node: Node, tree: NodeTree) -> tuple[str, list[tuple[str, ElfFacts]]]:
+def _bundle_facts(node: Node, tree: NodeTree) -> tuple[str, list[tuple[str, elf.ElfTables]]]:
     """The package architecture and lintian's facts of each bundled ELF binary."""
     arch = "all"
-    facts: list[tuple[str, ElfFacts]] = []
+    facts: list[tuple[str, elf.ElfTables]] = []
     for b in bundled_binaries(node, tree):
         arch = deb_arch(b.content, f"{b.path} (bundled)")
         fact = elf_facts(b.content)
@@ -288,7 +263,7 @@ def _context(node: Node, tree: NodeTree, pkg: str, ver: str, mtime: int) -> dict
         "service": svc,
         "account": svc.account,
         "unit": f"{svc.name}.service",
-        "role_text": role_text(node),
+        "role_text": node.role_text,
         "bundled": bundle is not None,
         "bundle_version": bundle.version if bundle else "",
         "hashicorp_config": HASHICORP_CONFIG,
@@ -341,7 +316,7 @@ def _control_fields(
     conffiles: list[str],
     arch: str,
     bundled: bool,
-    facts: list[tuple[str, ElfFacts]],
+    facts: list[tuple[str, elf.ElfTables]],
     min_version: str,
 ) -> dict[str, object]:
     return {

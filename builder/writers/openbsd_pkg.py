@@ -37,14 +37,14 @@ from functools import cache
 
 import jinja2
 
-from builder import signify
+from builder import elf, signify
 from builder.archive import TarEntry, gzip_bytes, ustar
 from builder.data import template_environment
 from builder.errors import BuildError, UserError
 from builder.model import Cluster, Node
 from builder.nodetree import NodeFile, NodeTree, ServiceAccount
 from builder.openbsd_names import KSH_IDENT, split_package_name
-from builder.writers import Artifact, BuildInputs, Output, Writer, bundled_binaries, role_text
+from builder.writers import Artifact, BuildInputs, Output, Writer, bundled_binaries
 
 __all__ = [
     "EXAMPLES_DIR",
@@ -81,7 +81,6 @@ _ELF_MACHINES = {
     183: "aarch64",
     243: "riscv64",
 }
-_ELFOSABI_OPENBSD = 12
 
 
 # ---------------------------------------------------------------- names
@@ -105,46 +104,16 @@ def package_name(node: Node, version: int) -> str:
 
 def elf_arch(binary: bytes, what: str = "bundled nomad binary") -> str:
     """OpenBSD architecture of an OpenBSD ELF executable (UserError for anything else)."""
-    if binary[:4] != b"\x7fELF" or len(binary) < 64:
-        raise UserError(f"{what}: not an ELF executable")
-    cls, data, osabi = binary[4], binary[5], binary[7]
-    if cls not in (1, 2) or data not in (1, 2):
-        raise UserError(f"{what}: malformed ELF header")
-    order = "little" if data == 1 else "big"
-    machine = int.from_bytes(binary[18:20], order)
-    arch = _ELF_MACHINES.get(machine)
+    header = elf.read_header(binary, what)
+    arch = _ELF_MACHINES.get(header.machine)
     if arch is None:
-        raise UserError(f"{what}: ELF machine {machine} is not an OpenBSD architecture")
-    if osabi != _ELFOSABI_OPENBSD and not _has_openbsd_note(binary, cls, order):
+        raise UserError(f"{what}: ELF machine {header.machine} is not an OpenBSD architecture")
+    # OpenBSD's cc leaves the ABI at 0 and marks the binary with an ident note (Go sets both).
+    if header.osabi != elf.OSABI_OPENBSD and (
+        b".note.openbsd.ident" not in elf.read_tables(binary, header, what).sections
+    ):
         raise UserError(f"{what}: not an OpenBSD executable (no OpenBSD ELF ABI or ident note)")
     return arch
-
-
-def _has_openbsd_note(elf: bytes, cls: int, order: str) -> bool:
-    """True when a section is named .note.openbsd.ident (OpenBSD's cc and Go both add it)."""
-
-    def num(off: int, size: int) -> int:
-        return int.from_bytes(elf[off : off + size], order)
-
-    try:
-        if cls == 2:
-            shoff, shentsize, shnum, shstrndx = num(40, 8), num(58, 2), num(60, 2), num(62, 2)
-            name_at, off_at, off_size = 0, 24, 8
-        else:
-            shoff, shentsize, shnum, shstrndx = num(32, 4), num(46, 2), num(48, 2), num(50, 2)
-            name_at, off_at, off_size = 0, 16, 4
-        if not shoff or shstrndx >= shnum:
-            return False
-        strtab = num(shoff + shstrndx * shentsize + off_at, off_size)
-        for i in range(shnum):
-            sh = shoff + i * shentsize
-            name_off = strtab + num(sh + name_at, 4)
-            end = elf.index(b"\0", name_off)
-            if elf[name_off:end] == b".note.openbsd.ident":
-                return True
-    except (ValueError, IndexError):
-        return False
-    return False
 
 
 # ---------------------------------------------------------------- packing list
@@ -186,7 +155,9 @@ class _Plist:
     def add(self, *lines: str) -> None:
         self.lines.extend(lines)
 
-    def _modes(self, owner: str, group: str, mode: int, plain_mode: int) -> tuple[list, list]:
+    def _modes(
+        self, owner: str, group: str, mode: int, plain_mode: int
+    ) -> tuple[list[str], list[str]]:
         """Annotations for anything but root:wheel with the plain mode, and their resets."""
         on: list[str] = []
         off: list[str] = []
@@ -320,7 +291,7 @@ def _header(
         # pkg_add -u only replaces a package by one with a matching pkgpath;
         # ftp=no: it holds private keys, not for public mirrors.
         f"@comment pkgpath=nomad-build/{node.openbsd_stem} ftp=no",
-        f"@comment nomad-build: Nomad {role_text(node)} configuration for {node.name}",
+        f"@comment nomad-build: Nomad {node.role_text} configuration for {node.name}",
         f"@arch {arch}",
     )
     pl.special("+DESC", _render("+DESC.j2", **context))
@@ -428,7 +399,7 @@ def build_openbsd_pkg(
     context: dict[str, object] = {
         "node": node,
         "service": tree.service,
-        "role_text": role_text(node),
+        "role_text": node.role_text,
         "bundled": bundle is not None,
         "bundle_version": bundle.version if bundle else "",
         "arch": arch,
