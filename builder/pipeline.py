@@ -26,14 +26,14 @@ from builder import output_dir, publish
 from builder.errors import UserError
 from builder.model import Cluster, Node
 from builder.nodetree import NodeTree
+from builder.os_profile import PROFILES, profile
 from builder.pki import CertInfo, inspect_cert
 from builder.render import ca_spec, cert_spec, node_secrets, render_tree
 from builder.state import Event, State
 from builder.writers import Artifact, BuildInputs, Keys, Output, Writer, all_writers, writer
 
-PACKAGE_WRITERS = {"debian": "deb", "openbsd": "openbsd-pkg"}
-FORMAT_NAMES = {"deb": "deb", "openbsd": "openbsd-pkg"}  # `package --format` -> writer
-IMAGE_KINDS = ("cloud-init", "autoinstall", "openbsd-autoinstall")
+PACKAGE_WRITERS = {"deb": "deb", "openbsd": "openbsd-pkg"}  # package format -> writer
+IMAGE_KINDS = tuple(kind for p in PROFILES.values() for kind in p.image_kinds)
 REPO_WRITERS = ("deb", "openbsd-pkg", "apt-repo", "pkg-repo")
 STATE_FORMAT = {"deb": "deb", "openbsd-pkg": "openbsd"}  # versions.json's format names
 
@@ -143,16 +143,17 @@ def _requested_nodes(cluster: Cluster, request: Request) -> tuple[Node, ...]:
             raise UserError(
                 f"{cluster.source}: node {node.name} has role {node.role!r}, not {request.role!r}"
             )
-        if request.fmt is not None and FORMAT_NAMES[request.fmt] != PACKAGE_WRITERS[node.os]:
+        fmt = profile(node.os).package_format
+        if request.fmt is not None and request.fmt != fmt:
             raise UserError(
                 f"{cluster.source}: node {node.name} runs {node.os}; its package format is "
-                f"{_format_of(node)}, not {request.fmt}"
+                f"{fmt}, not {request.fmt}"
             )
     return nodes
 
 
-def _format_of(node: Node) -> str:
-    return next(f for f, w in FORMAT_NAMES.items() if w == PACKAGE_WRITERS[node.os])
+def _package_writer(node: Node) -> str:
+    return PACKAGE_WRITERS[profile(node.os).package_format]
 
 
 def _jobs(cluster: Cluster, request: Request, nodes: Sequence[Node]) -> tuple[Job, ...]:
@@ -166,7 +167,7 @@ def _jobs(cluster: Cluster, request: Request, nodes: Sequence[Node]) -> tuple[Jo
             wanted[name] = writer(name).nodes(cluster)
     elif request.command == "package":
         for node in nodes:
-            name = PACKAGE_WRITERS[node.os]
+            name = _package_writer(node)
             wanted[name] = (*wanted.get(name, ()), node)
     elif request.command == "image":
         assert request.kind is not None
@@ -269,7 +270,7 @@ def _signify_pair(cluster: Cluster, st: State) -> tuple[bytes | None, bytes | No
 def _current_versions(p: Plan, st: State) -> dict[str, int]:
     versions = {}
     for node in p.cluster.nodes:
-        current = st.current_version(node.name, STATE_FORMAT[PACKAGE_WRITERS[node.os]])
+        current = st.current_version(node.name, STATE_FORMAT[_package_writer(node)])
         versions[node.name] = current[0] if current else 1
     return versions
 

@@ -130,6 +130,23 @@ def _load_ec_key(key_pem: bytes) -> ec.EllipticCurvePrivateKey:
     return key
 
 
+# What `nomad tls cert create` gives an agent: TLS server and client in one certificate.
+_LEAF_KEY_USAGE = x509.KeyUsage(
+    digital_signature=True,
+    content_commitment=False,
+    key_encipherment=True,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=False,
+    crl_sign=False,
+    encipher_only=False,
+    decipher_only=False,
+)
+_LEAF_EXTENDED_KEY_USAGE = x509.ExtendedKeyUsage(
+    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+)
+
+
 def issue_cert(
     *,
     ca_key_pem: bytes,
@@ -165,26 +182,8 @@ def issue_cert(
         .not_valid_before(now - backdate)
         .not_valid_after(now + timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=True,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
+        .add_extension(_LEAF_KEY_USAGE, critical=True)
+        .add_extension(_LEAF_EXTENDED_KEY_USAGE, critical=False)
         .add_extension(x509.SubjectKeyIdentifier(_key_id(key.public_key())), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier(
