@@ -14,6 +14,7 @@ import re
 import threading
 import time
 import types
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -26,7 +27,7 @@ from builder.data import template_environment
 from builder.errors import BuildError
 from builder.model import Cluster, Node
 from builder.nodetree import NodeTree
-from builder.writers import Artifact, BuildInputs
+from builder.writers import Artifact, BuildInputs, Output, Writer
 
 __all__ = [
     "DEB_DIR",
@@ -248,3 +249,45 @@ def repository_keyring(inputs: BuildInputs) -> bytes | None:
     if not inputs.cluster.packages.repo_url or inputs.keys.apt_secret is None:
         return None
     return openpgp.public_keyring(inputs.keys.apt_secret)
+
+
+class DebianSeedWriter(Writer):
+    """What the Debian-family seed writers share: one ISO per node holding its .deb
+    (or the repository's source), checked for a NIC that takes a static address."""
+
+    needs = ("deb",)
+    file_name: str  # images/<node>/<file_name>
+
+    def signing_keys(self, cluster: Cluster) -> frozenset[str]:
+        # The seeds carry the repository's key only when they install from it.
+        return frozenset({"apt"}) if cluster.packages.repo_url else frozenset()
+
+    def unfit(self, cluster: Cluster, node: Node) -> str | None:
+        if node.os != "debian":
+            return f"node {node.name} runs {node.os}; a {self.name} image is for debian nodes"
+        return None
+
+    def check(self, cluster: Cluster, node: Node) -> list[str]:
+        problem = static_address_problem(cluster, node)
+        return [problem] if problem else []
+
+    def outputs(
+        self,
+        cluster: Cluster,
+        nodes: Sequence[Node],
+        versions: Mapping[str, int],
+        upstream: Sequence[Output] = (),
+    ) -> list[Output]:
+        return [Output(f"images/{n.name}/{self.file_name}", n.name, secret=True) for n in nodes]
+
+    def build(self, inputs: BuildInputs, nodes: Sequence[Node]) -> list[Artifact]:
+        keyring = repository_keyring(inputs)
+        return [
+            self.seed(n, inputs.trees[n.name], inputs.package_of("deb", n), keyring, inputs.mtime)
+            for n in nodes
+        ]
+
+    def seed(
+        self, node: Node, tree: NodeTree, deb: Artifact, keyring: bytes | None, mtime: int
+    ) -> Artifact:
+        raise NotImplementedError

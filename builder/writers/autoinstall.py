@@ -22,22 +22,19 @@ package holds the node's private key.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
 from builder.errors import BuildError
 from builder.model import Cluster, Node
 from builder.nodetree import NodeTree
 from builder.seed import (
     DEB_DIR,
+    DebianSeedWriter,
     content_id,
     network_plan,
     render,
-    repository_keyring,
     seed_iso,
-    static_address_problem,
     user_context,
 )
-from builder.writers import Artifact, BuildInputs, Output, Writer
+from builder.writers import Artifact
 
 __all__ = ["STORAGE_LAYOUT", "AutoinstallWriter", "build_autoinstall_seed"]
 
@@ -77,48 +74,21 @@ def build_autoinstall_seed(
     return Artifact(f"images/{node.name}/autoinstall.iso", iso, secret=True, node=node.name)
 
 
-class AutoinstallWriter(Writer):
+class AutoinstallWriter(DebianSeedWriter):
     """A Debian-family node's Ubuntu Server autoinstall seed (needs images.password_hash)."""
 
     name = "autoinstall"
-    needs = ("deb",)
-
-    def signing_keys(self, cluster: Cluster) -> frozenset[str]:
-        # The seeds carry the repository's key only when they install from it.
-        return frozenset({"apt"}) if cluster.packages.repo_url else frozenset()
+    file_name = "autoinstall.iso"
 
     def unfit(self, cluster: Cluster, node: Node) -> str | None:
-        if node.os != "debian":
-            return f"node {node.name} runs {node.os}; an autoinstall image is for debian nodes"
-        if not node.images.password_hash:
-            return (
-                "images.password_hash: missing (the Ubuntu installer's identity needs a "
-                "crypt(3) hash, e.g. from `mkpasswd -m sha-512`)"
-            )
-        return None
+        if node.images.password_hash or node.os != "debian":
+            return super().unfit(cluster, node)
+        return (
+            "images.password_hash: missing (the Ubuntu installer's identity needs a "
+            "crypt(3) hash, e.g. from `mkpasswd -m sha-512`)"
+        )
 
-    def check(self, cluster: Cluster, node: Node) -> list[str]:
-        problem = static_address_problem(cluster, node)
-        return [problem] if problem else []
-
-    def outputs(
-        self,
-        cluster: Cluster,
-        nodes: Sequence[Node],
-        versions: Mapping[str, int],
-        upstream: Sequence[Output] = (),
-    ) -> list[Output]:
-        return [Output(f"images/{n.name}/autoinstall.iso", n.name, secret=True) for n in nodes]
-
-    def build(self, inputs: BuildInputs, nodes: Sequence[Node]) -> list[Artifact]:
-        keyring = repository_keyring(inputs)
-        return [
-            build_autoinstall_seed(
-                n,
-                inputs.trees[n.name],
-                deb=inputs.package_of("deb", n),
-                repo_keyring=keyring,
-                mtime=inputs.mtime,
-            )
-            for n in nodes
-        ]
+    def seed(
+        self, node: Node, tree: NodeTree, deb: Artifact, keyring: bytes | None, mtime: int
+    ) -> Artifact:
+        return build_autoinstall_seed(node, tree, deb=deb, repo_keyring=keyring, mtime=mtime)

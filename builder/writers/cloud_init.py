@@ -29,21 +29,18 @@ Byte-identical for the same inputs: pycdlib's clock is pinned to ``mtime``
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
 from builder.errors import BuildError
-from builder.model import Cluster, Node
+from builder.model import Node
 from builder.nodetree import NodeTree
 from builder.seed import (
+    DebianSeedWriter,
     content_id,
     network_plan,
     render,
-    repository_keyring,
     seed_iso,
-    static_address_problem,
     user_context,
 )
-from builder.writers import Artifact, BuildInputs, Output, Writer
+from builder.writers import Artifact
 
 __all__ = ["CloudInitWriter", "build_cloud_init_seed"]
 
@@ -83,43 +80,13 @@ def build_cloud_init_seed(
     return Artifact(f"images/{node.name}/seed.iso", iso, secret=True, node=node.name)
 
 
-class CloudInitWriter(Writer):
+class CloudInitWriter(DebianSeedWriter):
     """A Debian node's cloud-init NoCloud seed (the node's package inside or by source)."""
 
     name = "cloud-init"
-    needs = ("deb",)
+    file_name = "seed.iso"
 
-    def signing_keys(self, cluster: Cluster) -> frozenset[str]:
-        # The seeds carry the repository's key only when they install from it.
-        return frozenset({"apt"}) if cluster.packages.repo_url else frozenset()
-
-    def unfit(self, cluster: Cluster, node: Node) -> str | None:
-        if node.os != "debian":
-            return f"node {node.name} runs {node.os}; a cloud-init image is for debian nodes"
-        return None
-
-    def check(self, cluster: Cluster, node: Node) -> list[str]:
-        problem = static_address_problem(cluster, node)
-        return [problem] if problem else []
-
-    def outputs(
-        self,
-        cluster: Cluster,
-        nodes: Sequence[Node],
-        versions: Mapping[str, int],
-        upstream: Sequence[Output] = (),
-    ) -> list[Output]:
-        return [Output(f"images/{n.name}/seed.iso", n.name, secret=True) for n in nodes]
-
-    def build(self, inputs: BuildInputs, nodes: Sequence[Node]) -> list[Artifact]:
-        keyring = repository_keyring(inputs)
-        return [
-            build_cloud_init_seed(
-                n,
-                inputs.trees[n.name],
-                deb=inputs.package_of("deb", n),
-                repo_keyring=keyring,
-                mtime=inputs.mtime,
-            )
-            for n in nodes
-        ]
+    def seed(
+        self, node: Node, tree: NodeTree, deb: Artifact, keyring: bytes | None, mtime: int
+    ) -> Artifact:
+        return build_cloud_init_seed(node, tree, deb=deb, repo_keyring=keyring, mtime=mtime)
