@@ -5,23 +5,23 @@ from __future__ import annotations
 
 from builder.errors import BuildError
 
-__all__ = ["KEYRING_FILE", "KEYRING_PATH", "PLACEHOLDER_URL", "SOURCES_FILE", "sources_file"]
+__all__ = ["KEYRING_FILE", "KEYRING_PATH", "SOURCES_FILE", "sources_file"]
 
 KEYRING_FILE = "nomad-build-archive-keyring.gpg"
 KEYRING_PATH = f"/etc/apt/keyrings/{KEYRING_FILE}"  # where the .sources file expects it
 SOURCES_FILE = "nomad-build.sources"
-PLACEHOLDER_URL = "https://REPLACE-WITH-REPO-URL.invalid/debian"
 
 
 def sources_file(
     *,
     suite: str,
     component: str,
-    repo_url: str | None,
+    repo_url: str,
     fingerprint: str | None = None,
     keyring_path: str = KEYRING_PATH,
 ) -> bytes:
-    """The deb822 source nodes install as /etc/apt/sources.list.d/nomad-build.sources."""
+    """The deb822 source nodes install as /etc/apt/sources.list.d/nomad-build.sources.
+    Only with the real URL: a placeholder would reach a node and fail there."""
     lines = [
         "# nomad-build: the cluster's per-node configuration packages.",
         f"# Install {KEYRING_FILE} as {keyring_path} (mode 0644)"
@@ -29,12 +29,7 @@ def sources_file(
         "# Serve this repository only to the cluster's nodes, over a private network:",
         "# each package holds its node's private key.",
     ]
-    if repo_url is None:
-        lines.append(
-            "# PLACEHOLDER: set URIs to the URL where repo/debian/ is served "
-            "(packages.repo_url in the cluster file)."
-        )
-    url = (repo_url or PLACEHOLDER_URL).rstrip("/")
+    url = repo_url.rstrip("/")
     if any(c.isspace() for c in url):
         raise BuildError(f"repository URL has white space: {url!r}")
     lines += [

@@ -16,10 +16,11 @@ import os
 import re
 import secrets
 import stat
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from builder.errors import UserError
+from builder.errors import BuildError
 
 __all__ = [
     "LOCK_NAME",
@@ -36,17 +37,30 @@ TMP_RE = re.compile(r"^\..+\.tmp-[0-9a-f]{16}$")
 LOCK_NAME = ".lock"
 
 
+class LockHeld(BuildError):
+    """Another run holds the store's lock (exit 1: try again, or wait)."""
+
+
 class RunLock:
     """`<directory>/.lock`, flock'ed exclusively; released by release() or process exit."""
 
-    def __init__(self, directory: Path, mode: int = 0o600) -> None:
+    def __init__(self, directory: Path, mode: int = 0o600, wait: float = 0.0) -> None:
         path = directory / LOCK_NAME
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise UserError(f"{directory}: another nomad-build run holds the lock") from None
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    # Not bad input: the same command succeeds once the other run is done.
+                    raise LockHeld(
+                        f"{directory}: another nomad-build run holds the lock"
+                        f" (waited {wait:g} s; --wait SECONDS waits longer)"
+                    ) from None
+                time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
         self._fd: int | None = fd
 
     def release(self) -> None:

@@ -91,9 +91,11 @@ def marker(
     artifacts: Iterable[Artifact],
     packages: Mapping[str, tuple[str, str, int]],
     previous: Mapping[str, dict[str, object]] | None = None,
+    files: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Artifact:
     """The marker listing `artifacts` (merged over `previous` for single-file commands);
-    `packages` maps a package's path to (node, format, version)."""
+    `packages` maps a package's path to (node, format, version), `files` a node to its
+    tree's file digests (so the next run can say which files changed)."""
     import hashlib
 
     entries: dict[str, dict[str, object]] = dict(previous or {})
@@ -107,6 +109,8 @@ def marker(
         if a.path in packages:
             node, fmt, version = packages[a.path]
             entry["package"] = {"node": node, "format": fmt, "version": version}
+            if files is not None and node in files:
+                entry["files"] = dict(sorted(files[node].items()))
         entries[a.path] = entry
     body = {"made_by": _MADE_BY, "artifacts": dict(sorted(entries.items()))}
     return Artifact(MARKER, (json.dumps(body, indent=1) + "\n").encode(), secret=False)
@@ -145,3 +149,19 @@ def write_root(out: Path, tree: NodeTree) -> list[Path]:
     marker_artifact = marker([], {}, {})
     publish.publish_files(out, [marker_artifact])
     return paths
+
+
+def previous_files(
+    previous: Mapping[str, Mapping[str, object]] | None, node: str, fmt: str
+) -> dict[str, str] | None:
+    """The file digests recorded with the node's newest published package, if any."""
+    best: tuple[int, dict[str, str]] | None = None
+    for entry in (previous or {}).values():
+        package, files = entry.get("package"), entry.get("files")
+        if not isinstance(package, dict) or not isinstance(files, dict):
+            continue
+        if package.get("node") == node and package.get("format") == fmt:
+            version = package.get("version")
+            if isinstance(version, int) and (best is None or version > best[0]):
+                best = (version, {str(k): str(v) for k, v in files.items()})
+    return None if best is None else best[1]

@@ -15,20 +15,21 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from builder import cluster as cluster_mod
-from builder import output_dir, publish
+from builder import output_dir, publish, report
 from builder.errors import UserError
 from builder.model import Cluster, Node
 from builder.nodetree import NodeTree
 from builder.os_profile import PROFILES, profile
 from builder.pki import CertInfo, inspect_cert
 from builder.render import ca_spec, cert_spec, node_secrets, render_tree
+from builder.report import Change, Report
 from builder.state import Event, State
 from builder.writers import Artifact, BuildInputs, Keys, Output, Writer, all_writers, writer
 
@@ -66,6 +67,7 @@ class Request:
     kind: str | None = None  # `image --kind`
     sign: bool = True
     force: bool = False  # replace an output directory nomad-build did not make
+    wait: float = 0.0  # seconds to wait for another run's lock on the state
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,7 @@ class Plan:
     events: list[Event] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     versions: dict[str, int] = field(default_factory=dict)  # current (or first) versions
+    known_versions: dict[tuple[str, str], int] = field(default_factory=dict)  # in state/
     certificates: dict[str, CertStatus] = field(default_factory=dict)
 
     def outputs(self) -> list[Output]:
@@ -124,15 +127,19 @@ def plan(request: Request) -> Plan:
     if not request.sign:
         keys -= {"signify"}
     p = Plan(request, cluster, state_dir, request.out_dir, nodes, jobs, keys, epoch, replace_out)
+    advice = [w for j in jobs for w in j.writer.warnings(cluster, j.nodes)]
+    if request.command in ("build", "check"):
+        advice += _skipped(cluster)
     with State.open(state_dir, create=False) as st:
         current = _secrets(p, st, nodes).current_certs
         p.certificates = {
             n.name: CertStatus(st.cert_info(n.name), n.name in current) for n in nodes
         }
         p.versions = _current_versions(p, st)
+        p.known_versions = _known_versions(p, st)
         if request.out_dir is not None:
             st.require_versions_at_least(output_dir.published_versions(request.out_dir))
-        p.events, p.warnings = list(st.events), [*cluster.warnings, *st.warnings]
+        p.events, p.warnings = list(st.events), [*cluster.warnings, *advice, *st.warnings]
     return p
 
 
@@ -188,6 +195,17 @@ def _add_dependencies(wanted: dict[str, tuple[Node, ...]]) -> None:
             have = wanted.get(need, ())
             extra = tuple(n for n in wanted[name] if n not in have)
             wanted[need] = have + extra
+
+
+def _skipped(cluster: Cluster) -> list[str]:
+    """Formats a build leaves out for nodes of their OS, and the key that would add them."""
+    out = []
+    for w in all_writers():
+        reasons = [w.unfit(cluster, n) for n in cluster.nodes if n.os == w.os]
+        for why in dict.fromkeys(r for r in reasons if r):
+            count = reasons.count(why)
+            out.append(f"{cluster.source}: {why}; no {w.name} artifacts for {count} node(s)")
+    return out
 
 
 def _check_writers(cluster: Cluster, jobs: Sequence[Job]) -> None:
@@ -267,6 +285,16 @@ def _signify_pair(cluster: Cluster, st: State) -> tuple[bytes | None, bytes | No
     return sec, pub
 
 
+def _known_versions(p: Plan, st: State) -> dict[tuple[str, str], int]:
+    known = {}
+    for node in p.cluster.nodes:
+        fmt = STATE_FORMAT[_package_writer(node)]
+        current = st.current_version(node.name, fmt)
+        if current is not None:
+            known[(node.name, fmt)] = current[0]
+    return known
+
+
 def _current_versions(p: Plan, st: State) -> dict[str, int]:
     versions = {}
     for node in p.cluster.nodes:
@@ -285,12 +313,13 @@ class Result:
     events: list[Event]
     warnings: list[str]
     trees: dict[str, NodeTree]
+    report: Report
 
 
 def execute(p: Plan) -> Result:
     """Make the secrets, trees and artifacts of a clean plan and publish them; the store's
     lock is held until the output is in place."""
-    with State.open(p.state_dir, create=True) as st:
+    with State.open(p.state_dir, create=True, wait=p.request.wait) as st:
         secrets = _secrets(p, st, p.nodes)
         trees = _render(p, st)
         mtime = p.source_date_epoch
@@ -299,8 +328,28 @@ def execute(p: Plan) -> Result:
         assert mtime is not None
         artifacts, packages = _build(p, st, secrets.keys, trees, mtime)
         st.flush()  # versions first: a published package's number is never handed out again
+        previous = output_dir.read_marker(p.out_dir) if p.out_dir is not None else None
+        events = list(st.events)
+        changes = _report(p, artifacts, packages, trees, previous, events)
         published = _publish(p, artifacts, packages, trees) if p.out_dir is not None else []
-        return Result(artifacts, published, list(st.events), list(st.warnings), trees)
+        changes.warnings = [*p.warnings, *st.warnings]
+        return Result(artifacts, published, events, changes.warnings, trees, changes)
+
+
+def _report(
+    p: Plan,
+    artifacts: list[Artifact],
+    packages: _Packages,
+    trees: dict[str, NodeTree],
+    previous: Mapping[str, Mapping[str, Any]] | None,
+    events: list[Event],
+) -> Report:
+    why = {}
+    for node, fmt, _ in packages.values():
+        before = output_dir.previous_files(previous, node, fmt)
+        why[node] = report.package_reasons(node, before, report.tree_files(trees[node]), events)
+    changes = report.artifact_changes(artifacts, previous, packages, p.known_versions, why)
+    return Report(p.request.command, changes, events)
 
 
 def _render(p: Plan, st: State) -> dict[str, NodeTree]:
@@ -375,12 +424,13 @@ def _publish(
         output_dir.set_aside(out)
     if p.request.command == "render":
         return output_dir.write_root(out, trees[p.nodes[0].name])
+    files = {node: report.tree_files(trees[node]) for node, _, _ in packages.values()}
     if p.request.command == "build":
-        mark = output_dir.marker(artifacts, packages)
+        mark = output_dir.marker(artifacts, packages, files=files)
         return publish.publish_tree(out, [*artifacts, mark])[:-1]
     paths = publish.publish_files(out, artifacts)
     previous = output_dir.read_marker(out) if out.is_dir() else None
-    publish.publish_files(out, [output_dir.marker(artifacts, packages, previous)])
+    publish.publish_files(out, [output_dir.marker(artifacts, packages, previous, files)])
     return paths
 
 
@@ -389,3 +439,76 @@ def adopt_state(cluster_file: Path, state_dir: Path | None) -> list[str]:
     cluster = cluster_mod.load(cluster_file)
     with State.open(state_dir or cluster.source.parent / "state", create=True, adopt=True) as st:
         return list(st.warnings)
+
+
+# ---------------------------------------------------------------- the plan's preview
+
+
+def preview(p: Plan) -> Report:
+    """What `build` would do to each node's package, and why; nothing written. A package
+    whose secrets all exist is built in memory and compared with the stored digest."""
+    changes: list[Change] = []
+    with State.open(p.state_dir, create=False) as st:
+        secrets = _secrets(p, st, p.nodes)
+        mtime = p.source_date_epoch
+        if mtime is None and secrets.ca is not None:
+            mtime = int(inspect_cert(secrets.ca[1]).not_before.timestamp())
+        previous = output_dir.read_marker(p.out_dir) if p.out_dir is not None else None
+        for job in p.jobs:
+            if job.writer.name in STATE_FORMAT:
+                changes += _preview_packages(p, st, job, secrets, mtime, previous)
+        events = list(st.events)
+    return Report("check", changes, events, list(p.warnings))
+
+
+def _preview_packages(
+    p: Plan,
+    st: State,
+    job: Job,
+    secrets: _Secrets,
+    mtime: int | None,
+    previous: Mapping[str, Mapping[str, Any]] | None,
+) -> list[Change]:
+    fmt = STATE_FORMAT[job.writer.name]
+    out = []
+    for node in job.nodes:
+        before = p.known_versions.get((node.name, fmt))
+        status, why = _package_outlook(p, st, job, node, secrets, mtime, previous)
+        after = 1 if before is None else before + (status == "changed")
+        path = job.writer.outputs(p.cluster, [node], {node.name: after})[0].path
+        out.append(Change(path, node.name, status, before, after, why))
+    return out
+
+
+def _package_outlook(
+    p: Plan,
+    st: State,
+    job: Job,
+    node: Node,
+    secrets: _Secrets,
+    mtime: int | None,
+    previous: Mapping[str, Mapping[str, Any]] | None,
+) -> tuple[str, tuple[str, ...]]:
+    """(new | changed | unchanged, reasons) of the node's package in the next build."""
+    fmt = STATE_FORMAT[job.writer.name]
+    if (node.name, fmt) not in p.known_versions:
+        return "new", ("new",)
+    pending = [e for e in st.events if e.what == f"certificate {node.name}"]
+    if pending:
+        return "changed", report.package_reasons(node.name, {}, {}, pending)
+    if mtime is None or not _keys_exist(p, secrets.keys):
+        return "changed", ("a signing key is made first",)
+    tree = render_tree(p.cluster, node, node_secrets(p.cluster, node, st))
+    inputs = BuildInputs(p.cluster, mtime, secrets.keys, {node.name: tree}, p.versions)
+    artifact = job.writer.build(inputs, [node])[0]
+    current = st.current_version(node.name, fmt)
+    if current is not None and current[1] == _digest(artifact):
+        return "unchanged", ()
+    files = output_dir.previous_files(previous, node.name, fmt)
+    return "changed", report.package_reasons(node.name, files, report.tree_files(tree), [])
+
+
+def _keys_exist(p: Plan, keys: Keys) -> bool:
+    if "signify" in p.keys_needed and keys.signify_secret is None:
+        return False
+    return not ("apt" in p.keys_needed and keys.apt_secret is None)

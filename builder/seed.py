@@ -27,7 +27,7 @@ from builder.data import template_environment
 from builder.errors import BuildError
 from builder.model import Cluster, Node
 from builder.nodetree import NodeTree
-from builder.writers import Artifact, BuildInputs, Output, Writer
+from builder.writers import Artifact, BuildInputs, Output, Writer, login_warning
 
 __all__ = [
     "DEB_DIR",
@@ -256,6 +256,7 @@ class DebianSeedWriter(Writer):
     (or the repository's source), checked for a NIC that takes a static address."""
 
     needs = ("deb",)
+    os = "debian"
     file_name: str  # images/<node>/<file_name>
 
     def signing_keys(self, cluster: Cluster) -> frozenset[str]:
@@ -270,6 +271,16 @@ class DebianSeedWriter(Writer):
     def check(self, cluster: Cluster, node: Node) -> list[str]:
         problem = static_address_problem(cluster, node)
         return [problem] if problem else []
+
+    def warnings(self, cluster: Cluster, nodes: Sequence[Node]) -> list[str]:
+        out = login_warning(cluster, nodes)
+        p = cluster.packages
+        if nodes and p.nomad_apt is None and p.bundle is None:
+            out.append(
+                f"{cluster.source}: packages.nomad_apt: unset (and no packages.bundle): a stock "
+                "image has no source for HashiCorp's nomad, which the node's package needs"
+            )
+        return out
 
     def outputs(
         self,

@@ -187,6 +187,12 @@ def sign(sec: bytes, message: bytes, *, key_name: str) -> bytes:
     return _b64file(_sig_comment(f"{key_name}.sec"), _sig_blob(key, message))
 
 
+def sign_embedded(sec: bytes, message: bytes, *, key_name: str) -> bytes:
+    """`signify -S -e`: the signature with the message after it; for checksum lists,
+    `signify -C -p key.pub -x file.sig` then checks the signature and every file."""
+    return sign(sec, message, key_name=key_name) + message
+
+
 def _check_sig(pub: PublicKey, sig: bytes, message: bytes, what: str) -> None:
     if sig[2:10] != pub.keynum:
         raise UserError(f"{what}: verification failed: checked against wrong key")

@@ -145,6 +145,7 @@ class State:
         create: bool,
         clock: Callable[[], datetime] | None = None,
         adopt: bool = False,
+        wait: float = 0.0,
     ) -> State:
         """create=True: make the dir (0700) and take the run lock; else read-only, no writes.
 
@@ -157,7 +158,7 @@ class State:
         if directory.exists() and not directory.is_dir():
             raise UserError(f"{directory}: exists but is not a directory")
         if create:
-            st._open_writable()
+            st._open_writable(wait)
         elif adopt:
             raise ValueError("adopt needs a writable store")
         try:
@@ -172,12 +173,12 @@ class State:
             raise
         return st
 
-    def _open_writable(self) -> None:
+    def _open_writable(self, wait: float = 0.0) -> None:
         try:
             self.directory.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
         except FileExistsError:
             raise UserError(f"{self.directory}: exists but is not a directory") from None
-        self._run_lock = atomic_io.RunLock(self.directory, _SECRET_MODE)
+        self._run_lock = atomic_io.RunLock(self.directory, _SECRET_MODE, wait)
         atomic_io.sweep_temps(self.directory)
 
     def _check_ledger_exists(self, adopt: bool) -> None:

@@ -27,7 +27,6 @@ from builder.writers import Artifact
 from builder.writers.apt_repo import (
     KEYRING_FILE,
     KEYRING_PATH,
-    PLACEHOLDER_URL,
     REPO_DIR,
     SOURCES_FILE,
     build_apt_repo,
@@ -150,8 +149,7 @@ def test_layout(repo: list[Artifact]) -> None:
             "dists/stable/Release",
             "dists/stable/Release.gpg",
             "dists/stable/InRelease",
-            KEYRING_FILE,
-            SOURCES_FILE,
+            KEYRING_FILE,  # (no SOURCES_FILE: this repository has no repo_url)
         ]
     )
 
@@ -256,17 +254,8 @@ def test_signatures_verify_with_gpgv_and_the_exported_keyring(
 
 
 def test_sources_file(repo: list[Artifact], key: bytes, synthetic: list[Artifact]) -> None:
-    text = next(a for a in repo if a.path.endswith(SOURCES_FILE)).data.decode()
-    body = [line for line in text.splitlines() if not line.startswith("#")]
-    assert body == [
-        "Types: deb",
-        f"URIs: {PLACEHOLDER_URL}",
-        f"Suites: {SUITE}",
-        f"Components: {COMPONENT}",
-        f"Signed-By: {KEYRING_PATH}",
-    ]
-    assert "PLACEHOLDER" in text and openpgp.fingerprint(key) in text
-    assert ".invalid/" in PLACEHOLDER_URL  # RFC 2606: never resolves
+    # without packages.repo_url there is no source at all (never a placeholder URL)
+    assert not [a for a in repo if a.path.endswith(SOURCES_FILE)]
     given = build_apt_repo(
         synthetic,
         suite=SUITE,
@@ -276,8 +265,15 @@ def test_sources_file(repo: list[Artifact], key: bytes, synthetic: list[Artifact
         repo_url="https://pkg.example.org/nomad/debian/",
     )
     text = next(a for a in given if a.path.endswith(SOURCES_FILE)).data.decode()
-    assert "URIs: https://pkg.example.org/nomad/debian\n" in text
-    assert "PLACEHOLDER" not in text
+    body = [line for line in text.splitlines() if not line.startswith("#")]
+    assert body == [
+        "Types: deb",
+        "URIs: https://pkg.example.org/nomad/debian",
+        f"Suites: {SUITE}",
+        f"Components: {COMPONENT}",
+        f"Signed-By: {KEYRING_PATH}",
+    ]
+    assert openpgp.fingerprint(key) in text
 
 
 def test_keyring_is_the_public_key(repo: list[Artifact], key: bytes) -> None:
@@ -563,7 +559,7 @@ def test_two_builds_from_the_same_state_are_byte_identical(tmp_path: Path, key: 
             build_apt_repo(debs, suite=SUITE, component=COMPONENT, signing_key=key, mtime=MTIME)
         )
     assert runs[0] == runs[1]
-    assert len(runs[0]) == 6 + 7
+    assert len(runs[0]) == 6 + 6  # the pool, then indexes, Release x3 and the keyring
 
 
 # ---------------------------------------------------------------- apt in a bookworm chroot

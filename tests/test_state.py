@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from builder import pki
+from builder.atomic_io import LockHeld
 from builder.errors import UserError
 from builder.state import CASpec, CertSpec, Event, State
 
@@ -205,7 +206,7 @@ def test_san_order_and_case_do_not_force_a_reissue(sdir: Path, clock: Clock) -> 
 
 def test_lock_excludes_a_second_writer(sdir: Path, clock: Clock) -> None:
     with _open(sdir, clock):
-        with pytest.raises(UserError, match="another nomad-build run holds the lock") as e:
+        with pytest.raises(LockHeld, match="another nomad-build run holds the lock") as e:
             _open(sdir, clock)
         assert str(sdir) in str(e.value)
         # A read-only `check` does not need the lock.
@@ -219,20 +220,20 @@ def test_lock_is_seen_by_another_process(sdir: Path, clock: Clock) -> None:
     code = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from builder.errors import UserError\n"
+        "from builder.atomic_io import LockHeld\n"
         "from builder.state import State\n"
         "try:\n"
         "    State.open(Path(sys.argv[1]), create=True)\n"
-        "except UserError as e:\n"
+        "except LockHeld as e:\n"
         "    print(e)\n"
-        "    sys.exit(2)\n"
+        "    sys.exit(1)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     with _open(sdir, clock):
         r = subprocess.run(
             [sys.executable, "-c", code, str(sdir)], capture_output=True, text=True, env=env
         )
-    assert r.returncode == 2, r.stderr
+    assert r.returncode == 1, r.stderr
     assert "another nomad-build run holds the lock" in r.stdout
 
 

@@ -87,6 +87,12 @@ class Writer(ABC):
     needs: ClassVar[tuple[str, ...]] = ()  # writers whose artifacts `build` consumes
     signing: ClassVar[frozenset[str]] = frozenset()  # keys it needs: "apt", "signify"
     per_node: ClassVar[bool] = True  # build() may be called for any subset of its nodes
+    os: ClassVar[str]  # the OS whose nodes it serves
+
+    def warnings(self, cluster: Cluster, nodes: Sequence[Node]) -> list[str]:
+        """What would make these artifacts useless on the nodes, naming the cluster-file
+        key that fixes it. Pure."""
+        return []
 
     def signing_keys(self, cluster: Cluster) -> frozenset[str]:
         """The signing keys `build` needs for this cluster."""
@@ -128,6 +134,7 @@ REGISTRY: tuple[tuple[str, str], ...] = (
     ("cloud-init", "builder.writers.cloud_init:CloudInitWriter"),
     ("autoinstall", "builder.writers.autoinstall:AutoinstallWriter"),
     ("openbsd-autoinstall", "builder.writers.openbsd_autoinstall:OpenBSDAutoinstallWriter"),
+    ("manifest", "builder.writers.manifest:ManifestWriter"),  # last: lists all of the above
 )
 
 
@@ -145,6 +152,18 @@ def writer(name: str) -> Writer:
 
 def all_writers() -> list[Writer]:
     return [writer(name) for name, _ in REGISTRY]
+
+
+def login_warning(cluster: Cluster, nodes: Sequence[Node]) -> list[str]:
+    """Seeds that install a node nobody can log in to."""
+    images = cluster.images
+    if nodes and not images.ssh_keys and not images.password_hash:
+        return [
+            f"{cluster.source}: images.ssh_keys: empty and images.password_hash unset: "
+            f"nobody can log in to a node installed from the seeds (admin {images.admin_user} "
+            "is locked)"
+        ]
+    return []
 
 
 def bundled_binaries(node: Node, tree: NodeTree) -> list[NodeFile]:

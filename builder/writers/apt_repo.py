@@ -24,9 +24,9 @@ Layout (Debian's "dists + pool" archive format, what apt-ftparchive writes):
 - ``nomad-build-archive-keyring.gpg``: the binary public keyring, to install
   as ``/etc/apt/keyrings/nomad-build-archive-keyring.gpg``;
 - ``nomad-build.sources``: the deb822 source for /etc/apt/sources.list.d/,
-  ``Signed-By:`` that keyring. ``URIs:`` is ``repo_url`` — the URL at which
-  this ``repo/debian/`` directory is served — or, without one, a marked
-  placeholder in the reserved ``.invalid`` domain that apt cannot reach.
+  ``Signed-By:`` that keyring. ``URIs:`` is ``repo_url``, the URL at which
+  this ``repo/debian/`` directory is served; without one there is no source
+  (a placeholder would only fail on the node).
 
 No Valid-Until: the same state must rebuild the same bytes, so a mirror can
 replay an older (validly signed) Release; publish over a network you trust.
@@ -49,7 +49,6 @@ from builder import openpgp
 from builder.apt_source import (
     KEYRING_FILE,
     KEYRING_PATH,
-    PLACEHOLDER_URL,
     SOURCES_FILE,
     sources_file,
 )
@@ -61,7 +60,6 @@ from builder.writers import Artifact, BuildInputs, Output, Writer
 __all__ = [
     "KEYRING_FILE",
     "KEYRING_PATH",
-    "PLACEHOLDER_URL",
     "REPO_DIR",
     "SOURCES_FILE",
     "AptRepoWriter",
@@ -287,12 +285,12 @@ def build_apt_repo(
     release = _release(indexes, label=key.user_id, suite=suite, component=component, mtime=mtime)
     dists = f"{REPO_DIR}/dists/{suite}"
     out += [Artifact(f"{dists}/{path}", indexes[path], secret=False) for path in sorted(indexes)]
-    sources = sources_file(
-        suite=suite,
-        component=component,
-        repo_url=repo_url,
-        fingerprint=key.fingerprint.hex().upper(),
-    )
+    if repo_url is not None:  # never a placeholder: nodes would fail on it
+        fingerprint = key.fingerprint.hex().upper()
+        sources = sources_file(
+            suite=suite, component=component, repo_url=repo_url, fingerprint=fingerprint
+        )
+        out.append(Artifact(f"{REPO_DIR}/{SOURCES_FILE}", sources, secret=False))
     return [
         *out,
         Artifact(f"{dists}/Release", release, secret=False),
@@ -305,7 +303,6 @@ def build_apt_repo(
             f"{dists}/InRelease", openpgp.clearsign(signing_key, release, created=mtime), False
         ),
         Artifact(f"{REPO_DIR}/{KEYRING_FILE}", openpgp.public_keyring(signing_key), secret=False),
-        Artifact(f"{REPO_DIR}/{SOURCES_FILE}", sources, secret=False),
     ]
 
 
@@ -313,12 +310,22 @@ class AptRepoWriter(Writer):
     """The signed apt repository of every Debian node's package."""
 
     name = "apt-repo"
+    os = "debian"
     needs = ("deb",)
     signing = frozenset({"apt"})
     per_node = False
 
     def unfit(self, cluster: Cluster, node: Node) -> str | None:
         return None if node.os == "debian" else f"node {node.name} runs {node.os}, not Debian"
+
+    def warnings(self, cluster: Cluster, nodes: Sequence[Node]) -> list[str]:
+        if nodes and not cluster.packages.repo_url:
+            return [
+                f"{cluster.source}: packages.repo_url: unset: repo/debian/ gets no "
+                "nomad-build.sources (nodes need the URL it is served at) and the seeds "
+                "embed each node's package instead of installing from it"
+            ]
+        return []
 
     def check(self, cluster: Cluster, node: Node) -> list[str]:
         p = node.packages
@@ -351,7 +358,7 @@ class AptRepoWriter(Writer):
         for arch in sorted(architectures):
             base = f"{dists}/{p.apt_component}/binary-{arch}/Packages"
             shared += [base, base + ".gz"]
-        shared += [KEYRING_FILE, SOURCES_FILE]
+        shared += [KEYRING_FILE] + ([SOURCES_FILE] if p.repo_url else [])
         return out + [Output(f"{REPO_DIR}/{path}", None, secret=False) for path in shared]
 
     def build(self, inputs: BuildInputs, nodes: Sequence[Node]) -> list[Artifact]:

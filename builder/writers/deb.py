@@ -411,6 +411,7 @@ class DebWriter(Writer):
     """A Debian node's configuration package."""
 
     name = "deb"
+    os = "debian"
 
     def unfit(self, cluster: Cluster, node: Node) -> str | None:
         return None if node.os == "debian" else f"node {node.name} runs {node.os}, not Debian"

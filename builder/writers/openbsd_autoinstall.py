@@ -57,7 +57,7 @@ from builder.model import Cluster, Node
 from builder.nodetree import NodeTree
 from builder.openbsd_names import KSH_IDENT, package_file_name
 from builder.seed import render
-from builder.writers import Artifact, BuildInputs, Output, Writer
+from builder.writers import Artifact, BuildInputs, Output, Writer, login_warning
 
 __all__ = [
     "OUT_DIR",
@@ -309,6 +309,7 @@ class OpenBSDAutoinstallWriter(Writer):
     """The OpenBSD installer's tree: response files and site sets (needs the sets URL)."""
 
     name = "openbsd-autoinstall"
+    os = "openbsd"
     needs = ("openbsd-pkg",)
     signing = frozenset({"signify"})
     per_node = False
@@ -328,6 +329,9 @@ class OpenBSDAutoinstallWriter(Writer):
 
     def check(self, cluster: Cluster, node: Node) -> list[str]:
         return [f"{cluster.source}: {p}" for p in _node_problems(node)]
+
+    def warnings(self, cluster: Cluster, nodes: Sequence[Node]) -> list[str]:
+        return login_warning(cluster, nodes)
 
     def outputs(
         self,

@@ -430,6 +430,7 @@ class OpenBSDPackageWriter(Writer):
     """An OpenBSD node's configuration package, signify-signed."""
 
     name = "openbsd-pkg"
+    os = "openbsd"
     signing = frozenset({"signify"})
 
     def unfit(self, cluster: Cluster, node: Node) -> str | None:

@@ -17,6 +17,7 @@ import hashlib
 import html
 from collections.abc import Mapping, Sequence
 
+from builder import signify
 from builder.errors import BuildError
 from builder.model import Cluster, Node
 from builder.openbsd_names import package_file_name
@@ -27,8 +28,15 @@ __all__ = ["REPO_DIR", "PkgRepoWriter", "build_pkg_repo"]
 REPO_DIR = "repo/openbsd"
 
 
-def build_pkg_repo(pkgs: list[Artifact], *, pub_key: bytes | None, key_name: str) -> list[Artifact]:
-    """repo/openbsd/: the packages, index.html, SHA256 and <key_name>.pub (when signed)."""
+def build_pkg_repo(
+    pkgs: list[Artifact],
+    *,
+    pub_key: bytes | None,
+    key_name: str,
+    signing_key: bytes | None = None,
+) -> list[Artifact]:
+    """repo/openbsd/: the packages, index.html, SHA256 (+ SHA256.sig, signify's embedded
+    form, when a signing key is given) and <key_name>.pub (when signed)."""
     by_name: dict[str, Artifact] = {}
     for a in pkgs:
         name = package_file_name(a.path)
@@ -50,6 +58,10 @@ def build_pkg_repo(pkgs: list[Artifact], *, pub_key: bytes | None, key_name: str
         extra.append(f"{key_name}.pub")
         out.append(Artifact(f"{REPO_DIR}/{key_name}.pub", pub_key, secret=False))
     out.append(Artifact(f"{REPO_DIR}/SHA256", sums.encode(), secret=False))
+    if signing_key is not None:  # signify -C -p <key_name>.pub -x SHA256.sig
+        extra.append("SHA256.sig")
+        signed = signify.sign_embedded(signing_key, sums.encode(), key_name=key_name)
+        out.append(Artifact(f"{REPO_DIR}/SHA256.sig", signed, secret=False))
     out.append(Artifact(f"{REPO_DIR}/index.html", _index(names, extra), secret=False))
     return out
 
@@ -75,6 +87,7 @@ class PkgRepoWriter(Writer):
     """The OpenBSD package directory: every OpenBSD node's package, index and key."""
 
     name = "pkg-repo"
+    os = "openbsd"
     needs = ("openbsd-pkg",)
     signing = frozenset({"signify"})
     per_node = False
@@ -94,7 +107,7 @@ class PkgRepoWriter(Writer):
             return []
         key = cluster.packages.signing_key_name
         out = [Output(f"{REPO_DIR}/{package_file_name(o.path)}", o.node, o.secret) for o in pkgs]
-        shared = ["SHA256", "index.html", f"{key}.pub"]
+        shared = ["SHA256", "SHA256.sig", "index.html", f"{key}.pub"]
         return out + [Output(f"{REPO_DIR}/{name}", None, secret=False) for name in shared]
 
     def build(self, inputs: BuildInputs, nodes: Sequence[Node]) -> list[Artifact]:
@@ -102,4 +115,9 @@ class PkgRepoWriter(Writer):
         if not pkgs:
             return []
         keys = inputs.keys
-        return build_pkg_repo(pkgs, pub_key=keys.signify_public, key_name=keys.signing_key_name)
+        return build_pkg_repo(
+            pkgs,
+            pub_key=keys.signify_public,
+            key_name=keys.signing_key_name,
+            signing_key=keys.signify_secret,
+        )
