@@ -5,7 +5,9 @@ Exit statuses: 0 ok, 1 build failure, 2 bad input (one line on stderr, nothing w
 
 from __future__ import annotations
 
+import json
 import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import wraps
@@ -16,7 +18,10 @@ import click
 
 import builder
 from builder import pipeline
+from builder import report as report_mod
 from builder.errors import BuildError, UserError
+from builder.next_steps import next_steps
+from builder.report import Report
 
 CLUSTER_OPTION = click.option(
     "-c",
@@ -70,10 +75,38 @@ def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
-def _report(result: pipeline.Result) -> None:
-    for ev in result.events:
-        click.echo(f"{ev.kind}: {ev.what} ({ev.reason})", err=True)
-    _warnings(result.warnings)
+def _node_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion of --node: the nodes of the cluster file given so far."""
+    from builder import cluster as cluster_mod
+
+    try:
+        cluster = cluster_mod.load(ctx.params.get("cluster_file") or Path("cluster.toml"))
+    except (UserError, OSError):
+        return []
+    return [n.name for n in cluster.nodes if n.name.startswith(incomplete)]
+
+
+def _output_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--json, -q and --strict, the same on every command that plans."""
+    for option in reversed(
+        [
+            click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout."),
+            click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors."),
+            click.option("--strict", is_flag=True, help="Warnings are errors (exit 2)."),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
+WAIT_OPTION = click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    metavar="SECONDS",
+    help="Wait this long for another run's lock on the state (else exit 1).",
+)
+NODE_HELP = "The node (completes from the cluster file)."
 
 
 def _warnings(warnings: list[str]) -> None:
@@ -81,16 +114,41 @@ def _warnings(warnings: list[str]) -> None:
         click.echo(f"warning: {w}", err=True)
 
 
-def _paths(paths: list[Path]) -> None:
-    for p in paths:
-        click.echo(str(p))
+def _strict(warnings: list[str], strict: bool) -> None:
+    if strict and warnings:
+        raise UserError(f"{len(set(warnings))} warning(s) and --strict: {warnings[0]}")
 
 
-def _run(request: pipeline.Request) -> pipeline.Result:
-    """Plan (every check, nothing written), then write; the plan's warnings come once."""
-    result = pipeline.execute(pipeline.plan(request))
-    _report(result)
-    return result
+def _shown(out: Path | None, path: str) -> str:
+    """A published path as the operator named the output directory."""
+    return str(out / path) if out is not None else path
+
+
+def _run(request: pipeline.Request, *, as_json: bool, quiet: bool, strict: bool) -> None:
+    """Plan (every check, nothing written), then write, then tell what happened."""
+    started = time.monotonic()
+    plan = pipeline.plan(request)
+    _strict(plan.warnings, strict)
+    result = pipeline.execute(plan)
+    report = result.report
+    report.seconds = round(time.monotonic() - started, 3)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=1))
+        return
+    for ev in result.events:
+        click.echo(f"{ev.kind}: {ev.what} ({ev.reason})", err=True)
+    _warnings(result.warnings)
+    if quiet:
+        return
+    out = request.out_dir
+    for change in report.changes:
+        shown = report_mod.Change(**{**vars(change), "path": _shown(out, change.path)})
+        click.echo(report_mod.line(shown))
+    click.echo(report.summary())
+    if request.command == "build" and out is not None:
+        state = plan.state_dir
+        for line in next_steps(plan.cluster, out, state, result.artifacts):
+            click.echo(line)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -98,17 +156,56 @@ def _run(request: pipeline.Request) -> pipeline.Result:
 def cli() -> None:
     """Build every Nomad node's configuration, certificates and packages from one cluster file.
 
+    \b
+    Example:
+      nomad-build check -c examples/bi-sbg.toml
+      nomad-build build -c examples/bi-sbg.toml
+
     Shell completion: eval "$(_NOMAD_BUILD_COMPLETE=bash_source nomad-build)".
     """
 
 
 @cli.command()
-@CLUSTER_OPTION
-@STATE_OPTION
-@_errors
-def check(cluster_file: Path, state_dir: Path | None) -> None:
-    """Validate the cluster file and print the plan; writes nothing."""
-    plan = pipeline.plan(pipeline.Request("check", cluster_file, state_dir))
+def version() -> None:
+    """Print the version (as HashiCorp's tools do).
+
+    \b
+    Example:
+      nomad-build version
+    """
+    click.echo(f"nomad-build v{builder.__version__}")
+
+
+def _check_json(plan: pipeline.Plan, preview: Report) -> dict[str, Any]:
+    cluster = plan.cluster
+    doc = preview.to_json()
+    doc["cluster"] = {
+        "name": cluster.name,
+        "region": cluster.region,
+        "datacenter": cluster.datacenter,
+        "domain": cluster.domain,
+        "bootstrap_expect": cluster.bootstrap_expect,
+    }
+    outputs = plan.outputs()
+    doc["nodes"] = [
+        {
+            "name": n.name,
+            "role": n.role,
+            "os": n.os,
+            "addresses": list(n.ips),
+            "certificate_names": list(cluster.cert_names(n)[1]),
+            "certificate_not_after": None
+            if plan.certificates[n.name].info is None
+            else f"{plan.certificates[n.name].info.not_after:%Y-%m-%dT%H:%M:%SZ}",  # type: ignore[union-attr]
+            "certificate_current": plan.certificates[n.name].current,
+            "secrets_in": [o.path for o in outputs if o.node == n.name and o.has_node_key],
+        }
+        for n in cluster.nodes
+    ]
+    return doc
+
+
+def _check_text(plan: pipeline.Plan, preview: Report) -> None:
     cluster = plan.cluster
     click.echo(
         f"cluster {cluster.name}: region {cluster.region}, datacenter {cluster.datacenter}, "
@@ -136,13 +233,55 @@ def check(cluster_file: Path, state_dir: Path | None) -> None:
     for ev in plan.events:
         verb = ev.kind.replace("created", "create").replace("reissued", "re-issue")
         click.echo(f"plan: {verb} {ev.what} ({ev.reason})")
+    for change in preview.changes:
+        click.echo("package: " + report_mod.line(change))
+    click.echo(preview.summary())
+
+
+@cli.command()
+@CLUSTER_OPTION
+@STATE_OPTION
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("dist"),
+    show_default=True,
+    help="The output directory a build would replace (read, to compare).",
+)
+@_output_options
+@_errors
+def check(
+    cluster_file: Path,
+    state_dir: Path | None,
+    out_dir: Path,
+    as_json: bool,
+    quiet: bool,
+    strict: bool,
+) -> None:
+    """Validate the cluster file and print the plan: certificates, secrets, and each
+    node's package with its current and next version and why. Writes nothing.
+
+    \b
+    Example:
+      nomad-build check -c examples/bi-sbg.toml
+      nomad-build check -c examples/bi-sbg.toml --json | jq .summary
+    """
+    plan = pipeline.plan(pipeline.Request("check", cluster_file, state_dir, out_dir))
+    preview = pipeline.preview(plan)
+    _strict(plan.warnings, strict)
+    if as_json:
+        click.echo(json.dumps(_check_json(plan, preview), indent=1))
+        return
+    if not quiet:
+        _check_text(plan, preview)
     _warnings(plan.warnings)
 
 
 @cli.command()
 @CLUSTER_OPTION
 @STATE_OPTION
-@click.option("--node", "node_name", required=True, help="The node to render.")
+@click.option("--node", "node_name", required=True, help=NODE_HELP, shell_complete=_node_names)
 @click.option(
     "--out",
     "out_dir",
@@ -151,22 +290,40 @@ def check(cluster_file: Path, state_dir: Path | None) -> None:
     help="Root of the node's file tree (DIR/etc/...).",
 )
 @FORCE_OPTION
+@WAIT_OPTION
 @_errors
 def render(
-    cluster_file: Path, state_dir: Path | None, node_name: str, out_dir: Path, force: bool
+    cluster_file: Path,
+    state_dir: Path | None,
+    node_name: str,
+    out_dir: Path,
+    force: bool,
+    wait: float,
 ) -> None:
-    """Write one node's files under DIR as a root filesystem (creating missing secrets)."""
+    """Write one node's files under DIR as a root filesystem (creating missing secrets);
+    prints the files written.
+
+    \b
+    Example:
+      nomad-build render -c examples/bi-sbg.toml --node bi-core-sbg-1 --out root/
+    """
     request = pipeline.Request(
-        "render", cluster_file, state_dir, out_dir, nodes=(node_name,), force=force
+        "render", cluster_file, state_dir, out_dir, nodes=(node_name,), force=force, wait=wait
     )
-    _paths(_run(request).published)
+    plan = pipeline.plan(request)
+    result = pipeline.execute(plan)
+    for ev in result.events:
+        click.echo(f"{ev.kind}: {ev.what} ({ev.reason})", err=True)
+    _warnings(result.warnings)
+    for path in result.published:
+        click.echo(str(path))
 
 
 @cli.command()
 @CLUSTER_OPTION
 @STATE_OPTION
 @OUT_OPTION
-@click.option("--node", "node_name", required=True, help="The node to package.")
+@click.option("--node", "node_name", required=True, help=NODE_HELP, shell_complete=_node_names)
 @click.option(
     "--role",
     type=click.Choice(["server", "client", "both"]),
@@ -180,6 +337,8 @@ def render(
 )
 @click.option("--unsigned", is_flag=True, help="OpenBSD: do not sign (pkg_add -D unsigned).")
 @FORCE_OPTION
+@WAIT_OPTION
+@_output_options
 @_errors
 def package(
     cluster_file: Path,
@@ -190,8 +349,17 @@ def package(
     fmt: str | None,
     unsigned: bool,
     force: bool,
+    wait: float,
+    as_json: bool,
+    quiet: bool,
+    strict: bool,
 ) -> None:
-    """Build one node's package into OUT/debian/ or OUT/openbsd/."""
+    """Build one node's package into OUT/debian/ or OUT/openbsd/.
+
+    \b
+    Example:
+      nomad-build package -c examples/bi-sbg.toml --role server --node bi-core-sbg-1
+    """
     request = pipeline.Request(
         "package",
         cluster_file,
@@ -202,17 +370,20 @@ def package(
         fmt=fmt,
         sign=not unsigned,
         force=force,
+        wait=wait,
     )
-    _paths(_run(request).published)
+    _run(request, as_json=as_json, quiet=quiet, strict=strict)
 
 
 @cli.command()
 @CLUSTER_OPTION
 @STATE_OPTION
 @OUT_OPTION
-@click.option("--node", "node_name", required=True, help="The node the image is for.")
+@click.option("--node", "node_name", required=True, help=NODE_HELP, shell_complete=_node_names)
 @click.option("--kind", type=click.Choice(pipeline.IMAGE_KINDS), required=True)
 @FORCE_OPTION
+@WAIT_OPTION
+@_output_options
 @_errors
 def image(
     cluster_file: Path,
@@ -221,13 +392,29 @@ def image(
     node_name: str,
     kind: str,
     force: bool,
+    wait: float,
+    as_json: bool,
+    quiet: bool,
+    strict: bool,
 ) -> None:
-    """Build one node's boot seed (cloud-init ISO, Ubuntu autoinstall, OpenBSD autoinstall)."""
+    """Build one node's boot seed (cloud-init ISO, Ubuntu autoinstall, OpenBSD autoinstall)
+    and the package it carries.
+
+    \b
+    Example:
+      nomad-build image -c examples/bi-sbg-debian.toml --node bi-node-sbg-2 --kind cloud-init
+    """
     request = pipeline.Request(
-        "image", cluster_file, state_dir, out_dir, nodes=(node_name,), kind=kind, force=force
+        "image",
+        cluster_file,
+        state_dir,
+        out_dir,
+        nodes=(node_name,),
+        kind=kind,
+        force=force,
+        wait=wait,
     )
-    result = _run(request)
-    _paths([p for p in result.published if not p.name.endswith((".deb", ".tgz"))])
+    _run(request, as_json=as_json, quiet=quiet, strict=strict)
 
 
 @cli.command()
@@ -235,10 +422,27 @@ def image(
 @STATE_OPTION
 @OUT_OPTION
 @FORCE_OPTION
+@WAIT_OPTION
+@_output_options
 @_errors
-def repo(cluster_file: Path, state_dir: Path | None, out_dir: Path, force: bool) -> None:
-    """Build every node's package and the signed apt / OpenBSD repositories."""
-    _paths(_run(pipeline.Request("repo", cluster_file, state_dir, out_dir, force=force)).published)
+def repo(
+    cluster_file: Path,
+    state_dir: Path | None,
+    out_dir: Path,
+    force: bool,
+    wait: float,
+    as_json: bool,
+    quiet: bool,
+    strict: bool,
+) -> None:
+    """Build every node's package and the signed apt / OpenBSD repositories.
+
+    \b
+    Example:
+      nomad-build repo -c examples/bi-sbg.toml
+    """
+    request = pipeline.Request("repo", cluster_file, state_dir, out_dir, force=force, wait=wait)
+    _run(request, as_json=as_json, quiet=quiet, strict=strict)
 
 
 @cli.command()
@@ -246,15 +450,39 @@ def repo(cluster_file: Path, state_dir: Path | None, out_dir: Path, force: bool)
 @STATE_OPTION
 @OUT_OPTION
 @FORCE_OPTION
+@WAIT_OPTION
+@_output_options
 @_errors
-def build(cluster_file: Path, state_dir: Path | None, out_dir: Path, force: bool) -> None:
-    """Build every artifact of every node, and the repositories, replacing OUT in one step."""
-    _paths(_run(pipeline.Request("build", cluster_file, state_dir, out_dir, force=force)).published)
+def build(
+    cluster_file: Path,
+    state_dir: Path | None,
+    out_dir: Path,
+    force: bool,
+    wait: float,
+    as_json: bool,
+    quiet: bool,
+    strict: bool,
+) -> None:
+    """Build every artifact of every node, the repositories, manifest.json and the signed
+    SHA256SUMS, replacing OUT in one step; reports each artifact and what to do next.
+
+    \b
+    Example:
+      nomad-build build -c examples/bi-sbg.toml
+      nomad-build build -c examples/bi-sbg.toml --json > build.json
+    """
+    request = pipeline.Request("build", cluster_file, state_dir, out_dir, force=force, wait=wait)
+    _run(request, as_json=as_json, quiet=quiet, strict=strict)
 
 
 @cli.group()
 def pki() -> None:
-    """Certificate lifecycle."""
+    """Certificate lifecycle.
+
+    \b
+    Example:
+      nomad-build pki status -c examples/bi-sbg.toml
+    """
 
 
 @pki.command("status")
@@ -262,7 +490,12 @@ def pki() -> None:
 @STATE_OPTION
 @_errors
 def pki_status(cluster_file: Path, state_dir: Path | None) -> None:
-    """Every node certificate's names and expiry, read-only."""
+    """Every node certificate's names and expiry, read-only.
+
+    \b
+    Example:
+      nomad-build pki status -c examples/bi-sbg.toml
+    """
     plan = pipeline.plan(pipeline.Request("check", cluster_file, state_dir))
     now = datetime.now(UTC)
     for node in plan.cluster.nodes:
@@ -281,17 +514,33 @@ def pki_status(cluster_file: Path, state_dir: Path | None) -> None:
 @pki.command("renew")
 @CLUSTER_OPTION
 @STATE_OPTION
+@WAIT_OPTION
 @_errors
-def pki_renew(cluster_file: Path, state_dir: Path | None) -> None:
-    """Create missing secrets and re-issue every certificate that no longer fits or expires soon."""
-    result = _run(pipeline.Request("renew", cluster_file, state_dir))
+def pki_renew(cluster_file: Path, state_dir: Path | None, wait: float) -> None:
+    """Create missing secrets and re-issue every certificate that no longer fits or expires soon.
+
+    \b
+    Example:
+      nomad-build pki renew -c examples/bi-sbg.toml
+    """
+    result = pipeline.execute(
+        pipeline.plan(pipeline.Request("renew", cluster_file, state_dir, wait=wait))
+    )
+    for ev in result.events:
+        click.echo(f"{ev.kind}: {ev.what} ({ev.reason})", err=True)
+    _warnings(result.warnings)
     if not result.events:
         click.echo("every certificate is current", err=True)
 
 
 @cli.group()
 def state() -> None:
-    """The secrets store."""
+    """The secrets store.
+
+    \b
+    Example:
+      nomad-build state adopt -c examples/bi-sbg.toml
+    """
 
 
 @state.command("adopt")
@@ -299,7 +548,12 @@ def state() -> None:
 @STATE_OPTION
 @_errors
 def state_adopt(cluster_file: Path, state_dir: Path | None) -> None:
-    """Record a store made before nomad-build kept a ledger of its secrets (once)."""
+    """Record a store made before nomad-build kept a ledger of its secrets (once).
+
+    \b
+    Example:
+      nomad-build state adopt -c examples/bi-sbg.toml
+    """
     _warnings(pipeline.adopt_state(cluster_file, state_dir))
 
 

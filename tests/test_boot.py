@@ -233,8 +233,12 @@ def _build(work: Path, sources: list[Path], standin: Path) -> None:
 
 def build_seed(tmp: Path) -> tuple[bytes, str, str]:
     """(seed ISO, package name, service user) of NODE, through the real writers."""
-    text = example_text("debian").replace(
-        'admin_user = "ops"\n', f'admin_user = "ops"\nssh_keys = {json.dumps(list(KEYS))}\n', 1
+    text = re.sub(
+        r"^ssh_keys = .*$",
+        f"ssh_keys = {json.dumps(list(KEYS))}",
+        example_text("debian"),
+        count=1,
+        flags=re.M,
     )
     node_line = f'name = "{NODE}"\nrole = "server"\naddress = "{ADDRESS}"\n'
     assert node_line in text

@@ -102,6 +102,8 @@ def make_cluster(directory: Path, os_name: str, *, images: str = "", last_node: 
     directory.mkdir(parents=True, exist_ok=True)
     text = example_text(os_name)
     text = re.sub(r"^openbsd_sets_url = .*\n", "", text, flags=re.M)
+    if "ssh_keys" in images:  # the test's keys instead of the example's
+        text = re.sub(r"^ssh_keys = .*\n", "", text, count=1, flags=re.M)
     text = text.replace('admin_user = "ops"\n', 'admin_user = "ops"\n' + images, 1)
     text += last_node
     (directory / "cluster.toml").write_text(text)

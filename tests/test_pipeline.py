@@ -84,10 +84,21 @@ def run_ok(cwd: Path, *args: str) -> str:
     return proc.stdout
 
 
+def published(cwd: Path, *args: str) -> str:
+    """The one package a `package` command reports (`<status> <path> ...` lines)."""
+    lines = [
+        ln
+        for ln in run_ok(cwd, *args).splitlines()
+        if ln.startswith(("new ", "changed ", "unchanged "))
+    ]
+    assert len(lines) == 1, lines
+    return lines[0].split()[1]
+
+
 def test_package_writes_the_nodes_signed_package(example: Path) -> None:
-    out = run_ok(example, "package", "--role", "server", "--node", "bi-core-sbg-1")
-    assert out.strip() == "dist/openbsd/nomad-config-bi-core-sbg_1-1.tgz"
-    path = example / out.strip()
+    out = published(example, "package", "--role", "server", "--node", "bi-core-sbg-1")
+    assert out == "dist/openbsd/nomad-config-bi-core-sbg_1-1.tgz"
+    path = example / out
     assert stat.S_IMODE(path.stat().st_mode) == 0o600  # holds the node key and gossip key
     assert gzip.decompress(path.read_bytes())  # a whole gzip stream
     assert b"untrusted comment: verify with bi-sbg-pkg.pub" in path.read_bytes()[:200]
@@ -108,15 +119,15 @@ def test_package_refuses_the_wrong_role_or_format_before_writing(example: Path) 
 
 
 def test_version_moves_only_when_the_content_does(example: Path) -> None:
-    first = run_ok(example, "package", "--node", "bi-node-sbg-1").strip()
-    again = run_ok(example, "package", "--node", "bi-node-sbg-1").strip()
+    first = published(example, "package", "--node", "bi-node-sbg-1")
+    again = published(example, "package", "--node", "bi-node-sbg-1")
     assert first == again
     cluster = example / "cluster.toml"
     cluster.write_text(cluster.read_text().replace('"edge"', '"edge-2"'))
-    changed = run_ok(example, "package", "--node", "bi-node-sbg-1").strip()
+    changed = published(example, "package", "--node", "bi-node-sbg-1")
     assert changed.endswith("nomad-config-bi-node-sbg_1-2.tgz"), changed
     # Another node's content did not change: its version stays.
-    other = run_ok(example, "package", "--node", "bi-node-sbg-2").strip()
+    other = published(example, "package", "--node", "bi-node-sbg-2")
     assert other.endswith("nomad-config-bi-node-sbg_2-1.tgz"), other
 
 

@@ -21,6 +21,7 @@ IMAGES = '\n[images]\nopenbsd_sets_url = "http://10.20.130.1/pub/OpenBSD/7.8/amd
 
 def test_the_registry_lists_each_writer_once_after_what_it_needs() -> None:
     names = [name for name, _ in REGISTRY]
+    assert names[-1] == "manifest"  # it lists everything built before it
     assert len(set(names)) == len(names)
     for w in all_writers():
         assert w.name in names
@@ -44,8 +45,8 @@ def test_declared_outputs_are_what_build_makes(tmp_path: Path, os_name: str) -> 
     assert declared == built
     ran = {job.writer.name for job in plan.jobs}
     expected = {
-        "openbsd": {"openbsd-pkg", "pkg-repo", "openbsd-autoinstall"},
-        "debian": {"deb", "apt-repo", "cloud-init", "autoinstall"},
+        "openbsd": {"openbsd-pkg", "pkg-repo", "openbsd-autoinstall", "manifest"},
+        "debian": {"deb", "apt-repo", "cloud-init", "autoinstall", "manifest"},
     }[os_name]
     assert ran == expected
     # every node's artifacts: each writer that applies made at least one for it
