@@ -25,6 +25,7 @@ demo: $(STAMP)
 test: $(STAMP) tools
 	$(VENV)/bin/ruff check builder tests bench
 	$(VENV)/bin/ruff format --check builder tests bench
+	$(VENV)/bin/mypy builder tests bench
 	$(VENV)/bin/pytest -q -ra
 
 bench: $(STAMP)

@@ -655,8 +655,8 @@ def read_package(
     if pub is not None:
         try:
             signed_by = signify.zverify(data, pub)
-        except Exception as e:
-            raise PkgError(f"signature: {e}") from None
+        except Exception as err:
+            raise PkgError(f"signature: {err}") from None
     members = read_ustar(gz.data)
     if not members or members[0].name != "+CONTENTS":
         raise PkgError("+CONTENTS is not the first member")

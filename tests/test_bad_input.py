@@ -22,7 +22,7 @@ import os
 import random
 import re
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,9 +50,10 @@ NODE_INDEX = {
 
 # ---------------------------------------------------------------- mutations
 Mutation = Callable[[str, Path], str | bytes | None]  # None: write no cluster file
+TextMutation = Callable[[str, Path], str]  # a Mutation that always yields text
 
 
-def sub(old: str, new: str, count: int = 1) -> Mutation:
+def sub(old: str, new: str, count: int = 1) -> TextMutation:
     def apply(text: str, _: Path) -> str:
         assert text.count(old) >= count, f"example lacks {old!r}"
         return text.replace(old, new, count)
@@ -60,7 +61,7 @@ def sub(old: str, new: str, count: int = 1) -> Mutation:
     return apply
 
 
-def drop_line(prefix: str) -> Mutation:
+def drop_line(prefix: str) -> TextMutation:
     def apply(text: str, _: Path) -> str:
         out = re.sub(rf"^{re.escape(prefix)}.*\n", "", text, count=1, flags=re.M)
         assert out != text
@@ -69,11 +70,11 @@ def drop_line(prefix: str) -> Mutation:
     return apply
 
 
-def add(text_to_add: str) -> Mutation:
+def add(text_to_add: str) -> TextMutation:
     return lambda text, _: text + text_to_add
 
 
-def on_node(name: str, line: str) -> Mutation:
+def on_node(name: str, line: str) -> TextMutation:
     return sub(f'name = "{name}"\n', f'name = "{name}"\n{line}\n')
 
 
@@ -101,7 +102,7 @@ def toml_error(text: str, _: Path) -> str:
 CERT_DAYS_LINE = example_text().split("\n").index("cert_days = 365") + 1
 
 
-def bundle(good: bool) -> Mutation:
+def bundle(good: bool) -> TextMutation:
     """A fake Nomad binary and SHA256SUMS beside the cluster file."""
 
     def apply(text: str, directory: Path) -> str:
@@ -957,7 +958,10 @@ def make_dir(name: str) -> Callable[[Path], None]:
 
 
 def make_file(name: str, data: bytes) -> Callable[[Path], None]:
-    return lambda d: (d / name).write_bytes(data)
+    def make(d: Path) -> None:
+        (d / name).write_bytes(data)
+
+    return make
 
 
 def make_fifo(name: str) -> Callable[[Path], None]:
@@ -1062,7 +1066,7 @@ def test_usage_error_is_one_line(case: UsageCase, tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- the catalogue
 
-CATALOGUE = {
+CATALOGUE: dict[str, Sequence[Case | EnvCase | StateCase | OutCase | UsageCase]] = {
     "cluster keys": CLUSTER_CASES,
     "extra": EXTRA_CASES,
     "addresses": ADDRESS_CASES,

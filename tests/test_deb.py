@@ -438,7 +438,7 @@ def test_versions_compare_in_dpkg() -> None:
         assert r.returncode == 0
     for bad in (0, -1, True):
         with pytest.raises(BuildError):
-            deb_version(bad)  # type: ignore[arg-type]
+            deb_version(bad)
 
 
 def test_deb_arch() -> None:
@@ -549,8 +549,8 @@ def check_installed(root: Path, node: Node, tree: NodeTree) -> None:
         assert (root / f.path.lstrip("/")).read_bytes() == f.content, f.path
     for d in tree.dirs:
         assert stat_in(root, d.path) == (d.owner, d.group, d.mode), d.path
-    for d in ("/etc/nomad.d", "/etc/nomad.d/tls"):
-        assert stat_in(root, d) == ("root", "root", 0o755)
+    for path in ("/etc/nomad.d", "/etc/nomad.d/tls"):
+        assert stat_in(root, path) == ("root", "root", 0o755)
 
     # enabled the debhelper way, as systemctl sees it
     wants = root / "etc/systemd/system/multi-user.target.wants" / UNIT

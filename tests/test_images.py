@@ -246,7 +246,9 @@ def test_every_user_data_passes_cloud_init_schema(seed_files: dict, tmp_path: Pa
     bad.write_bytes(
         seed_files["bi-core-sbg-1"]["user-data"].replace(b"shell: /bin/bash", b"shell: [1]")
     )
-    r = subprocess.run([cloud_init, "schema", "--config-file", str(bad)], capture_output=True)
+    r = subprocess.run(
+        [cloud_init, "schema", "--config-file", str(bad)], capture_output=True, text=True
+    )
     assert r.returncode != 0
 
 
@@ -849,7 +851,7 @@ def test_site_sets(
         script = site_file(data, "./install.site")
         (tmp_path / "install.site").write_bytes(script)
         r = subprocess.run(
-            [tool("mksh"), "-n", str(tmp_path / "install.site")], capture_output=True
+            [tool("mksh"), "-n", str(tmp_path / "install.site")], capture_output=True, text=True
         )
         assert r.returncode == 0, r.stderr
         text = script.decode()
@@ -896,7 +898,10 @@ def test_install_site_runs(openbsd: Built, bsd_tree: dict[str, Artifact], tmp_pa
     # pkg_add failing (no mirror yet): the first boot retries, the install goes on
     log.unlink()
     r = subprocess.run(
-        [tool("mksh"), str(tmp_path / "s")], env={**env, "PKG_ADD_RC": "1"}, capture_output=True
+        [tool("mksh"), str(tmp_path / "s")],
+        env={**env, "PKG_ADD_RC": "1"},
+        capture_output=True,
+        text=True,
     )
     assert r.returncode == 0
     first = (root / "etc/rc.firsttime").read_text()
@@ -923,7 +928,9 @@ def test_index_and_sha256(bsd_tree: dict[str, Artifact], tmp_path: Path) -> None
     )
     assert r.returncode == 0 and r.stdout.count(": OK") == len(sites), r.stdout + r.stderr
     (tmp_path / sites[0]).write_bytes(bsd_tree[sites[0]].data + b"\0")
-    r = subprocess.run([tool("sha256sum"), "-c", "SHA256"], cwd=tmp_path, capture_output=True)
+    r = subprocess.run(
+        [tool("sha256sum"), "-c", "SHA256"], cwd=tmp_path, capture_output=True, text=True
+    )
     assert r.returncode != 0
 
 

@@ -14,6 +14,7 @@ import subprocess
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -532,7 +533,8 @@ def _entry(entries: list[TarEntry], suffix: str) -> int:
     return next(i for i, e in enumerate(entries) if e.name.endswith(suffix))
 
 
-def _change(entries: list[TarEntry], suffix: str, **kw: object) -> list[TarEntry]:
+def _change(entries: list[TarEntry], suffix: str, **kw: Any) -> list[TarEntry]:
+    """Replace, in place, the fields kw of the entry ending in `suffix`."""
     i = _entry(entries, suffix)
     entries[i] = dataclasses.replace(entries[i], **kw)
     return entries

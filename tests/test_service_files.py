@@ -216,7 +216,7 @@ NFT_ACCEPT = re.compile(r"(ip|ip6) saddr @(\w+) (tcp|udp) dport (\d+) accept")
 
 
 def parse_nft(text: str) -> set[Rule]:
-    sets = {}
+    sets: dict[str, tuple[str, frozenset[str]]] = {}
     for m in NFT_SET.finditer(text):
         family = 4 if m.group(2) == "ipv4_addr" else 6
         addrs = [a.strip() for a in m.group(3).split(",")]
@@ -229,12 +229,12 @@ def parse_nft(text: str) -> set[Rule]:
     assert lines[-2:] == ["tcp dport { 4646, 4647, 4648 } drop", "udp dport 4648 drop"]
     rules: dict[tuple[str, int], set[str]] = {}
     for line in lines[2:-2]:
-        m = NFT_ACCEPT.fullmatch(line)
-        assert m, f"unexpected nft rule {line!r}"
-        keyword, set_name, proto, port = m.groups()
-        kind, addrs = sets[set_name]
+        rule = NFT_ACCEPT.fullmatch(line)
+        assert rule, f"unexpected nft rule {line!r}"
+        keyword, set_name, proto, port = rule.groups()
+        kind, members = sets[set_name]
         assert (keyword == "ip") == (kind == "ipv4_addr"), line
-        rules.setdefault((proto, int(port)), set()).update(addrs)
+        rules.setdefault((proto, int(port)), set()).update(members)
     return {(p, port, frozenset(a)) for (p, port), a in rules.items()}
 
 

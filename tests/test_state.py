@@ -242,7 +242,7 @@ def test_lock_is_seen_by_another_process(sdir: Path, clock: Clock) -> None:
 
 def _spec(**changes: object) -> CertSpec:
     fields = {**CERT.__dict__, **changes}
-    return CertSpec(**fields)  # type: ignore[arg-type]
+    return CertSpec(**fields)
 
 
 def _reissue(
