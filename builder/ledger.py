@@ -8,7 +8,8 @@
         "ca/ca.key":     {"created": "2025-06-01T12:00:00Z", "sha256": "<hex>"},
         "versions.json": {"created": "2025-06-01T12:00:00Z", "sha256": null},
         "nodes/n1/key.pem": {"created": "...", "sha256": "<new>", "pending": "<old>"}
-      }
+      },
+      "check": "<sha256 of the canonical JSON of files>"
     }
 
 `sha256` is the digest of the bytes the store last wrote; null means the entry only
@@ -120,7 +121,8 @@ class Ledger:
             files[rel] = {"created": e.created, "sha256": e.sha256}
             if e.pending is not None:
                 files[rel]["pending"] = None if e.pending == _NONE else e.pending
-        return (json.dumps({"format": FORMAT, "files": files}, indent=2) + "\n").encode()
+        body = {"format": FORMAT, "files": files, "check": self_check(files)}
+        return (json.dumps(body, indent=2) + "\n").encode()
 
 
 def restore_ledger() -> str:
@@ -140,6 +142,10 @@ def _parse(raw: bytes) -> dict[str, Entry] | None:
     files = data.get("files")
     if not isinstance(files, dict):
         return None
+    # Its own digest: a changed byte in the ledger is the ledger's damage, not a
+    # secret's (the digests it records could not tell the two apart).
+    if data.get("check") != self_check(files):
+        return None
     entries: dict[str, Entry] = {}
     for rel, e in files.items():
         entry = _entry(e)
@@ -147,6 +153,10 @@ def _parse(raw: bytes) -> dict[str, Entry] | None:
             return None
         entries[rel] = entry
     return entries
+
+
+def self_check(files: object) -> str:
+    return sha256(json.dumps(files, sort_keys=True, separators=(",", ":")).encode())
 
 
 def _is_digest(v: object) -> bool:

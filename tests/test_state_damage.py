@@ -21,6 +21,7 @@ from hypothesis import strategies as hs
 
 from builder import openpgp, signify
 from builder.errors import UserError
+from builder.ledger import self_check
 from builder.state import CASpec, CertSpec, Event, State
 
 from conftest import nomad_build, write_cluster
@@ -365,6 +366,7 @@ def test_a_file_missing_from_an_older_ledger_is_recorded(
 ) -> None:
     ledger = json.loads((sdir / "ledger.json").read_text())
     del ledger["files"]["nodes/n3/cert.pem"]
+    ledger["check"] = self_check(ledger["files"])  # a sound, older ledger
     (sdir / "ledger.json").write_text(json.dumps(ledger))
     st = run(sdir, create=False, keys=keys)
     assert st.warnings == [
@@ -483,6 +485,7 @@ def test_node_certs_never_outlive_their_ca(tmp_path: Path) -> None:
     (sdir / "nodes").rename(tmp_path / "nodes-away")  # only to get a fresh issue below
     ledger = json.loads((sdir / "ledger.json").read_text())
     ledger["files"] = {k: v for k, v in ledger["files"].items() if not k.startswith("nodes/")}
+    ledger["check"] = self_check(ledger["files"])
     (sdir / "ledger.json").write_text(json.dumps(ledger))
     msg = _ca_refused(sdir, bare, T0 + timedelta(days=100))
     assert msg.startswith(f"{sdir}/ca/ca.pem: a 365-day certificate issued now would end ")
