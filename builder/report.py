@@ -125,12 +125,19 @@ def artifact_changes(
     """Each artifact against what the previous run published at the same path (packages:
     against the node's previous package, whose path carried the old version)."""
     previous = previous or {}
+    bumped = {
+        node
+        for node, fmt, version in packages.values()
+        if versions_before.get((node, fmt)) not in (None, version)
+    }
     changes = []
     for a in artifacts:
         digest = hashlib.sha256(a.data).hexdigest()
         old = previous.get(a.path)
         status = "new" if old is None else "unchanged" if old.get("sha256") == digest else "changed"
         if a.path not in packages:
+            if status == "new" and a.node in bumped:  # a copy of its new package version
+                status = "changed"
             changes.append(Change(a.path, a.node, status))
             continue
         node, fmt, version = packages[a.path]
