@@ -20,7 +20,7 @@ tools:
 demo: $(STAMP)
 	$(NB) check -c examples/bi-sbg.toml --state state
 	$(NB) build -c examples/bi-sbg.toml --state state --out dist
-	@echo "artifacts in dist/ (secrets stay in state/)"
+	@echo "artifacts in dist/ (secrets stay in state/); for nomad-build on your PATH: . .venv/bin/activate"
 
 test: $(STAMP) tools
 	$(VENV)/bin/ruff check builder tests bench
