@@ -77,13 +77,8 @@ def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _node_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
     """Shell completion of --node: the nodes of the cluster file given so far."""
-    from builder import cluster as cluster_mod
-
-    try:
-        cluster = cluster_mod.load(ctx.params.get("cluster_file") or Path("cluster.toml"))
-    except (UserError, OSError):
-        return []
-    return [n.name for n in cluster.nodes if n.name.startswith(incomplete)]
+    names = pipeline.node_names(ctx.params.get("cluster_file") or Path("cluster.toml"))
+    return [n for n in names if n.startswith(incomplete)]
 
 
 def _output_options(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -434,6 +434,14 @@ def _publish(
     return paths
 
 
+def node_names(cluster_file: Path) -> list[str]:
+    """The cluster file's node names, or none when it does not load (for completion)."""
+    try:
+        return [n.name for n in cluster_mod.load(cluster_file).nodes]
+    except (UserError, OSError):
+        return []
+
+
 def adopt_state(cluster_file: Path, state_dir: Path | None) -> list[str]:
     """Record every file of a store made before the ledger existed (deliberate, once)."""
     cluster = cluster_mod.load(cluster_file)
