@@ -119,7 +119,7 @@ def _build(r: Reader, data: dict[str, Any]) -> Cluster:
     c = r.table(data["cluster"], "cluster", CLUSTER)
     r.require(c, "cluster", CLUSTER)
     pki = _pki(r, data.get("pki", {}))
-    consul = ConsulSettings(**r.settings(r.table(data.get("consul", {}), "consul", CONSUL), CONSUL))
+    consul = _consul(r, data.get("consul", {}), c.get("join", CLUSTER.default("join")))
     packages = _packages(r, data.get("packages", {}), c)
     images = ImageSettings(**r.settings(r.table(data.get("images", {}), "images", IMAGES), IMAGES))
     defaults, roles = read_layers(r, data, packages.nomad_min_version)
@@ -141,7 +141,23 @@ def _build(r: Reader, data: dict[str, Any]) -> Cluster:
         images=images,
         nodes=nodes,
         warnings=warnings,
+        join=c.get("join", CLUSTER.default("join")),
     )
+
+
+def _consul(r: Reader, data: Any, join: str) -> ConsulSettings:
+    table = r.table(data, "consul", CONSUL)
+    fields = r.settings(table, CONSUL)
+    if join == "static":
+        # the servers are named in server_join; Consul's catalog is not asked
+        for key in ("server_auto_join", "client_auto_join"):
+            if table.get(key) is True:
+                raise r.fail(
+                    f"consul.{key}",
+                    'true contradicts cluster.join = "static" (remove it, or join = "consul")',
+                )
+            fields[key] = False
+    return ConsulSettings(**fields)
 
 
 def _nodes(r: Reader, data: dict[str, Any], ctx: NodeContext) -> tuple[Node, ...]:

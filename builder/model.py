@@ -14,7 +14,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from builder import openpgp
-from builder.settings import CONSUL, IMAGES, PACKAGES, PKI
+from builder.settings import CLUSTER, CONSUL, IMAGES, PACKAGES, PKI
 
 Role = Literal["server", "client", "both"]
 OS = Literal["openbsd", "debian"]
@@ -166,6 +166,7 @@ class Cluster:
     images: ImageSettings
     nodes: tuple[Node, ...]
     warnings: tuple[str, ...] = ()
+    join: str = CLUSTER.default("join")  # "consul" | "static"
 
     @property
     def servers(self) -> tuple[Node, ...]:

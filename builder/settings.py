@@ -34,6 +34,7 @@ _MAINTAINER = re.compile(r"^[^<>\n]+ <[^<>@\s]+@[^<>\s]+>$")
 
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR", "OFF")
 ROLES = ("server", "client", "both")
+JOIN_METHODS = ("consul", "static")
 TOP_LEVEL = ("cluster", "pki", "consul", "packages", "images", "defaults", "roles", "nodes")
 # Tables merged key by key across layers instead of replaced.
 MERGED_TABLES = ("meta", "telemetry", "extra")
@@ -252,6 +253,12 @@ CLUSTER = Table(
     Setting(
         "bootstrap_expect", INT, None, None,
         "number of servers (default: the number of nodes with role server or both)",
+    ),
+    Setting(
+        "join", STR, "consul",
+        lambda v: None if v in JOIN_METHODS else f"{v!r} is not one of {', '.join(JOIN_METHODS)}",
+        "how agents find the servers: consul (Consul's catalog, the seed's way) or static "
+        "(server_join.retry_join with the servers' addresses; no Consul needed)",
     ),
 )  # fmt: skip
 
