@@ -50,6 +50,9 @@ def agent_config(
         config["server"] = _server(cluster, node, gossip_key)
     if node.is_client:
         config["client"] = _client(node)
+        plugins = {d: {"config": {"enabled": True}} for d in node.drivers if d == "raw_exec"}
+        if plugins:
+            config["plugin"] = plugins
     if cluster.join == "static":
         # Every server's advertised address: servers join its serf port (4648),
         # clients its RPC port (4647), Nomad's defaults for a bare address.
@@ -57,9 +60,6 @@ def agent_config(
         for block in ("server", "client"):
             if block in config:
                 config[block]["server_join"] = dict(join)
-        plugins = {d: {"config": {"enabled": True}} for d in node.drivers if d == "raw_exec"}
-        if plugins:
-            config["plugin"] = plugins
     if node.telemetry:
         config["telemetry"] = thaw(node.telemetry)
     config["tls"] = {
