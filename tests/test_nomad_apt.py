@@ -99,7 +99,9 @@ def test_cloud_init_adds_hashicorps_source_and_key(
         hashicorp_key
     )
     assert by_path[KEYRING_PATH]["permissions"] == "0644"
-    assert doc["package_update"] is True  # lists refreshed before runcmd installs the .deb
+    # the first-boot installer refreshes the lists (HashiCorp's included) before it installs
+    installer = by_path["/usr/local/sbin/nomad-build-install"]["content"]
+    assert installer.index("apt-get update") < installer.index("apt-get install")
 
 
 def test_without_nomad_apt_seeds_leave_apt_alone(tmp_path: Path) -> None:
