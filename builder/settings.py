@@ -296,6 +296,20 @@ CONSUL = Table(
     Setting("auto_advertise", BOOL, True, None, "register Nomad's services in Consul"),
     Setting("server_auto_join", BOOL, True, None, "servers find each other through Consul"),
     Setting("client_auto_join", BOOL, True, None, "clients find the servers through Consul"),
+    Setting("agent", TABLE, None, None, "[consul.agent]: nomad-build configures Consul agents too"),
+)  # fmt: skip
+
+CONSUL_AGENT = Table(
+    "consul.agent",
+    Setting(
+        "enabled", BOOL, False, None,
+        "give every node a Consul agent configuration package (consul-config-<node>)",
+    ),
+    Setting(
+        "servers", STRS, (), each(matches(LABEL, "{v!r} is not a node name"), indexed=True),
+        "nodes whose Consul agent is a server; default: Nomad's servers",
+    ),
+    Setting("dns", BOOL, False, None, "open Consul's DNS port (8600) to the cluster's nodes"),
 )  # fmt: skip
 
 _URL = matches(r"^(https?|file)://\S+$", "{v!r} must be an http(s):// or file:// URL")
