@@ -114,6 +114,7 @@ def agent_config(cluster: Cluster, node: Node, *, gossip_key: str) -> dict[str, 
     """The node's Consul agent configuration (checked against consul-schema.toml)."""
     tls_dir = f"{CONFIG_DIRS[node.os]}/tls"
     server = node in cluster.consul_servers
+    dns = cluster.consul.agent is not None and cluster.consul.agent.dns
     address = node.advertise or node.address
     config: dict[str, Any] = {
         "node_name": node.name,
@@ -133,7 +134,7 @@ def agent_config(cluster: Cluster, node: Node, *, gossip_key: str) -> dict[str, 
             "grpc": -1,
             "grpc_tls": -1,
             "serf_wan": -1,  # one datacenter: no WAN gossip
-            "dns": PORTS["dns"] if cluster.consul.agent.dns else -1,
+            "dns": PORTS["dns"] if dns else -1,
         },
         "tls": {
             "defaults": {
@@ -152,7 +153,7 @@ def agent_config(cluster: Cluster, node: Node, *, gossip_key: str) -> dict[str, 
         "leave_on_terminate": not server,
         "log_level": node.log_level.upper(),
     }
-    if cluster.consul.agent.dns:
+    if dns:
         config["addresses"] = {"dns": "0.0.0.0"}
     if server:
         config["bootstrap_expect"] = len(cluster.consul_servers)

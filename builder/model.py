@@ -46,7 +46,7 @@ class ConsulSettings:
     auto_advertise: bool = CONSUL.default("auto_advertise")
     server_auto_join: bool = CONSUL.default("server_auto_join")
     client_auto_join: bool = CONSUL.default("client_auto_join")
-    agent: ConsulAgentSettings = ConsulAgentSettings()
+    agent: ConsulAgentSettings | None = CONSUL.default("agent")  # noqa: RUF009 (None)
 
 
 @dataclass(frozen=True)
@@ -189,7 +189,8 @@ class Cluster:
     @property
     def consul_servers(self) -> tuple[Node, ...]:
         """The nodes whose Consul agent is a server (when [consul.agent] is enabled)."""
-        return tuple(n for n in self.nodes if n.name in self.consul.agent.servers)
+        agent = self.consul.agent
+        return tuple(n for n in self.nodes if agent and n.name in agent.servers)
 
     def node(self, name: str) -> Node:
         for n in self.nodes:

@@ -45,7 +45,8 @@ def made(tmp_path: Path):
 
 def test_off_by_default(tmp_path: Path) -> None:
     cluster = _cluster(tmp_path, "")
-    assert cluster.consul.agent.enabled is False
+    assert cluster.consul.agent is None and cluster.consul_servers == ()
+    assert _cluster(tmp_path, "[consul.agent]\n").consul.agent.enabled is False  # type: ignore[union-attr]
 
 
 def test_servers_default_to_nomads_and_can_be_named(tmp_path: Path) -> None:
