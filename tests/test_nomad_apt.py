@@ -181,7 +181,8 @@ def test_apt_installs_nomad_through_the_autoinstall_late_commands(
     for f in doc["write_files"]:
         dest = staging / f["path"].lstrip("/")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(base64.b64decode(f["content"]))
+        raw = f["content"]
+        dest.write_bytes(base64.b64decode(raw) if f.get("encoding") == "b64" else raw.encode())
     install, write_source = doc["autoinstall"]["late-commands"][:2]
     assert install[:4] == ["install", "-D", "-m", "0644"]
     src, dest = install[4:]
