@@ -53,6 +53,13 @@ def agent_config(
         plugins = {d: {"config": {"enabled": True}} for d in node.drivers if d == "raw_exec"}
         if plugins:
             config["plugin"] = plugins
+    if cluster.join == "static":
+        # Every server's advertised address: servers join its serf port (4648),
+        # clients its RPC port (4647), Nomad's defaults for a bare address.
+        join = {"retry_join": [s.advertise or s.address for s in cluster.servers]}
+        for block in ("server", "client"):
+            if block in config:
+                config[block]["server_join"] = dict(join)
     if node.telemetry:
         config["telemetry"] = thaw(node.telemetry)
     config["tls"] = {

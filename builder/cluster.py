@@ -10,6 +10,7 @@ across nodes live in builder.cross_checks.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import stat
@@ -22,6 +23,7 @@ from builder.errors import UserError
 from builder.model import (
     Bundle,
     Cluster,
+    ConsulAgentSettings,
     ConsulSettings,
     ImageSettings,
     Node,
@@ -35,6 +37,7 @@ from builder.settings import (
     BUNDLE,
     CLUSTER,
     CONSUL,
+    CONSUL_AGENT,
     IMAGES,
     NOMAD_APT,
     PACKAGES,
@@ -119,15 +122,24 @@ def _build(r: Reader, data: dict[str, Any]) -> Cluster:
     c = r.table(data["cluster"], "cluster", CLUSTER)
     r.require(c, "cluster", CLUSTER)
     pki = _pki(r, data.get("pki", {}))
-    consul = ConsulSettings(**r.settings(r.table(data.get("consul", {}), "consul", CONSUL), CONSUL))
+    consul = _consul(r, data.get("consul", {}), c.get("join", CLUSTER.default("join")))
     packages = _packages(r, data.get("packages", {}), c)
     images = ImageSettings(**r.settings(r.table(data.get("images", {}), "images", IMAGES), IMAGES))
     defaults, roles = read_layers(r, data, packages.nomad_min_version)
     nodes = _nodes(r, data, NodeContext(r, c["domain"], packages, images, defaults, roles))
+    if "agent" in data.get("consul", {}):
+        agent = _consul_agent(r, data["consul"]["agent"], nodes)
+        consul = dataclasses.replace(consul, agent=agent)
     cross_checks.check(r, nodes, c["domain"], pki, images)
     if "maintainer" not in data.get("packages", {}):
         _check_default_maintainer(r, nodes, c["domain"])
     expect, warnings = cross_checks.servers(r, nodes, c.get("bootstrap_expect"))
+    if consul.agent is not None and consul.agent.enabled:
+        warnings = (
+            *warnings,
+            f"{r.source}: consul.agent.enabled: Consul agent configurations and certificates "
+            "are made (builder.consul) but no consul-config package is built yet",
+        )
     return Cluster(
         source=r.source,
         name=c["name"],
@@ -141,7 +153,38 @@ def _build(r: Reader, data: dict[str, Any]) -> Cluster:
         images=images,
         nodes=nodes,
         warnings=warnings,
+        join=c.get("join", CLUSTER.default("join")),
     )
+
+
+def _consul(r: Reader, data: Any, join: str) -> ConsulSettings:
+    table = r.table(data, "consul", CONSUL)
+    fields = r.settings(table, CONSUL)
+    fields.pop("agent", None)  # [consul.agent] needs the nodes: _consul_agent
+    if join == "static":
+        # the servers are named in server_join; Consul's catalog is not asked
+        for key in ("server_auto_join", "client_auto_join"):
+            if table.get(key) is True:
+                raise r.fail(
+                    f"consul.{key}",
+                    'true contradicts cluster.join = "static" (remove it, or join = "consul")',
+                )
+            fields[key] = False
+    return ConsulSettings(**fields)
+
+
+def _consul_agent(r: Reader, data: Any, nodes: tuple[Node, ...]) -> ConsulAgentSettings:
+    a = r.table(data, "consul.agent", CONSUL_AGENT)
+    fields = r.settings(a, CONSUL_AGENT)
+    names = [n.name for n in nodes]
+    servers = fields.get("servers") or tuple(n.name for n in nodes if n.is_server)
+    for i, name in enumerate(servers):
+        if name not in names:
+            raise r.fail(f"consul.agent.servers[{i}]", f"{name!r} is not a node of the cluster")
+    if len(set(servers)) != len(servers):
+        raise r.fail("consul.agent.servers", "names a node twice")
+    fields["servers"] = tuple(servers)
+    return ConsulAgentSettings(**fields)
 
 
 def _nodes(r: Reader, data: dict[str, Any], ctx: NodeContext) -> tuple[Node, ...]:

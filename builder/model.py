@@ -14,7 +14,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from builder import openpgp
-from builder.settings import CONSUL, IMAGES, PACKAGES, PKI
+from builder.settings import CLUSTER, CONSUL, CONSUL_AGENT, IMAGES, PACKAGES, PKI
 
 Role = Literal["server", "client", "both"]
 OS = Literal["openbsd", "debian"]
@@ -30,6 +30,15 @@ class PKISettings:
 
 
 @dataclass(frozen=True)
+class ConsulAgentSettings:
+    """[consul.agent]: Consul agents nomad-build configures (off by default)."""
+
+    enabled: bool = CONSUL_AGENT.default("enabled")
+    servers: tuple[str, ...] = CONSUL_AGENT.default("servers")  # the loader fills the default
+    dns: bool = CONSUL_AGENT.default("dns")
+
+
+@dataclass(frozen=True)
 class ConsulSettings:
     address: str = CONSUL.default("address")
     server_service_name: str = CONSUL.default("server_service_name")
@@ -37,6 +46,7 @@ class ConsulSettings:
     auto_advertise: bool = CONSUL.default("auto_advertise")
     server_auto_join: bool = CONSUL.default("server_auto_join")
     client_auto_join: bool = CONSUL.default("client_auto_join")
+    agent: ConsulAgentSettings | None = CONSUL.default("agent")  # noqa: RUF009 (None)
 
 
 @dataclass(frozen=True)
@@ -166,6 +176,7 @@ class Cluster:
     images: ImageSettings
     nodes: tuple[Node, ...]
     warnings: tuple[str, ...] = ()
+    join: str = CLUSTER.default("join")  # "consul" | "static"
 
     @property
     def servers(self) -> tuple[Node, ...]:
@@ -174,6 +185,12 @@ class Cluster:
     @property
     def clients(self) -> tuple[Node, ...]:
         return tuple(n for n in self.nodes if n.is_client)
+
+    @property
+    def consul_servers(self) -> tuple[Node, ...]:
+        """The nodes whose Consul agent is a server (when [consul.agent] is enabled)."""
+        agent = self.consul.agent
+        return tuple(n for n in self.nodes if agent and n.name in agent.servers)
 
     def node(self, name: str) -> Node:
         for n in self.nodes:

@@ -45,6 +45,10 @@ __all__ = [
 
 DEB_DIR = "/var/lib/nomad-build"  # where an embedded .deb is written on the node
 SOURCES_FILE = f"/etc/apt/sources.list.d/{apt_source.SOURCES_FILE}"
+INSTALL_PENDING = f"{DEB_DIR}/install-pending"  # while the node's package is not in
+FIRSTBOOT_UNIT = "nomad-build-install.service"
+FIRSTBOOT_SCRIPT = "/usr/local/sbin/nomad-build-install"
+FIRSTBOOT_PAUSES = (5, 300)  # seconds: the first pause between attempts, the longest
 _DEB_NAME = re.compile(r"^[a-z0-9][a-z0-9.+-]*_[A-Za-z0-9.+~:-]+_[a-z0-9-]+\.deb$")
 _ISO_LOCK = threading.Lock()
 
@@ -220,6 +224,7 @@ def user_context(
         "deb_data": deb.data,
         "repo": None,
         "nomad_apt": node.packages.nomad_apt,
+        "resolv_conf": resolv_conf(node),
     }
     if node.packages.repo_url:
         if repo_keyring is None:
@@ -231,7 +236,46 @@ def user_context(
             "sources_path": SOURCES_FILE,
             "sources": repository_source(node, keyring_path).decode(),
         }
+    ctx["firstboot"] = firstboot(node, tree, deb_path=None if ctx["repo"] else ctx["deb_path"])
     return ctx
+
+
+def firstboot(node: Node, tree: NodeTree, *, deb_path: str | None) -> dict[str, Any]:
+    """The first-boot service that installs the node's package, retrying until it is in:
+    its script, unit and pending-marker (images/firstboot/). deb_path: the embedded
+    package; None: the package by name from the repository."""
+    ctx = {
+        "node": node,
+        "service": tree.service,
+        "marker": INSTALL_PENDING,
+        "script_path": FIRSTBOOT_SCRIPT,
+        "deb_path": deb_path,
+        "first_pause": FIRSTBOOT_PAUSES[0],
+        "max_pause": FIRSTBOOT_PAUSES[1],
+    }
+    return {
+        "marker": INSTALL_PENDING,
+        "marker_text": (
+            f"nomad-build: {node.deb_package} is NOT installed yet (first boot pending)\n"
+            f"see: journalctl -u {FIRSTBOOT_UNIT}\n"
+        ),
+        "script_path": FIRSTBOOT_SCRIPT,
+        "script": render("images/firstboot/install.sh.j2", **ctx).decode(),
+        "unit_name": FIRSTBOOT_UNIT,
+        "unit_path": f"/etc/systemd/system/{FIRSTBOOT_UNIT}",
+        "unit": render("images/firstboot/install.service.j2", **ctx).decode(),
+    }
+
+
+def resolv_conf(node: Node) -> str | None:
+    """/etc/resolv.conf from the cluster file's nameservers (None: none given)."""
+    if not node.nameservers:
+        return None
+    lines = ["# nomad-build: the DNS servers of the cluster file (nameservers)"]
+    if node.domain:
+        lines.append(f"search {node.domain}")
+    lines += [f"nameserver {ns}" for ns in node.nameservers]
+    return "\n".join(lines) + "\n"
 
 
 def static_address_problem(cluster: Cluster, node: Node) -> str | None:

@@ -34,6 +34,7 @@ _MAINTAINER = re.compile(r"^[^<>\n]+ <[^<>@\s]+@[^<>\s]+>$")
 
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR", "OFF")
 ROLES = ("server", "client", "both")
+JOIN_METHODS = ("consul", "static")
 TOP_LEVEL = ("cluster", "pki", "consul", "packages", "images", "defaults", "roles", "nodes")
 # Tables merged key by key across layers instead of replaced.
 MERGED_TABLES = ("meta", "telemetry", "extra")
@@ -253,6 +254,12 @@ CLUSTER = Table(
         "bootstrap_expect", INT, None, None,
         "number of servers (default: the number of nodes with role server or both)",
     ),
+    Setting(
+        "join", STR, "consul",
+        lambda v: None if v in JOIN_METHODS else f"{v!r} is not one of {', '.join(JOIN_METHODS)}",
+        "how agents find the servers: consul (Consul's catalog, the seed's way) or static "
+        "(server_join.retry_join with the servers' addresses; no Consul needed)",
+    ),
 )  # fmt: skip
 
 PKI = Table(
@@ -289,6 +296,20 @@ CONSUL = Table(
     Setting("auto_advertise", BOOL, True, None, "register Nomad's services in Consul"),
     Setting("server_auto_join", BOOL, True, None, "servers find each other through Consul"),
     Setting("client_auto_join", BOOL, True, None, "clients find the servers through Consul"),
+    Setting("agent", TABLE, None, None, "[consul.agent]: nomad-build configures Consul agents too"),
+)  # fmt: skip
+
+CONSUL_AGENT = Table(
+    "consul.agent",
+    Setting(
+        "enabled", BOOL, False, None,
+        "give every node a Consul agent configuration package (consul-config-<node>)",
+    ),
+    Setting(
+        "servers", STRS, (), each(matches(LABEL, "{v!r} is not a node name"), indexed=True),
+        "nodes whose Consul agent is a server; default: Nomad's servers",
+    ),
+    Setting("dns", BOOL, False, None, "open Consul's DNS port (8600) to the cluster's nodes"),
 )  # fmt: skip
 
 _URL = matches(r"^(https?|file)://\S+$", "{v!r} must be an http(s):// or file:// URL")

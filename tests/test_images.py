@@ -265,17 +265,39 @@ def test_user_data_embeds_the_package_and_installs_it(
         assert user["ssh_authorized_keys"] == list(KEYS)
         assert user["hashed_passwd"] == node.images.password_hash
         assert user["lock_passwd"] is False
-        (wf,) = doc["write_files"]
+        wf, marker, script, unit, *dns = doc["write_files"]
         deb_name = debs[node.name].path.split("/")[-1]
         assert wf["path"] == f"/var/lib/nomad-build/{deb_name}"
         assert wf["encoding"] == "b64" and wf["permissions"] == "0600"
         assert base64.b64decode(wf["content"]) == debs[node.name].data
-        (cmd,) = doc["runcmd"]
-        assert cmd[:2] == ["sh", "-ec"]
-        assert "apt-get install -y --no-install-recommends" in cmd[2]
-        assert '--force-confold "$deb"' in cmd[2]
-        assert "add_deb || { apt-get update && add_deb; }" in cmd[2]
-        assert f"deb={wf['path']}\n" in cmd[2]
+        # a first-boot service installs it, retrying until it is in
+        assert marker["path"] == "/var/lib/nomad-build/install-pending"
+        assert "is NOT installed yet" in marker["content"]
+        assert script["path"] == "/usr/local/sbin/nomad-build-install"
+        assert script["permissions"] == "0755"
+        assert f"target={wf['path']}\n" in script["content"]
+        assert "apt-get install -y -q --no-install-recommends" in script["content"]
+        assert "--force-confold" in script["content"]
+        assert unit["path"] == "/etc/systemd/system/nomad-build-install.service"
+        assert "ExecStart=/usr/local/sbin/nomad-build-install\n" in unit["content"]
+        assert doc["runcmd"][-2:] == [
+            ["systemctl", "daemon-reload"],
+            ["systemctl", "enable", "--now", "--no-block", "nomad-build-install.service"],
+        ]
+        # the cluster file's DNS servers, put in place first unless a manager owns the file
+        if node.nameservers:
+            (conf,) = dns
+            assert conf["path"] == "/etc/nomad-build/resolv.conf"
+            lines = conf["content"].splitlines()
+            assert lines[1:] == [
+                f"search {node.domain}",
+                *(f"nameserver {ns}" for ns in node.nameservers),
+            ]
+            (put,) = doc["runcmd"][:-2]
+            assert put[:2] == ["sh", "-ec"] and "if [ ! -L /etc/resolv.conf ]; then" in put[2]
+            assert "supersede domain-name-servers " + ", ".join(node.nameservers) in put[2]
+        else:
+            assert dns == [] and len(doc["runcmd"]) == 2
         assert "packages" not in doc and "apt" not in doc
         # the plain password is nowhere, its hash is
         raw = seed_files[node.name]["user-data"]
@@ -306,14 +328,20 @@ def test_user_data_from_the_signed_repository(debian: Built, tmp_path: Path) -> 
     )
     assert r.returncode == 0, r.stdout + r.stderr
     doc = yaml_doc(files["user-data"])
-    assert doc["package_update"] is True
-    assert doc["packages"] == [node.deb_package]
-    assert "runcmd" not in doc
+    assert "package_update" not in doc and "packages" not in doc  # the installer does it
+    assert doc["runcmd"][-1] == [
+        "systemctl", "enable", "--now", "--no-block", "nomad-build-install.service"
+    ]  # fmt: skip
     by_path = {f["path"]: f for f in doc["write_files"]}
     assert set(by_path) == {
         "/etc/apt/keyrings/nomad-build-archive-keyring.gpg",
         "/etc/apt/sources.list.d/nomad-build.sources",
+        "/var/lib/nomad-build/install-pending",
+        "/usr/local/sbin/nomad-build-install",
+        "/etc/systemd/system/nomad-build-install.service",
     }
+    installer = by_path["/usr/local/sbin/nomad-build-install"]["content"]
+    assert f"target={node.deb_package}\n" in installer
     assert (
         base64.b64decode(by_path["/etc/apt/keyrings/nomad-build-archive-keyring.gpg"]["content"])
         == keyring
@@ -559,14 +587,24 @@ def test_autoinstall_user_data(
         # the live session stages the .deb; late-commands install it into /target
         deb_name = debs[node.name].path.split("/")[-1]
         staged = f"/var/lib/nomad-build/{deb_name}"
-        (wf,) = doc["write_files"]
+        wf, *firstboot = doc["write_files"]
         assert wf["path"] == staged and wf["permissions"] == "0600"
         assert base64.b64decode(wf["content"]) == debs[node.name].data
-        copy, install = ai["late-commands"]
+        copy, *install, enable = ai["late-commands"]
         assert copy == ["install", "-D", "-m", "0600", staged, "/target" + staged]
-        assert install[:5] == ["curtin", "in-target", "--target=/target", "--", "sh"]
-        assert f"deb={staged};" in install[-1] and "apt-get install -y" in install[-1]
-        assert "--force-confold" in install[-1]
+        # the installed system's first boot installs it (retrying until it is in)
+        assert [c[-1] for c in install] == [
+            "/target/var/lib/nomad-build/install-pending",
+            "/target/usr/local/sbin/nomad-build-install",
+            "/target/etc/systemd/system/nomad-build-install.service",
+        ]
+        assert [c[-2] for c in install] == [f["path"] for f in firstboot]
+        assert enable == [
+            "curtin", "in-target", "--target=/target", "--",
+            "systemctl", "enable", "nomad-build-install.service",
+        ]  # fmt: skip
+        script = firstboot[1]["content"]
+        assert f"target={staged}\n" in script and "--force-confold" in script
     net = yaml_doc(read_seed(autoinstall["bi-node-sbg-3"], tmp_path / "n3")["user-data"])
     eth1 = net["autoinstall"]["network"]["ethernets"]["eth1"]
     assert eth1["addresses"] == ["10.20.131.43/24"]
@@ -895,18 +933,57 @@ def test_install_site_runs(openbsd: Built, bsd_tree: dict[str, Artifact], tmp_pa
     assert (root / "home/ops/.ssh/authorized_keys").read_text() == "".join(k + "\n" for k in KEYS)
     assert (root / "etc/doas.conf").read_text() == "permit persist keepenv :wheel\n"
     assert not (root / "etc/rc.firsttime").exists()
-    # pkg_add failing (no mirror yet): the first boot retries, the install goes on
+    # pkg_add failing (no mirror yet): an rc.d script retries from the first boot on
     log.unlink()
+    script = script.replace("/var/db/", f"{root}/var/db/").replace(
+        "/usr/local/libexec", f"{root}/usr/local/libexec"
+    )
+    (root / "etc/rc.d").mkdir()
+    (tmp_path / "s").write_text(script)
     r = subprocess.run(
         [tool("mksh"), str(tmp_path / "s")],
         env={**env, "PKG_ADD_RC": "1"},
         capture_output=True,
         text=True,
     )
-    assert r.returncode == 0
-    first = (root / "etc/rc.firsttime").read_text()
-    assert "pkg_add -I /var/nomad-build/nomad-config-bi-core-sbg_1-1.tgz && rcctl enable" in first
-    assert not any(c.startswith("rcctl") for c in log.read_text().splitlines())
+    assert r.returncode == 0, r.stderr
+    assert not (root / "etc/rc.firsttime").exists()
+    assert "NOT installed yet" in (root / "var/db/nomad-build/install-pending").read_text()
+    assert "rcctl enable nomad_build_install" in log.read_text().splitlines()
+    rcd = (root / "etc/rc.d/nomad_build_install").read_text()
+    assert re.search(r'^daemon=".*/usr/local/libexec/nomad-build-install"$', rcd, re.M)
+    retry = (root / "usr/local/libexec/nomad-build-install").read_text()
+    assert "\npkg=/var/nomad-build/nomad-config-bi-core-sbg_1-1.tgz\n" in retry
+    assert "if pkg_add -I $pkg >" in retry
+    svc = openbsd.trees[node.name].service.name
+    assert f"rcctl enable {svc} && rcctl start {svc}" in retry
+    for text in (rcd, retry):
+        r = subprocess.run([tool("mksh"), "-n", "-c", text], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    # the retry loop: pkg_add fails twice (no mirror yet), then the package goes in
+    log.unlink()
+    count = tmp_path / "count"
+    (bin_dir / "pkg_add").write_text(
+        f'#!/bin/sh\necho "pkg_add $*" >>{log}\necho x >>{count}\n'
+        f'[ "$(wc -l <{count})" -ge 3 ] || {{ echo "pkg_add: no mirror" >&2; exit 1; }}\n'
+    )
+    for name in ("sleep", "logger"):
+        (bin_dir / name).write_text(f'#!/bin/sh\necho "{name} $*" >>{log}\n')
+        (bin_dir / name).chmod(0o755)
+    retry = retry.replace("/var/log/", f"{tmp_path}/").replace(
+        "/dev/console", str(tmp_path / "con")
+    )
+    r = subprocess.run([tool("mksh"), "-c", retry], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    calls = log.read_text().splitlines()
+    assert [c for c in calls if c.startswith("sleep")] == ["sleep 5", "sleep 10"]
+    assert calls[-2:] == [
+        "rcctl disable nomad_build_install",
+        f"logger -t nomad-build-install -- installed on attempt 3; {svc} started",
+    ]
+    assert not (root / "var/db/nomad-build/install-pending").exists()
+    console = (tmp_path / "con").read_text()
+    assert "attempt 2 failed: pkg_add: no mirror; next try in 10s" in console
 
 
 def test_index_and_sha256(bsd_tree: dict[str, Artifact], tmp_path: Path) -> None:

@@ -21,7 +21,13 @@ import pytest
 from builder import settings
 from builder.cluster import MAX_BYTES, load, read_cluster_file
 from builder.errors import UserError
-from builder.model import ConsulSettings, ImageSettings, PackageSettings, PKISettings
+from builder.model import (
+    ConsulAgentSettings,
+    ConsulSettings,
+    ImageSettings,
+    PackageSettings,
+    PKISettings,
+)
 from builder.os_profile import PROFILES, profile
 from builder.render import node_secrets, render_node, render_tree
 from builder.state import State
@@ -377,6 +383,7 @@ def test_the_debian_trees_do_not_name_the_file_either(tmp_path: Path) -> None:
 MODEL_TABLES = [
     (PKISettings, settings.PKI),
     (ConsulSettings, settings.CONSUL),
+    (ConsulAgentSettings, settings.CONSUL_AGENT),
     (PackageSettings, settings.PACKAGES),
     (ImageSettings, settings.IMAGES),
 ]
@@ -396,6 +403,7 @@ def test_every_key_is_declared_once_with_help() -> None:
         settings.CLUSTER,
         settings.PKI,
         settings.CONSUL,
+        settings.CONSUL_AGENT,
         settings.PACKAGES,
         settings.BUNDLE,
         settings.NOMAD_APT,

@@ -99,7 +99,9 @@ def test_cloud_init_adds_hashicorps_source_and_key(
         hashicorp_key
     )
     assert by_path[KEYRING_PATH]["permissions"] == "0644"
-    assert doc["package_update"] is True  # lists refreshed before runcmd installs the .deb
+    # the first-boot installer refreshes the lists (HashiCorp's included) before it installs
+    installer = by_path["/usr/local/sbin/nomad-build-install"]["content"]
+    assert installer.index("apt-get update") < installer.index("apt-get install")
 
 
 def test_without_nomad_apt_seeds_leave_apt_alone(tmp_path: Path) -> None:
@@ -179,7 +181,8 @@ def test_apt_installs_nomad_through_the_autoinstall_late_commands(
     for f in doc["write_files"]:
         dest = staging / f["path"].lstrip("/")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(base64.b64decode(f["content"]))
+        raw = f["content"]
+        dest.write_bytes(base64.b64decode(raw) if f.get("encoding") == "b64" else raw.encode())
     install, write_source = doc["autoinstall"]["late-commands"][:2]
     assert install[:4] == ["install", "-D", "-m", "0644"]
     src, dest = install[4:]

@@ -7,16 +7,19 @@ cloud_init.seed_iso), for the Ubuntu Server live installer (subiquity):
   installer's answer file: identity (hostname, admin user, the crypt(3) hash
   from the cluster file -- never a plain password), SSH server with the admin
   keys, storage layout (LVM on the largest disk), timezone, network (netplan v2,
-  the cloud-init seed's network plan) and late-commands that install the node's
-  ``.deb`` into /target with ``curtin in-target``;
+  the cloud-init seed's network plan) and late-commands that copy the node's
+  ``.deb`` (or the repository's source) and the first-boot installer
+  (images/firstboot/: nomad-build-install.service, its script and the
+  install-pending marker) into /target and enable the unit: the installed
+  system's first boot installs the package, retrying until it is in;
 - the rest of that user-data is the live session's own cloud-config:
   ``write_files`` puts the embedded ``.deb`` (0600; or the repository's keyring
   and deb822 source when ``packages.repo_url`` is set) under
   /var/lib/nomad-build/ of the installer, where the late-commands copy it from;
 - ``meta-data``: instance-id from the content, local-hostname.
 
-Inside /target no service starts (curtin's chroot); the package enables the
-agent, which starts on the first boot of the installed system. Secret: the
+The package's postinst enables and starts the agent when the first-boot
+installer has put it in. Secret: the
 package holds the node's private key.
 """
 

@@ -11,9 +11,17 @@ written in pure Python with pycdlib, holding:
   node's ``.deb``: from the signed apt repository when ``packages.repo_url``
   is set (the deb822 source and binary keyring at apt_repo's paths, by
   write_files -- no gpg needed in the image to dearmor a key, as cloud-init's
-  ``apt: sources`` would -- then ``package_update`` + ``packages:``),
-  else embedded (write_files, base64, 0600) and installed by runcmd. The
-  package's maintainer scripts enable and start the agent;
+  ``apt: sources`` would), else embedded (write_files, base64, 0600). Either
+  way a first-boot unit, ``nomad-build-install.service`` (images/firstboot/),
+  installs it: runcmd enables and starts it without waiting; it retries with a
+  growing pause (5 s doubling to 300 s) until apt-get has installed the
+  package, logs each attempt to the journal and the console, keeps
+  /var/lib/nomad-build/install-pending (what failed last) until then, and
+  disables itself. cloud-init itself finishes ``done`` meanwhile. The
+  package's maintainer scripts enable and start the agent. The cluster file's
+  ``nameservers`` go to /etc/resolv.conf (runcmd, before the installer
+  starts) unless that is a link (resolved, resolvconf: fed by network-config),
+  and into dhclient.conf as ``supersede`` when dhclient is there;
 - ``network-config`` (v2): the node's static address when the cluster file
   gives a prefix, else DHCP, written the way Debian 12's ifupdown renderer
   handles (the literal interface name as the key, or a MAC match plus

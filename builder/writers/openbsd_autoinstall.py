@@ -22,7 +22,11 @@ Everything lands flat in dist/openbsd-autoinstall/:
   (signature verified; the nomad port comes from the mirror in
   /etc/installurl), enables the agent and hands the admin user all its SSH
   keys and doas. When pkg_add cannot finish there (no route to a package
-  mirror yet), the same steps are left in /etc/rc.firsttime for the first boot.
+  mirror yet), it installs and enables /etc/rc.d/nomad_build_install, which
+  retries from every boot with a growing pause (5 s doubling to 300 s) until
+  the package is in and the agent started, logging each attempt (syslog tag
+  nomad-build-install, and the console); /var/db/nomad-build/install-pending
+  says why while it has not; then it disables itself.
 - ``index.txt`` and ``SHA256``: these go into the sets directory with the site
   sets, beside the release's own sets (mirror <release>/<arch> there). The
   installer only offers sets listed in index.txt, so ours lists the release's
@@ -45,6 +49,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import posixpath
 import re
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -56,7 +61,7 @@ from builder.errors import BuildError, UserError
 from builder.model import Cluster, Node
 from builder.nodetree import NodeTree
 from builder.openbsd_names import KSH_IDENT, package_file_name
-from builder.seed import render
+from builder.seed import FIRSTBOOT_PAUSES, render
 from builder.writers import Artifact, BuildInputs, Output, Writer, login_warning
 
 __all__ = [
@@ -72,6 +77,7 @@ __all__ = [
 
 OUT_DIR = "openbsd-autoinstall"
 PKG_DIR = "/var/nomad-build"  # where the site set puts the node's package
+OPENBSD_INSTALL_PENDING = "/var/db/nomad-build/install-pending"  # until the package is in
 NO_PASSWORD = "*************"  # install.sub: stored as is, no password login
 # Architectures whose release directory carries bsd, bsd.mp and bsd.rd.
 ARCHES = ("amd64", "arm64", "i386")
@@ -210,6 +216,10 @@ def _site_set(
         signed=signed,
         key_name=key_name,
         has_password=node.images.password_hash is not None,
+        marker=OPENBSD_INSTALL_PENDING,
+        marker_dir=posixpath.dirname(OPENBSD_INSTALL_PENDING),
+        first_pause=FIRSTBOOT_PAUSES[0],
+        max_pause=FIRSTBOOT_PAUSES[1],
     )
 
     def entry(name: str, data: bytes = b"", mode: int = 0o644, kind: str = "file") -> TarEntry:

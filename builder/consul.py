@@ -1,0 +1,198 @@
+"""Consul agents nomad-build configures when [consul.agent] enabled = true.
+
+Pure functions, no packaging: the Consul CA and certificates (made the way
+`consul tls ca create` / `consul tls cert create` do: ECDSA P-256, CN
+``Consul Agent CA …``, leaves ``server.<dc>.consul`` / ``client.<dc>.consul`` +
+localhost + 127.0.0.1; Consul's names are outside the Nomad CA's name
+constraints, hence a CA of its own), the gossip key, the agent configuration
+(JSON, which Consul reads like HCL) and its check against recipes/consul-schema.toml.
+
+Secrets live in the state store beside Nomad's: consul-ca.key / consul-ca.pem,
+consul-gossip.key, consul-<node>.key / consul-<node>.pem, each created once.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import cache
+from typing import Any
+
+from builder import pki
+from builder.data import data_path
+from builder.model import Cluster, Node
+
+__all__ = [
+    "HTTP_PORT",
+    "PORTS",
+    "ConsulSecrets",
+    "agent_config",
+    "cert_names",
+    "check_config",
+    "consul_secrets",
+    "render",
+]
+
+HTTP_PORT = 8500  # loopback only
+# Among the cluster's nodes: server RPC (tcp), LAN serf (tcp+udp), DNS (when enabled).
+PORTS = {"server": 8300, "serf_lan": 8301, "dns": 8600}
+CONFIG_DIRS = {"debian": "/etc/consul.d", "openbsd": "/etc/consul"}
+DATA_DIRS = {"debian": "/opt/consul", "openbsd": "/var/consul"}
+
+
+def domain_names(cluster: Cluster) -> tuple[str, ...]:
+    """The Consul CA's permitted DNS names (`consul tls ca create -name-constraint`)."""
+    return ("consul", "localhost", cluster.domain)
+
+
+def cert_names(cluster: Cluster, node: Node) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """(CN, DNS SANs, IP SANs) of a node's Consul certificate, as `consul tls cert create`
+    makes them: server.<dc>.consul or client.<dc>.consul, localhost, 127.0.0.1 (+ the
+    node's FQDN and addresses, for reaching it by name or IP)."""
+    dc = cluster.datacenter.lower()
+    role = "server" if node in cluster.consul_servers else "client"
+    cn = f"{role}.{dc}.consul"
+    return cn, (cn, "localhost", node.fqdn), ("127.0.0.1", *node.ips)
+
+
+@dataclass(frozen=True)
+class ConsulSecrets:
+    ca_cert: bytes
+    gossip_key: str
+    key: bytes  # the node's
+    cert: bytes
+
+
+def consul_secrets(st: Any, cluster: Cluster, node: Node, *, now: datetime) -> ConsulSecrets | None:
+    """The node's Consul secrets from the state store (created once); None read-only
+    when they do not exist yet."""
+    made: dict[str, tuple[bytes, bytes]] = {}
+
+    def ca() -> tuple[bytes, bytes]:
+        if "ca" not in made:
+            made["ca"] = pki.create_ca(
+                common_name=f"Consul Agent CA {secrets.randbits(128)}",
+                permitted_dns=domain_names(cluster),
+                days=cluster.pki.ca_days,
+                now=now,
+            )
+        return made["ca"]
+
+    ca_key = st.secret("consul-ca.key", lambda: ca()[0])
+    ca_cert = st.public("consul-ca.pem", lambda: ca()[1]) if ca_key is not None else None
+    gossip = st.secret("consul-gossip.key", lambda: pki.generate_gossip_key().encode() + b"\n")
+    if ca_key is None or ca_cert is None or gossip is None:
+        return None
+    cn, dns, ips = cert_names(cluster, node)
+
+    def leaf() -> tuple[bytes, bytes]:
+        if "leaf" not in made:
+            made["leaf"] = pki.issue_cert(
+                ca_key_pem=ca_key,
+                ca_cert_pem=ca_cert,
+                common_name=cn,
+                dns_names=dns,
+                ip_addresses=ips,
+                days=cluster.pki.cert_days,
+                now=now,
+                backdate=timedelta(minutes=cluster.pki.backdate_minutes),
+            )
+        return made["leaf"]
+
+    key = st.secret(f"consul-{node.name}.key", lambda: leaf()[0])
+    cert = st.secret(f"consul-{node.name}.pem", lambda: leaf()[1])
+    if key is None or cert is None:
+        return None
+    return ConsulSecrets(ca_cert, gossip.decode("ascii").strip(), key, cert)
+
+
+def agent_config(cluster: Cluster, node: Node, *, gossip_key: str) -> dict[str, Any]:
+    """The node's Consul agent configuration (checked against consul-schema.toml)."""
+    tls_dir = f"{CONFIG_DIRS[node.os]}/tls"
+    server = node in cluster.consul_servers
+    dns = cluster.consul.agent is not None and cluster.consul.agent.dns
+    address = node.advertise or node.address
+    config: dict[str, Any] = {
+        "node_name": node.name,
+        "datacenter": cluster.datacenter.lower(),
+        "data_dir": DATA_DIRS[node.os],
+        "server": server,
+        "bind_addr": address,
+        "advertise_addr": address,
+        "client_addr": "127.0.0.1",  # HTTP (and DNS) on loopback
+        "retry_join": [s.advertise or s.address for s in cluster.consul_servers],
+        "encrypt": gossip_key,
+        "encrypt_verify_incoming": True,
+        "encrypt_verify_outgoing": True,
+        "ports": {
+            "http": HTTP_PORT,
+            "https": -1,
+            "grpc": -1,
+            "grpc_tls": -1,
+            "serf_wan": -1,  # one datacenter: no WAN gossip
+            "dns": PORTS["dns"] if dns else -1,
+        },
+        "tls": {
+            "defaults": {
+                "ca_file": f"{tls_dir}/consul-agent-ca.pem",
+                "cert_file": f"{tls_dir}/consul.pem",
+                "key_file": f"{tls_dir}/consul-key.pem",
+                "verify_incoming": True,
+                "verify_outgoing": True,
+            },
+            "internal_rpc": {"verify_server_hostname": True},
+            "https": {"verify_incoming": False},
+        },
+        "disable_update_check": True,
+        "disable_anonymous_signature": True,
+        "enable_syslog": True,
+        "leave_on_terminate": not server,
+        "log_level": node.log_level.upper(),
+    }
+    if dns:
+        config["addresses"] = {"dns": "0.0.0.0"}
+    if server:
+        config["bootstrap_expect"] = len(cluster.consul_servers)
+    problems = check_config(config)
+    if problems:
+        raise ValueError(f"{node.name}: Consul configuration: {problems[0]}")
+    return config
+
+
+def render(config: Mapping[str, Any]) -> bytes:
+    return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
+
+
+@cache
+def _schema() -> dict[str, Any]:
+    with open(data_path("recipes", "consul-schema.toml"), "rb") as f:
+        return tomllib.load(f)
+
+
+_TYPES: dict[str, tuple[type, ...]] = {"string": (str,), "bool": (bool,), "int": (int,)}
+
+
+def check_config(config: Mapping[str, Any], table: str = "agent", where: str = "") -> list[str]:
+    """What in `config` Consul's key schema does not know or types differently."""
+    schema = _schema()[table]
+    problems: list[str] = []
+    for key, value in config.items():
+        path = f"{where}{key}"
+        kind = schema.get(key)
+        if kind is None:
+            problems.append(f"{path}: not a Consul agent key here (known: {', '.join(schema)})")
+        elif kind.startswith("block:"):
+            if not isinstance(value, Mapping):
+                problems.append(f"{path}: must be a block")
+            else:
+                problems += check_config(value, kind[6:], f"{path}.")
+        elif kind == "list":
+            if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                problems.append(f"{path}: must be a list of strings")
+        elif not isinstance(value, _TYPES[kind]) or (kind == "int" and isinstance(value, bool)):
+            problems.append(f"{path}: must be {kind}")
+    return problems
