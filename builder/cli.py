@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import click
 
 import builder
-from builder import pipeline
+from builder import cli_lifecycle, pipeline
 from builder.errors import BuildError, UserError
 
 CLUSTER_OPTION = click.option(
@@ -252,55 +251,7 @@ def build(cluster_file: Path, state_dir: Path | None, out_dir: Path, force: bool
     _paths(_run(pipeline.Request("build", cluster_file, state_dir, out_dir, force=force)).published)
 
 
-@cli.group()
-def pki() -> None:
-    """Certificate lifecycle."""
-
-
-@pki.command("status")
-@CLUSTER_OPTION
-@STATE_OPTION
-@_errors
-def pki_status(cluster_file: Path, state_dir: Path | None) -> None:
-    """Every node certificate's names and expiry, read-only."""
-    plan = pipeline.plan(pipeline.Request("check", cluster_file, state_dir))
-    now = datetime.now(UTC)
-    for node in plan.cluster.nodes:
-        info = plan.certificates[node.name].info
-        if info is None:
-            click.echo(f"{node.name}: no certificate yet")
-            continue
-        days = (info.not_after - now).days
-        click.echo(
-            f"{node.name}: {info.subject_cn}, expires {info.not_after:%Y-%m-%d} "
-            f"({days} days), names {','.join(info.dns_names)}, IPs {','.join(info.ip_addresses)}"
-        )
-    _warnings(plan.warnings)
-
-
-@pki.command("renew")
-@CLUSTER_OPTION
-@STATE_OPTION
-@_errors
-def pki_renew(cluster_file: Path, state_dir: Path | None) -> None:
-    """Create missing secrets and re-issue every certificate that no longer fits or expires soon."""
-    result = _run(pipeline.Request("renew", cluster_file, state_dir))
-    if not result.events:
-        click.echo("every certificate is current", err=True)
-
-
-@cli.group()
-def state() -> None:
-    """The secrets store."""
-
-
-@state.command("adopt")
-@CLUSTER_OPTION
-@STATE_OPTION
-@_errors
-def state_adopt(cluster_file: Path, state_dir: Path | None) -> None:
-    """Record a store made before nomad-build kept a ledger of its secrets (once)."""
-    _warnings(pipeline.adopt_state(cluster_file, state_dir))
+cli_lifecycle.register(cli, _errors, CLUSTER_OPTION, STATE_OPTION)  # pki, state, audit
 
 
 def main() -> None:
