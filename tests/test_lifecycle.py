@@ -440,3 +440,107 @@ def test_audit_finds_each_violation(tmp_path: Path) -> None:
         violations = [f["violation"] for f in report["findings"] if f["violation"]]
         assert rc == 1 and any(expected in v for v in violations), (name, report)
     ok(nomad_build(tmp_path, "audit", "-c", "cluster.toml"))  # the real dist/ is clean
+
+
+# ---------------------------------------------------------------- rotations
+
+
+def _node_ca_file(tmp_path: Path, node: str) -> bytes:
+    """The CA file the node's package installs, as `render` lays its tree out."""
+    out = tmp_path / f"root-{os.urandom(3).hex()}"
+    ok(nomad_build(tmp_path, "render", "-c", "cluster.toml", "--node", node, "--out", out.name))
+    found = list(out.rglob("nomad-ca.pem"))
+    assert len(found) == 1, found
+    return found[0].read_bytes()
+
+
+def test_rotate_ca_three_stages_with_real_handshakes(tmp_path: Path) -> None:
+    write_cluster(tmp_path)
+    ok(nomad_build(tmp_path, "build", "-c", "cluster.toml"))
+    old_ca = (tmp_path / "state/ca/ca.pem").read_bytes()
+    old_srv, old_cli = _pair(tmp_path, "bi-core-sbg-1"), _pair(tmp_path, "bi-node-sbg-1")
+    assert _node_ca_file(tmp_path, "bi-core-sbg-1") == old_ca
+
+    one = nomad_build(tmp_path, "pki", "rotate-ca", "-c", "cluster.toml")
+    ok(one)
+    assert one.stdout.startswith("CA rotation stage 1 of 3: build and roll out every node")
+    early = nomad_build(tmp_path, "pki", "rotate-ca", "-c", "cluster.toml")
+    assert early.returncode == 2 and "stage 1 is not rolled out" in early.stderr
+    rc, data = status_json(tmp_path)
+    assert rc == 1 and data["rotations"]["ca"]["stage"] == 1
+    new_ca = (tmp_path / "state/ca/next.pem").read_bytes()
+    ok(nomad_build(tmp_path, "build", "-c", "cluster.toml"))
+    bundle1 = _node_ca_file(tmp_path, "bi-core-sbg-1")
+    assert bundle1 == old_ca + new_ca  # trusts both; certificates still from the old CA
+    assert _pair(tmp_path, "bi-core-sbg-1") == old_srv
+    assert _handshake(tmp_path, old_srv, bundle1, old_cli, bundle1)
+
+    two = nomad_build(tmp_path, "pki", "rotate-ca", "-c", "cluster.toml")
+    ok(two)
+    assert "stage 2 of 3" in two.stdout
+    assert two.stderr.count("reissued: certificate") == 6
+    assert (tmp_path / "state/ca/ca.pem").read_bytes() == new_ca
+    new_srv, new_cli = _pair(tmp_path, "bi-core-sbg-1"), _pair(tmp_path, "bi-node-sbg-1")
+    assert pki.cert_signed_by(new_srv[1], new_ca) and new_srv[0] == old_srv[0]
+    ok(nomad_build(tmp_path, "build", "-c", "cluster.toml"))
+    bundle2 = _node_ca_file(tmp_path, "bi-core-sbg-1")
+    assert bundle2 == new_ca + old_ca
+    # mid-rollout: upgraded and not-yet-upgraded nodes talk, both ways
+    assert _handshake(tmp_path, new_srv, bundle2, old_cli, bundle1)
+    assert _handshake(tmp_path, old_srv, bundle1, new_cli, bundle2)
+    assert _handshake(tmp_path, new_srv, bundle2, new_cli, bundle2)
+
+    three = nomad_build(tmp_path, "pki", "rotate-ca", "-c", "cluster.toml")
+    ok(three)
+    assert three.stdout.startswith("CA rotation done")
+    archived = list((tmp_path / "state/ca/archive").glob("*.pem"))
+    assert [p.read_bytes() for p in archived] == [old_ca]
+    ok(nomad_build(tmp_path, "build", "-c", "cluster.toml"))
+    bundle3 = _node_ca_file(tmp_path, "bi-core-sbg-1")
+    assert bundle3 == new_ca
+    assert _handshake(tmp_path, new_srv, bundle3, new_cli, bundle3)
+    assert not _handshake(tmp_path, old_srv, bundle1, new_cli, bundle3)  # old CA untrusted
+    assert not _handshake(tmp_path, new_srv, bundle3, old_cli, bundle1)
+    rc, data = status_json(tmp_path)
+    assert rc == 0 and data["rotations"]["ca"] is None
+    rc, data = _audit(tmp_path)
+    assert rc == 0, [f for f in data["findings"] if f["violation"]]
+
+
+def test_rotate_gossip(tmp_path: Path) -> None:
+    write_cluster(tmp_path)
+    ok(nomad_build(tmp_path, "build", "-c", "cluster.toml"))
+    old = (tmp_path / "state/gossip.key").read_text().strip()
+    early = nomad_build(tmp_path, "pki", "rotate-gossip", "-c", "cluster.toml", "--finish")
+    assert early.returncode == 2 and "no rotation under way" in early.stderr
+    proc = nomad_build(tmp_path, "pki", "rotate-gossip", "-c", "cluster.toml")
+    ok(proc)
+    new = (tmp_path / "state/gossip-next.key").read_text().strip()
+    assert len(new) == 44 and new != old
+    assert proc.stdout.splitlines()[:3] == [
+        f"nomad operator gossip keyring install {new}",
+        f"nomad operator gossip keyring use {new}",
+        f"nomad operator gossip keyring remove {old}",
+    ]
+    again = nomad_build(tmp_path, "pki", "rotate-gossip", "-c", "cluster.toml", "--json")
+    ok(again)
+    assert json.loads(again.stdout)["commands"][0].endswith(new)  # same key, resumable
+    rc, data = status_json(tmp_path)
+    assert rc == 1 and data["rotations"]["gossip"]["stage"] == 1
+    assert (tmp_path / "state/gossip.key").read_text().strip() == old
+    ok(nomad_build(tmp_path, "pki", "rotate-gossip", "-c", "cluster.toml", "--finish"))
+    assert (tmp_path / "state/gossip.key").read_text().strip() == new
+    assert (tmp_path / "state/gossip-history/1.key").read_text().strip() == old
+    out = tmp_path / "root"
+    ok(
+        nomad_build(
+            tmp_path, "render", "-c", "cluster.toml", "--node", "bi-core-sbg-1", "--out", "root"
+        )
+    )
+    hcl = next(out.rglob("nomad.hcl")).read_text()
+    assert f'encrypt = "{new}"' in hcl.replace("  ", " ")
+    rc, _ = status_json(tmp_path)
+    assert rc == 0
+    ok(nomad_build(tmp_path, "build", "-c", "cluster.toml"))
+    rc, data = _audit(tmp_path)  # the old key is known (history) and in no artifact
+    assert rc == 0 and all("history" not in f["secret"] for f in data["findings"])
