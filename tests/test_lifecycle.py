@@ -544,3 +544,47 @@ def test_rotate_gossip(tmp_path: Path) -> None:
     ok(nomad_build(tmp_path, "build", "-c", "cluster.toml"))
     rc, data = _audit(tmp_path)  # the old key is known (history) and in no artifact
     assert rc == 0 and all("history" not in f["secret"] for f in data["findings"])
+
+
+# ---------------------------------------------------------------- membership
+
+
+def _set_role(text: str, node: str, old: str, new: str) -> str:
+    before = f'name = "{node}"\nrole = "{old}"'
+    assert before in text
+    return text.replace(before, f'name = "{node}"\nrole = "{new}"')
+
+
+def test_check_explains_server_changes_and_refuses_losing_quorum(tmp_path: Path) -> None:
+    path = write_cluster(tmp_path)
+    original = path.read_text()
+    fresh = nomad_build(tmp_path, "check", "-c", "cluster.toml")
+    ok(fresh)
+    assert "servers change" not in fresh.stderr  # nothing bootstrapped yet
+    ok(nomad_build(tmp_path, "build", "-c", "cluster.toml"))
+
+    # replace a server: the one that goes and the one that comes, in order
+    text = _set_role(original, "bi-core-sbg-3", "server", "client")
+    path.write_text(_set_role(text, "bi-node-sbg-1", "client", "server"))
+    proc = nomad_build(tmp_path, "check", "-c", "cluster.toml")
+    ok(proc)
+    steps = [ln.removeprefix("warning: ") for ln in proc.stderr.splitlines()]
+    assert steps[0] == "servers change: 3 -> 3 (quorum 2 -> 2); bootstrap_expect becomes 3"
+    assert steps[1].startswith(
+        "step 1: roll out the servers that stay (bi-core-sbg-1, bi-core-sbg-2)"
+    )
+    assert steps[2].startswith(
+        "step 2: stop bi-core-sbg-3, then on a server `nomad server force-leave"
+    )
+    assert steps[3].startswith("step 3: install bi-node-sbg-1's package")
+    assert steps[4].startswith("step 4: roll out the clients")
+
+    # two of three servers gone at once: no quorum of correctly configured servers
+    text = _set_role(original, "bi-core-sbg-2", "server", "client")
+    path.write_text(_set_role(text, "bi-core-sbg-3", "server", "client"))
+    refused = nomad_build(tmp_path, "check", "-c", "cluster.toml")
+    assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1
+    assert "only 1 stay, fewer than a quorum (2) of the current 3" in refused.stderr
+    before = entries(tmp_path)
+    assert nomad_build(tmp_path, "build", "-c", "cluster.toml").returncode == 2
+    assert entries(tmp_path) == before  # the build is refused too, nothing written
