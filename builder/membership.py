@@ -10,9 +10,10 @@ removed from the cluster file). Comparing them with the cluster file's servers:
   joining through Consul before the next.
 - removed servers: stop them one at a time and `nomad server force-leave` each (Nomad's
   autopilot also cleans up dead servers), then roll out the remaining servers.
-- a plan is refused when the servers that stay are fewer than a quorum of the old set
-  (the cluster would lose its leader) or of the new set (the new members could outvote
-  the configured ones before they joined): change fewer servers at a time.
+- a plan is refused when the servers that stay are fewer than a quorum of the current
+  set: the cluster would lose its leader. Remove fewer servers at a time. Adding is
+  not limited (a 1-server cluster may grow to 3): the leader admits new servers one by
+  one as they join, which is why they are started one at a time.
 """
 
 from __future__ import annotations
@@ -51,15 +52,14 @@ def explain(cluster: Cluster, st: State) -> list[str]:
         return []
     kept, added, removed = old & new, sorted(new - old), sorted(old - new)
     source = cluster.source
-    for label, base in (("current", len(old)), ("new", len(new))):
-        if len(kept) < quorum(base):
-            raise UserError(
-                f"{source}: servers change from {len(old)} to {len(new)} but only "
-                f"{len(kept)} stay, fewer than a quorum ({quorum(base)}) of the {label} "
-                f"{base}: the cluster would lose its leader; add or remove at most "
-                f"{max(len(old) - quorum(len(old)), 1)} server(s) at a time, rolling out "
-                "each step"
-            )
+    if len(kept) < quorum(len(old)):
+        raise UserError(
+            f"{source}: servers change from {len(old)} to {len(new)} but only "
+            f"{len(kept)} stay, fewer than a quorum ({quorum(len(old))}) of the current "
+            f"{len(old)}: the cluster would lose its leader; remove at most "
+            f"{max(len(old) - quorum(len(old)), 1)} server(s) at a time, rolling out "
+            "each step"
+        )
     lines = [
         f"servers change: {len(old)} -> {len(new)} (quorum {quorum(len(old))} -> "
         f"{quorum(len(new))}); bootstrap_expect becomes {cluster.bootstrap_expect}"

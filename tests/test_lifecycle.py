@@ -579,6 +579,14 @@ def test_check_explains_server_changes_and_refuses_losing_quorum(tmp_path: Path)
     assert steps[3].startswith("step 3: install bi-node-sbg-1's package")
     assert steps[4].startswith("step 4: roll out the clients")
 
+    # growing 3 -> 5 is allowed; the new servers start one at a time
+    text = _set_role(original, "bi-node-sbg-1", "client", "server")
+    path.write_text(_set_role(text, "bi-node-sbg-2", "client", "server"))
+    grow = nomad_build(tmp_path, "check", "-c", "cluster.toml")
+    ok(grow)
+    assert "warning: servers change: 3 -> 5 (quorum 2 -> 3)" in grow.stderr
+    assert "install bi-node-sbg-2's package" in grow.stderr
+
     # two of three servers gone at once: no quorum of correctly configured servers
     text = _set_role(original, "bi-core-sbg-2", "server", "client")
     path.write_text(_set_role(text, "bi-core-sbg-3", "server", "client"))
