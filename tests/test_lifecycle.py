@@ -596,3 +596,26 @@ def test_check_explains_server_changes_and_refuses_losing_quorum(tmp_path: Path)
     before = entries(tmp_path)
     assert nomad_build(tmp_path, "build", "-c", "cluster.toml").returncode == 2
     assert entries(tmp_path) == before  # the build is refused too, nothing written
+
+
+LIFECYCLE_COMMANDS = [
+    ["pki", "renew"],
+    ["pki", "cli-cert"],
+    ["pki", "rotate-ca"],
+    ["pki", "rotate-gossip"],
+    ["state"],
+    ["state", "adopt"],
+    ["state", "backup"],
+    ["state", "restore"],
+    ["audit"],
+]
+
+
+@pytest.mark.parametrize(
+    "command", LIFECYCLE_COMMANDS, ids=[" ".join(c) for c in LIFECYCLE_COMMANDS]
+)
+def test_lifecycle_help(tmp_path: Path, command: list[str]) -> None:
+    proc = nomad_build(tmp_path, *command, "--help")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert proc.stdout.startswith(f"Usage: nomad-build {' '.join(command)}")
+    assert list(tmp_path.iterdir()) == []
