@@ -9,7 +9,6 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import click
 
 import builder
-from builder import pipeline
+from builder import cli_lifecycle, pipeline
 from builder import report as report_mod
 from builder.errors import BuildError, UserError
 from builder.next_steps import next_steps
@@ -470,86 +469,7 @@ def build(
     _run(request, as_json=as_json, quiet=quiet, strict=strict)
 
 
-@cli.group()
-def pki() -> None:
-    """Certificate lifecycle.
-
-    \b
-    Example:
-      nomad-build pki status -c examples/bi-sbg.toml
-    """
-
-
-@pki.command("status")
-@CLUSTER_OPTION
-@STATE_OPTION
-@_errors
-def pki_status(cluster_file: Path, state_dir: Path | None) -> None:
-    """Every node certificate's names and expiry, read-only.
-
-    \b
-    Example:
-      nomad-build pki status -c examples/bi-sbg.toml
-    """
-    plan = pipeline.plan(pipeline.Request("check", cluster_file, state_dir))
-    now = datetime.now(UTC)
-    for node in plan.cluster.nodes:
-        info = plan.certificates[node.name].info
-        if info is None:
-            click.echo(f"{node.name}: no certificate yet")
-            continue
-        days = (info.not_after - now).days
-        click.echo(
-            f"{node.name}: {info.subject_cn}, expires {info.not_after:%Y-%m-%d} "
-            f"({days} days), names {','.join(info.dns_names)}, IPs {','.join(info.ip_addresses)}"
-        )
-    _warnings(plan.warnings)
-
-
-@pki.command("renew")
-@CLUSTER_OPTION
-@STATE_OPTION
-@WAIT_OPTION
-@_errors
-def pki_renew(cluster_file: Path, state_dir: Path | None, wait: float) -> None:
-    """Create missing secrets and re-issue every certificate that no longer fits or expires soon.
-
-    \b
-    Example:
-      nomad-build pki renew -c examples/bi-sbg.toml
-    """
-    result = pipeline.execute(
-        pipeline.plan(pipeline.Request("renew", cluster_file, state_dir, wait=wait))
-    )
-    for ev in result.events:
-        click.echo(f"{ev.kind}: {ev.what} ({ev.reason})", err=True)
-    _warnings(result.warnings)
-    if not result.events:
-        click.echo("every certificate is current", err=True)
-
-
-@cli.group()
-def state() -> None:
-    """The secrets store.
-
-    \b
-    Example:
-      nomad-build state adopt -c examples/bi-sbg.toml
-    """
-
-
-@state.command("adopt")
-@CLUSTER_OPTION
-@STATE_OPTION
-@_errors
-def state_adopt(cluster_file: Path, state_dir: Path | None) -> None:
-    """Record a store made before nomad-build kept a ledger of its secrets (once).
-
-    \b
-    Example:
-      nomad-build state adopt -c examples/bi-sbg.toml
-    """
-    _warnings(pipeline.adopt_state(cluster_file, state_dir))
+cli_lifecycle.register(cli, _errors, CLUSTER_OPTION, STATE_OPTION)  # pki, state, audit
 
 
 def main() -> None:

@@ -26,6 +26,12 @@ class NodeFile:
     def is_secret(self) -> bool:
         return self.kind == "secret"
 
+    @property
+    def is_tls(self) -> bool:
+        """A certificate or key (PEM): Nomad reloads these on SIGHUP, so a package whose
+        only changes are such files reloads the agent on upgrade instead of restarting."""
+        return self.content.startswith(b"-----BEGIN ")
+
 
 @dataclass(frozen=True)
 class NodeDir:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from builder import cluster as cluster_mod
-from builder import output_dir, publish, report
+from builder import membership, output_dir, publish, report
 from builder.errors import UserError
 from builder.model import Cluster, Node
 from builder.nodetree import NodeTree
@@ -140,6 +140,7 @@ def plan(request: Request) -> Plan:
         if request.out_dir is not None:
             st.require_versions_at_least(output_dir.published_versions(request.out_dir))
         p.events, p.warnings = list(st.events), [*cluster.warnings, *advice, *st.warnings]
+        p.warnings += membership.explain(cluster, st)  # refuses a change that loses quorum
     return p
 
 

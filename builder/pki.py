@@ -157,8 +157,11 @@ def issue_cert(
     days: int,
     now: datetime,
     backdate: timedelta,
+    key_pem: bytes | None = None,
 ) -> tuple[bytes, bytes]:
     """Leaf cert for an agent (server and client auth). Returns (key PEM, cert PEM).
+
+    `key_pem`: keep this key pair (a renewal); None makes a new one.
 
     SANs keep the caller's order: DNS names first, then IPs. not_before is backdated
     so a node whose clock lags slightly still accepts a fresh cert.
@@ -170,7 +173,7 @@ def issue_cert(
         ca_kid = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
     except x509.ExtensionNotFound:
         ca_kid = _key_id(ca_key.public_key())
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = ec.generate_private_key(ec.SECP256R1()) if key_pem is None else _load_ec_key(key_pem)
     sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns_names]
     sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
     builder = (

@@ -63,8 +63,10 @@ def node_secrets(cluster: Cluster, node: Node, state: State) -> NodeSecrets:
     assert pair is not None
     key, cert = pair
     gossip = state.gossip_key() if node.is_server else None
-    # Only the CA *certificate* travels; the CA key never leaves state/.
-    return NodeSecrets(ca_cert=ca[1], node_cert=cert, node_key=key, gossip_key=gossip)
+    # Only the CA *certificate* travels; the CA key never leaves state/. During a
+    # `pki rotate-ca` it is a bundle of both generations (State.ca_bundle).
+    bundle = state.ca_bundle() or ca[1]
+    return NodeSecrets(ca_cert=bundle, node_cert=cert, node_key=key, gossip_key=gossip)
 
 
 def render_node(cluster: Cluster, node: Node, state: State) -> NodeTree:

@@ -590,6 +590,102 @@ class State:
             self._commit([_Write(rel, data, mode, None, digest=not public)])
             return data
 
+    # ---------------------------------------------------------------- deliberate changes
+
+    # The lifecycle commands (builder.lifecycle: renew, rotations, cli-cert) replace what
+    # a build never would. Each change is recorded in the ledger like any other write.
+
+    def read_file(self, rel: str) -> bytes | None:
+        """A store file's bytes (None: never made); lost or changed since written is refused."""
+        with self._mutex:
+            self._check_open()
+            raw, status = self._load(rel, fix_mode=False)
+            if raw is not None:
+                self._settle(rel, raw, status)
+            return raw
+
+    def write_files(self, files: Mapping[str, tuple[bytes, bool]]) -> None:
+        """Create or replace store files deliberately: {rel: (bytes, secret?)}. Secret files
+        are 0600 and their digest is recorded; public ones 0644."""
+        with self._mutex:
+            self._check_open()
+            if not self.writable:
+                raise ValueError("write_files needs a writable store")
+            writes = []
+            for rel, (data, secret) in sorted(files.items()):
+                if rel in (_VERSIONS, LEDGER_NAME) or rel.startswith(("/", ".")) or ".." in rel:
+                    raise ValueError(f"bad store file for write_files: {rel!r}")
+                mode = _SECRET_MODE if secret else _PUBLIC_MODE
+                writes.append(_Write(rel, data, mode, self._peek(rel), digest=secret))
+            self._commit(writes)
+            self._ca = None
+            self._nodes.clear()
+            self._gossip = None
+
+    def remove_files(self, rels: list[str]) -> None:
+        """Forget store files deliberately (the ledger first, then the files)."""
+        with self._mutex:
+            self._check_open()
+            if not self.writable:
+                raise ValueError("remove_files needs a writable store")
+            ledger = self._ledger
+            assert ledger is not None
+            for rel in rels:
+                ledger.entries.pop(rel, None)
+            atomic_io.write_atomic([(ledger.path, ledger.dump(), _SECRET_MODE)])
+            for rel in rels:
+                self._path(rel).unlink(missing_ok=True)
+            self._ca = None
+            self._nodes.clear()
+            self._gossip = None
+
+    def reissue_node_cert(
+        self, node: str, spec: CertSpec, ca: tuple[bytes, bytes], *, rekey: bool, reason: str
+    ) -> tuple[bytes, bytes]:
+        """Re-issue `node`'s certificate now, whether or not it still fits; `rekey` makes a
+        new key pair (a compromised key), else the stored key is kept."""
+        with self._mutex:
+            self._check_open()
+            if not self.writable:
+                raise ValueError("reissue_node_cert needs a writable store")
+            key_rel, cert_rel = self._node_rel(node, "key.pem"), self._node_rel(node, "cert.pem")
+            key, _ = self._load(key_rel)
+            cert, _ = self._load(cert_rel)
+            self._check_issue(spec, ca)
+            keep = None if rekey or key is None else key
+            new_key, new_cert = pki.issue_cert(
+                ca_key_pem=ca[0],
+                ca_cert_pem=ca[1],
+                common_name=spec.common_name,
+                dns_names=spec.dns_names,
+                ip_addresses=spec.ip_addresses,
+                days=spec.days,
+                now=self.clock(),
+                backdate=spec.backdate,
+                key_pem=keep,
+            )
+            writes = [_Write(cert_rel, new_cert, _SECRET_MODE, cert)]
+            if keep is None:
+                writes.insert(0, _Write(key_rel, new_key, _SECRET_MODE, key))
+            self._commit(writes)
+            kind = "created" if cert is None else "reissued"
+            self._plan(Event(kind, f"certificate {node}", reason))
+            self._nodes[node] = (spec, ca[1], (new_key, new_cert))
+            return new_key, new_cert
+
+    def ca_bundle(self) -> bytes | None:
+        """What nodes trust: the CA certificate, plus the other generation while a
+        `pki rotate-ca` is under way (ca/next.pem, then ca/previous.pem). None: no CA yet."""
+        with self._mutex:
+            self._check_open()
+            parts = []
+            for rel in (_CA_CERT, "ca/next.pem", "ca/previous.pem"):
+                raw, status = self._load(rel, fix_mode=False)
+                if raw is not None:
+                    self._settle(rel, raw, status)
+                    parts.append(raw if raw.endswith(b"\n") else raw + b"\n")
+            return b"".join(parts) or None
+
     # ---------------------------------------------------------------- internals
 
     def _path(self, rel: str) -> Path:

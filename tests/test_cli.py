@@ -181,40 +181,6 @@ def test_even_server_count_warns_but_passes(tmp_path: Path) -> None:
     assert table(proc.stdout)["bi-core-sbg-3"][1] == "client"
 
 
-# ---------------------------------------------------------------- pki status
-
-
-def test_pki_status(tmp_path: Path) -> None:
-    write_cluster(tmp_path)
-    before = entries(tmp_path)
-    proc = nomad_build(tmp_path, "pki", "status", "-c", "cluster.toml")
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines() == [f"{n}: no certificate yet" for n in NODES]
-    assert entries(tmp_path) == before
-
-    assert nomad_build(tmp_path, "pki", "renew", "-c", "cluster.toml").returncode == 0
-    before = entries(tmp_path)
-    proc = nomad_build(tmp_path, "pki", "status", "-c", "cluster.toml")
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
-    assert len(lines) == len(NODES)
-    for line, (name, (role, address)) in zip(lines, NODES.items(), strict=True):
-        m = re.fullmatch(
-            rf"{name}: {role}\.eu\.nomad, expires (\d{{4}}-\d\d-\d\d) \((\d+) days\), "
-            rf"names (\S+), IPs (\S+)",
-            line,
-        )
-        assert m, line
-        assert 363 <= int(m.group(2)) <= 365
-        assert set(m.group(3).split(",")) == {
-            f"{role}.eu.nomad",
-            "localhost",
-            f"{name}.intra.terror.ninja",
-        }
-        assert set(m.group(4).split(",")) == {"127.0.0.1", address}
-    assert entries(tmp_path) == before  # read-only
-
-
 def test_a_store_made_before_the_ledger_is_adopted_deliberately(tmp_path: Path) -> None:
     """A missing ledger is refused (it may have been deleted); `state adopt` records the
     store once, and nothing is made anew."""

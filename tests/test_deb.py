@@ -875,3 +875,58 @@ def test_standin_agent_checks_and_notifies(tmp_path: Path) -> None:
         out, _ = proc.communicate(timeout=30)
         assert proc.returncode == 1, reason
         assert out.startswith("nomad-standin: FAIL ") and reason in out, (reason, out)
+
+
+def test_certificate_only_upgrade_reloads_the_agent(
+    rendered: Rendered, fake_nomad: Path, tmp_path: Path
+) -> None:
+    """`pki renew` then an upgrade: only certificates changed, so postinst reloads
+    (SIGHUP through ExecReload) instead of restarting; a config change restarts."""
+    from builder import lifecycle
+
+    state = tmp_path / "state"
+    shutil.copytree(rendered.state_dir, state)
+    cluster = tmp_path / "cluster.toml"
+    cluster.write_text(example_text("debian"))
+
+    def package() -> Artifact:
+        request = pipeline.Request("package", cluster, state, nodes=(SERVER,))
+        (deb,) = pipeline.execute(pipeline.plan(request)).artifacts
+        return deb
+
+    v1 = package()
+    root = chroot(tmp_path)
+    deny_service_starts(root)
+    apt_get(root, "install", copy_in(root, fake_nomad), copy_in(root, write(tmp_path, v1)))
+    lifecycle.renew(cluster, state, nodes=(SERVER,))
+    v2 = package()
+    assert v2.path != v1.path  # the new certificate bumps the version
+    with tarfile.open(fileobj=io.BytesIO(_member(v2.data, "data.tar.gz"))) as tar:
+        f = tar.extractfile(f"./usr/share/doc/{rendered.node(SERVER).deb_package}/changelog.gz")
+        assert f is not None
+        changelog = gzip.decompress(f.read()).decode()
+    assert "reloads the agent" in changelog and "only certificates" in changelog
+    apt_get(root, "install", copy_in(root, write(tmp_path, v2)))
+    assert service_actions(root)[-2:] == [f"{UNIT} start", f"{UNIT} reload"]
+
+    cluster.write_text(example_text("debian").replace('log_level = "INFO"', 'log_level = "DEBUG"'))
+    v3 = package()
+    apt_get(
+        root,
+        "-o",
+        "Dpkg::Options::=--force-confnew",
+        "install",
+        copy_in(root, write(tmp_path, v3)),
+    )
+    assert service_actions(root)[-1] == f"{UNIT} restart"
+
+
+def _member(deb: bytes, name: str) -> bytes:
+    pos = 8
+    while pos < len(deb):
+        header = deb[pos : pos + 60]
+        size = int(header[48:58])
+        if header[:16].decode().strip().rstrip("/") == name:
+            return deb[pos + 60 : pos + 60 + size]
+        pos += 60 + size + (size & 1)
+    raise KeyError(name)

@@ -227,7 +227,14 @@ def test_service_enabled_on_install_stopped_and_disabled_on_delete(
             ("unexec-delete", "rcctl stop nomad_agent >/dev/null 2>&1 || true"),
             ("unexec-delete", "rcctl disable nomad_agent"),
             ("exec-add", "rcctl enable nomad_agent"),
+            ("exec-update", pkg.plist.execs[-2][1]),
         ]
+        # pkg_add -u of a running agent: reload when only certificates/keys changed
+        update = pkg.plist.execs[-2][1]
+        assert 'if [ "$n" = "$o" ]; then rcctl reload nomad_agent; else rcctl restart' in update
+        tls = [f.path for f in rendered_openbsd.trees[name].files if f.is_tls]
+        assert tls and not any(p in update for p in tls)
+        assert "/etc/nomad/nomad.hcl" in update
         rc = lines.index("@rcscript /etc/rc.d/nomad_agent")
         # pkg_delete runs the plist in order: stop/disable while the script exists;
         # pkg_add enables once it is installed. Neither runs on pkg_add -u.
@@ -630,7 +637,13 @@ MUTATIONS: dict[str, tuple[Mutation, str]] = {
     ),
     "missing-sha": (lambda ls, es: (_without_first(ls, "@sha"), es), "lacks @sha"),
     "missing-ts": (lambda ls, es: (_without_first(ls, "@ts"), es), "lacks @ts"),
-    "not-reset": (lambda ls, es: (ls[:-4] + ls[-3:], es), "not reset"),
+    "not-reset": (  # the bare `@group` after the rc script
+        lambda ls, es: (
+            [x for i, x in enumerate(ls) if i != len(ls) - 1 - ls[::-1].index("@group")],
+            es,
+        ),
+        "not reset",
+    ),
     "unknown-owner": (
         lambda ls, es: ([("@owner nosuchuser" if x == "@group bin" else x) for x in ls], es),
         "no such user",

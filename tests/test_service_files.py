@@ -151,7 +151,7 @@ def test_rc_script(openbsd: Rendered, tmp_path: Path) -> None:
             f"at-source daemon={wanted['daemon']}",
             f"at-source daemon_flags={wanted['daemon_flags']}",
             f"at-source daemon_user={user}",
-            "rc_cmd start rc_bg=YES rc_reload=NO rc_stop_signal=INT",
+            "rc_cmd start rc_bg=YES rc_reload= rc_stop_signal=INT",  # default reload: SIGHUP
         ]
 
 

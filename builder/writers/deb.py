@@ -197,6 +197,16 @@ def _shipped_mode(f: NodeFile) -> int:
     return f.mode
 
 
+def config_digest(tree: NodeTree) -> str:
+    """sha256 over the files whose change needs a restart (all but certificates/keys), as
+    postinst computes it on the node: `cat <restart_files> | sha256sum`."""
+    h = hashlib.sha256()
+    for f in tree.files:
+        if not f.is_tls:
+            h.update(f.content)
+    return h.hexdigest()
+
+
 def _changelog(pkg: str, version: str, node: Node, tree: NodeTree, mtime: int) -> bytes:
     when = format_datetime(datetime.fromtimestamp(mtime, UTC))
     return _render(
@@ -206,6 +216,7 @@ def _changelog(pkg: str, version: str, node: Node, tree: NodeTree, mtime: int) -
         node=node,
         role_text=node.role_text,
         digest=tree.digest()[:16],
+        config_digest=config_digest(tree)[:16],
         maintainer=node.packages.maintainer,
         date=when,
     )
@@ -324,6 +335,9 @@ def _control_fields(
         # postinst chowns /etc/nomad.d recursively; the trigger runs ours again after
         # it) and puts the directories of ours under /etc back to root:root 0755.
         "owned": list(tree.files),
+        # Upgrades restart the agent when one of these changed, else only reload it
+        # (certificates and keys: Nomad reloads TLS on SIGHUP).
+        "restart_files": [f.path for f in tree.files if not f.is_tls],
         "etc_dirs": [d for d in dirs if d.startswith("/etc/")],
         "data_dirs": list(tree.dirs),
         "conffiles": conffiles,

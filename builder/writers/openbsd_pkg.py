@@ -367,6 +367,26 @@ def _payload(pl: _Plist, node: Node, tree: NodeTree, script: NodeFile, mtime: in
     )
     # Older pkg_add moved the cwd to the @rcscript's directory; pkg_create re-states it.
     pl.add("@cwd /", f"@exec-add rcctl enable {svc.name}")
+    _reload_lines(pl, node, tree, {id(f) for f in etc})
+
+
+def _reload_lines(pl: _Plist, node: Node, tree: NodeTree, etc: set[int]) -> None:
+    """pkg_add -u of a running agent: reload it (SIGHUP, rc.d's rc_reload: Nomad re-reads
+    its TLS certificates) when only certificates or keys changed, else restart it. The
+    digest of the other files (as this package ships them) is kept in /var/db."""
+    paths = [EXAMPLES_DIR + f.path if id(f) in etc else f.path for f in tree.files if not f.is_tls]
+    digest = f"/var/db/nomad-build/{node.openbsd_stem}.config-sha256"
+    compute = f"cat {' '.join(paths)} | sha256"
+    name = tree.service.name
+    pl.add(
+        f"@exec-add mkdir -p /var/db/nomad-build && {compute} > {digest}",
+        f"@exec-update n=$({compute}); o=$(cat {digest} 2>/dev/null); "
+        f"mkdir -p /var/db/nomad-build; echo $n > {digest}; "
+        f"if rcctl check {name} >/dev/null 2>&1; then "
+        f'if [ "$n" = "$o" ]; then rcctl reload {name}; else rcctl restart {name}; fi; '
+        "fi >/dev/null 2>&1 || true",
+        f"@unexec-delete rm -f {digest}",
+    )
 
 
 def package_arch(node: Node, tree: NodeTree | None = None) -> str:

@@ -1,0 +1,350 @@
+"""Certificate lifecycle: status, renewal, operator certificates (the `pki` commands).
+
+Everything goes through the secrets store (builder.state); the decisions about a stored
+certificate come from builder.cert_policy. `status()` is read-only; the others open the
+store for writing (and hold its lock) only after the same checks.
+
+`pki status --json` follows docs/pki-status.schema.json (format 1): adding a field is
+compatible, renaming or removing one bumps "format".
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from builder import cluster as cluster_mod
+from builder import output_dir, pki, rotation
+from builder.cert_policy import ca_verdict, cert_problems
+from builder.errors import UserError
+from builder.model import Cluster, Node
+from builder.render import ca_spec, cert_spec
+from builder.state import Event, State
+
+STATUS_FORMAT = 1
+# Worst first: a node's state is the worst that applies.
+STATES = ("missing", "expired", "stale", "expiring", "ok")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _load(cluster_file: Path, state_dir: Path | None) -> tuple[Cluster, Path]:
+    cluster = cluster_mod.load(cluster_file)
+    return cluster, state_dir or cluster.source.parent / "state"
+
+
+def _iso(d: datetime) -> str:
+    return d.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ---------------------------------------------------------------- status
+
+
+@dataclass(frozen=True)
+class CertReport:
+    node: str
+    role: str
+    state: str  # one of STATES
+    reasons: tuple[str, ...]
+    info: pki.CertInfo | None
+    days_left: int | None
+
+
+@dataclass
+class StatusReport:
+    cluster: Cluster
+    now: datetime
+    ca_state: str  # ok | expiring | expired | missing
+    ca_reason: str | None
+    ca: pki.CertInfo | None
+    nodes: list[CertReport]
+    rotations: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def action_needed(self) -> bool:
+        return (
+            self.ca_state != "ok"
+            or any(n.state != "ok" for n in self.nodes)
+            or any(r is not None for r in self.rotations.values())
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        def days(d: datetime) -> int:
+            return (d - self.now).days
+
+        ca: dict[str, Any] = {"state": self.ca_state, "reason": self.ca_reason}
+        if self.ca is not None:
+            ca |= {
+                "common_name": self.ca.subject_cn,
+                "permitted_dns": list(self.ca.permitted_dns),
+                "serial": f"{self.ca.serial:x}",
+                "not_before": _iso(self.ca.not_before),
+                "not_after": _iso(self.ca.not_after),
+                "days_left": days(self.ca.not_after),
+            }
+        nodes = []
+        for n in self.nodes:
+            entry: dict[str, Any] = {
+                "node": n.node,
+                "role": n.role,
+                "state": n.state,
+                "reasons": list(n.reasons),
+            }
+            if n.info is not None:
+                entry |= {
+                    "common_name": n.info.subject_cn,
+                    "dns_names": list(n.info.dns_names),
+                    "ip_addresses": list(n.info.ip_addresses),
+                    "serial": f"{n.info.serial:x}",
+                    "not_before": _iso(n.info.not_before),
+                    "not_after": _iso(n.info.not_after),
+                    "days_left": n.days_left,
+                }
+            nodes.append(entry)
+        return {
+            "format": STATUS_FORMAT,
+            "cluster": self.cluster.name,
+            "region": self.cluster.region,
+            "generated": _iso(self.now),
+            "action_needed": self.action_needed,
+            "ca": ca,
+            "nodes": nodes,
+            "rotations": self.rotations,
+            "warnings": self.warnings,
+        }
+
+
+def _node_state(
+    info: pki.CertInfo | None, problems: list[str], now: datetime, within: timedelta | None
+) -> str:
+    if info is None:
+        return "missing"
+    if info.not_after <= now:
+        return "expired"
+    if any(not p.startswith("expires ") for p in problems):
+        return "stale"
+    if problems or (within is not None and info.not_after - now < within):
+        return "expiring"
+    return "ok"
+
+
+def _cert_reports(
+    cluster: Cluster,
+    st: State,
+    ca: tuple[bytes, bytes] | None,
+    now: datetime,
+    within: timedelta | None = None,
+) -> list[CertReport]:
+    ca_end = pki.inspect_cert(ca[1]).not_after if ca is not None else None
+    out = []
+    for node in cluster.nodes:
+        info = st.cert_info(node.name)
+        problems: list[str] = []
+        if info is not None:
+            cert = st.read_file(f"nodes/{node.name}/cert.pem")
+            assert cert is not None
+            signed = ca is not None and pki.cert_signed_by(cert, ca[1])
+            problems = cert_problems(
+                info, cert_spec(cluster, node), signed_by_ca=signed, ca_not_after=ca_end, now=now
+            )
+        state = _node_state(info, problems, now, within)
+        if state == "expiring" and not problems and within is not None and info is not None:
+            problems = [f"expires {info.not_after.date().isoformat()} (within {within.days} days)"]
+        days = (info.not_after - now).days if info is not None else None
+        out.append(CertReport(node.name, node.role, state, tuple(problems), info, days))
+    return out
+
+
+def _stored_ca(st: State) -> tuple[bytes, bytes] | None:
+    key, cert = st.read_file("ca/ca.key"), st.read_file("ca/ca.pem")
+    if key is None or cert is None:
+        return None
+    return key, cert
+
+
+def status(
+    cluster_file: Path, state_dir: Path | None, *, clock: Callable[[], datetime] = _now
+) -> StatusReport:
+    """The CA, every node certificate and any rotation under way; writes nothing."""
+    cluster, directory = _load(cluster_file, state_dir)
+    now = clock()
+    with State.open(directory, create=False, clock=clock) as st:
+        ca = _stored_ca(st)
+        ca_info = pki.inspect_cert(ca[1]) if ca is not None else None
+        if ca_info is None:
+            ca_state = "missing"
+            ca_reason: str | None = "no CA yet: `nomad-build pki renew` or a build makes it"
+        else:
+            refusal, warning = ca_verdict(ca_info, ca_spec(cluster), now)
+            ca_reason = refusal or warning
+            if ca_info.not_after <= now:
+                ca_state = "expired"
+            elif ca_reason is not None:
+                ca_state = "expiring"
+            else:
+                ca_state = "ok"
+        nodes = _cert_reports(cluster, st, ca, now)
+        rotations = rotation.status(st)
+        return StatusReport(
+            cluster, now, ca_state, ca_reason, ca_info, nodes, rotations, list(st.warnings)
+        )
+
+
+# ---------------------------------------------------------------- renew
+
+
+@dataclass
+class Outcome:
+    events: list[Event]
+    warnings: list[str]
+    lines: list[str] = field(default_factory=list)  # what to do next (stdout)
+    data: dict[str, Any] = field(default_factory=dict)  # --json
+
+
+def renew(
+    cluster_file: Path,
+    state_dir: Path | None,
+    *,
+    nodes: Sequence[str] = (),
+    all_nodes: bool = False,
+    within_days: int | None = None,
+    rekey: bool = False,
+    clock: Callable[[], datetime] = _now,
+) -> Outcome:
+    """Re-issue what is missing, stale or expiring (within the renewal window, or
+    `within_days`), or exactly the named nodes, or all; `rekey`: new key pairs."""
+    cluster, directory = _load(cluster_file, state_dir)
+    wanted = tuple(cluster.node(n) for n in dict.fromkeys(nodes))  # unknown: UserError
+    if rekey and not (wanted or all_nodes):
+        raise UserError("pki renew --rekey: name the compromised nodes with --node, or --all")
+    if wanted and all_nodes:
+        raise UserError("pki renew: --node and --all exclude each other")
+    within = timedelta(days=within_days) if within_days is not None else None
+    # The read-only pass first: a damaged store is refused before anything is written.
+    with State.open(directory, create=False, clock=clock) as ro:
+        _cert_reports(cluster, ro, _stored_ca(ro), clock())
+    with State.open(directory, create=True, clock=clock) as st:
+        ca = st.ca(ca_spec(cluster))
+        assert ca is not None
+        if cluster.servers:
+            st.gossip_key()
+        now = clock()
+        reports = {r.node: r for r in _cert_reports(cluster, st, ca, now, within)}
+        forced: dict[str, str] = {}
+        targets: Sequence[Node] = wanted or cluster.nodes
+        for node in targets:
+            r = reports[node.name]
+            if wanted or all_nodes:
+                why = "new key pair (--rekey)" if rekey else "asked for (--node/--all)"
+                forced[node.name] = "; ".join([*r.reasons, why]) if r.reasons else why
+            elif r.state == "expiring" and within is not None:
+                forced[node.name] = "; ".join(r.reasons)
+        for node in targets:
+            spec = cert_spec(cluster, node)
+            if node.name in forced and reports[node.name].info is not None:
+                st.reissue_node_cert(node.name, spec, ca, rekey=rekey, reason=forced[node.name])
+            else:
+                st.node_cert(node.name, spec, ca)
+        lines = []
+        if any(e.kind == "reissued" for e in st.events):
+            lines.append(
+                "next: `nomad-build build` (only the affected packages get a new version), "
+                "then upgrade those nodes; certificates alone make the agent reload (SIGHUP), "
+                "not restart"
+            )
+        return Outcome(list(st.events), list(st.warnings), lines)
+
+
+# ---------------------------------------------------------------- operator certificate
+
+
+def _inside_output(path: Path) -> Path | None:
+    for p in (path, *path.parents):
+        if p.is_dir() and output_dir.made_by_us(p):
+            return p
+    return None
+
+
+def cli_cert(
+    cluster_file: Path,
+    state_dir: Path | None,
+    *,
+    name: str,
+    days: int | None,
+    out: Path | None,
+    addr: str,
+    clock: Callable[[], datetime] = _now,
+) -> Outcome:
+    """An operator certificate (`cli.<region>.nomad`, no IP SANs, as `nomad tls cert create
+    -cli`) and an env file for the nomad CLI, 0600 in state/cli/<name>/ (or `out`)."""
+    cluster, directory = _load(cluster_file, state_dir)
+    if not name or not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
+        raise UserError(f"pki cli-cert --name: {name!r} is not a plain file name")
+    days = days if days is not None else cluster.pki.cert_days
+    if days < 1:
+        raise UserError(f"pki cli-cert --days: {days} must be at least 1")
+    if out is not None:
+        where = _inside_output(out.resolve())
+        if where is not None:
+            raise UserError(
+                f"{out}: inside the output directory {where}, which is published; "
+                "an operator key never goes there"
+            )
+        if out.resolve().is_relative_to(directory.resolve()):
+            raise UserError(f"{out}: inside the state; leave --out away to use state/cli/{name}")
+    cn = f"cli.{cluster.region}.nomad"
+    with State.open(directory, create=True, clock=clock) as st:
+        ca = st.ca(ca_spec(cluster))
+        assert ca is not None
+        now = clock()
+        if now + timedelta(days=days) > pki.inspect_cert(ca[1]).not_after:
+            raise UserError(f"pki cli-cert --days {days}: would outlive the CA; use fewer days")
+        key, cert = pki.issue_cert(
+            ca_key_pem=ca[0],
+            ca_cert_pem=ca[1],
+            common_name=cn,
+            dns_names=(cn, "localhost"),
+            ip_addresses=(),
+            days=days,
+            now=now,
+            backdate=timedelta(minutes=cluster.pki.backdate_minutes),
+        )
+        bundle = st.ca_bundle() or ca[1]
+        base = out if out is not None else directory / "cli" / name
+        files = {"ca.pem": bundle, "cli.pem": cert, "cli-key.pem": key}
+        env = (
+            f"# nomad CLI as {name} for cluster {cluster.name}: `. {base.resolve()}/nomad.env`\n"
+            f"export NOMAD_ADDR={addr}\n"
+            f"export NOMAD_CACERT={base.resolve()}/ca.pem\n"
+            f"export NOMAD_CLIENT_CERT={base.resolve()}/cli.pem\n"
+            f"export NOMAD_CLIENT_KEY={base.resolve()}/cli-key.pem\n"
+            f"export NOMAD_TLS_SERVER_NAME=server.{cluster.region}.nomad\n"
+        )
+        files["nomad.env"] = env.encode()
+        if out is None:
+            st.write_files({f"cli/{name}/{f}": (data, True) for f, data in files.items()})
+        else:
+            _write_private(out, files)
+        info = pki.inspect_cert(cert)
+        event = Event("created", f"operator certificate {name}", f"{cn}, {days} days")
+        return Outcome(
+            [*st.events, event],
+            list(st.warnings),
+            [str(base / "nomad.env")],
+            {"env_file": str(base / "nomad.env"), "not_after": _iso(info.not_after)},
+        )
+
+
+def _write_private(out: Path, files: dict[str, bytes]) -> None:
+    from builder import atomic_io
+
+    out.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(out, 0o700)
+    atomic_io.write_atomic([(out / n, data, 0o600) for n, data in files.items()])
