@@ -11,17 +11,20 @@ import re
 import socket
 import ssl
 import stat
+import subprocess
 import tarfile
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
 from cryptography import x509
 
 from builder import lifecycle, pki
-from tests.conftest import REPO, mixed_text, nomad_build, write_cluster
+
+from conftest import REPO, mixed_text, nomad_build, write_cluster
 
 NODES = (
     "bi-core-sbg-1",
@@ -40,11 +43,11 @@ def entries(directory: Path) -> list[tuple[str, int]]:
     )
 
 
-def ok(proc: object) -> None:
+def ok(proc: subprocess.CompletedProcess[str]) -> None:
     assert proc.returncode == 0, (proc.stdout, proc.stderr)
 
 
-def status_json(tmp_path: Path) -> tuple[int, dict]:  # type: ignore[type-arg]
+def status_json(tmp_path: Path) -> tuple[int, dict[str, Any]]:
     proc = nomad_build(tmp_path, "pki", "status", "--json", "-c", "cluster.toml")
     assert proc.returncode in (0, 1), proc.stderr
     data = json.loads(proc.stdout)
@@ -352,7 +355,7 @@ def test_backup_restore_round_trip_and_refusals(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- audit
 
 
-def _audit(tmp_path: Path, *args: str) -> tuple[int, dict]:  # type: ignore[type-arg]
+def _audit(tmp_path: Path, *args: str) -> tuple[int, dict[str, Any]]:
     proc = nomad_build(tmp_path, "audit", "-c", "cluster.toml", "--json", *args)
     assert proc.returncode in (0, 1), proc.stderr
     return proc.returncode, json.loads(proc.stdout)

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import REPO, nomad_env, write_cluster
+from conftest import REPO, nomad_env, write_cluster
 
 DOC = REPO / "docs" / "operations.md"
 BLOCK = re.compile(r"^```(sh|sh-node)\n(.*?)^```$", re.M | re.S)
