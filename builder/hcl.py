@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-_BARE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+_BARE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*")  # fullmatch: "$" would let "a\n" through
 _INDENT = "  "
 
 
@@ -41,7 +41,7 @@ def quote(value: str) -> str:
 
 def _key(name: str) -> str:
     # A bare true/false scans as a BOOL token, which hcl's parser refuses as a key.
-    return name if _BARE_KEY.match(name) and name not in ("true", "false") else quote(name)
+    return name if _BARE_KEY.fullmatch(name) and name not in ("true", "false") else quote(name)
 
 
 def _scalar(value: Any) -> str:

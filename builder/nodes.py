@@ -111,8 +111,9 @@ class NodeContext:
         where = f"nodes[{index}]"
         if not isinstance(data, dict):
             raise self.r.fail(where, f"must be a table, not {describe(data)}")
-        if isinstance(data.get("name"), str):
-            where = f"nodes[{index}] ({data['name']})"
+        name = data.get("name")
+        if isinstance(name, str):  # an unprintable name is shown quoted: errors stay one line
+            where = f"nodes[{index}] ({name if name.isprintable() else repr(name)})"
         return where
 
     def _merged(self, role: str, data: dict[str, Any]) -> dict[str, Any]:

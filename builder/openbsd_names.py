@@ -10,10 +10,10 @@ from builder.errors import BuildError
 
 __all__ = ["KSH_IDENT", "is_package_path", "package_file_name", "split_package_name"]
 
-KSH_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # rc.d script names are ksh names
+KSH_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")  # rc.d script names are ksh names
 PACKAGE_DIR = "openbsd"  # where packages go under dist/
-_PACKAGE_FILE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]*-\d[A-Za-z0-9._+-]*\.tgz$")
-_VERSION_SPLIT = re.compile(r"^(.*?)-(\d.*)$")  # OpenBSD::PackageName: first "-<digit>"
+_PACKAGE_FILE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]*-\d[A-Za-z0-9._+-]*\.tgz\Z")
+_VERSION_SPLIT = re.compile(r"^(.*?)-(\d.*)\Z")  # OpenBSD::PackageName: first "-<digit>"
 
 
 def split_package_name(name: str) -> tuple[str, str]:

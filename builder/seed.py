@@ -49,7 +49,7 @@ INSTALL_PENDING = f"{DEB_DIR}/install-pending"  # while the node's package is no
 FIRSTBOOT_UNIT = "nomad-build-install.service"
 FIRSTBOOT_SCRIPT = "/usr/local/sbin/nomad-build-install"
 FIRSTBOOT_PAUSES = (5, 300)  # seconds: the first pause between attempts, the longest
-_DEB_NAME = re.compile(r"^[a-z0-9][a-z0-9.+-]*_[A-Za-z0-9.+~:-]+_[a-z0-9-]+\.deb$")
+_DEB_NAME = re.compile(r"^[a-z0-9][a-z0-9.+-]*_[A-Za-z0-9.+~:-]+_[a-z0-9-]+\.deb\Z")
 _ISO_LOCK = threading.Lock()
 
 

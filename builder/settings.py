@@ -20,17 +20,17 @@ from typing import Any
 from builder.errors import UserError
 from builder.os_profile import DRIVERS, OPENBSD, PROFILES
 
-LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-BCRYPT = re.compile(r"^\$2[ab]\$\d\d\$[./A-Za-z0-9]{53}$")
-_DC = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
-_VERSION = re.compile(r"^\d+(\.\d+){0,2}$")
-_IFACE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,14}$")
-_PATH = re.compile(r"^/[A-Za-z0-9_./+-]*$")
-_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
+MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
+BCRYPT = re.compile(r"^\$2[ab]\$\d\d\$[./A-Za-z0-9]{53}\Z")
+_DC = re.compile(r"^[A-Za-z0-9_-]{1,63}\Z")
+_VERSION = re.compile(r"^\d+(\.\d+){0,2}\Z")
+_IFACE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,14}\Z")
+_PATH = re.compile(r"^/[A-Za-z0-9_./+-]*\Z")
+_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\Z")
 _SSH_KEY = re.compile(r"^(ssh-(ed25519|rsa)|ecdsa-sha2-nistp\d+|sk-\S+) [A-Za-z0-9+/=]+")
-_CRYPT = re.compile(r"^\$(1|2[aby]|5|6|y|gy)\$[^\s:]+$")
-_MAINTAINER = re.compile(r"^[^<>\n]+ <[^<>@\s]+@[^<>\s]+>$")
+_CRYPT = re.compile(r"^\$(1|2[aby]|5|6|y|gy)\$[^\s:]+\Z")
+_MAINTAINER = re.compile(r"^[^<>\n]+ <[^<>@\s]+@[^<>\s]+>\Z")
 
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR", "OFF")
 ROLES = ("server", "client", "both")

@@ -148,6 +148,17 @@ CASES = [
         sub(SERVER_ADDR, 'address = "::"'),
         key("bi-core-sbg-1", "address") + "'::' is not a usable node address",
     ),
+    # "$" in a pattern matches before a final newline: every name check must not
+    Case(
+        "newline-after-a-name",
+        sub('name = "bi-node-sbg-1"', 'name = "bi-node-sbg-1\\n"'),
+        r"nodes\[3\] \('bi-node-sbg-1\\n'\)\.name: ",
+    ),
+    Case(
+        "newline-after-a-mac",
+        node("bi-node-sbg-1", 'mac = "52:54:00:ab:00:99\\n"'),
+        key("bi-node-sbg-1", "mac"),
+    ),
     Case(
         "broadcast",
         sub(SERVER_ADDR, 'address = "255.255.255.255"'),

@@ -71,8 +71,8 @@ __all__ = [
 REPO_DIR = "repo/debian"
 ORIGIN = "nomad-build"
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9.+-]+$")  # Debian policy §5.6.1
-_WORD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9.+-]+\Z")  # Debian policy §5.6.1
+_WORD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*\Z")
 _ADDED = ("Filename", "Size", "MD5sum", "SHA1", "SHA256", "SHA512")
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")

@@ -71,10 +71,10 @@ HASHICORP_CONFIG = "/etc/nomad.d/nomad.hcl"  # HashiCorp's conffile (server+clie
 DIVERTED = HASHICORP_CONFIG + ".hashicorp"
 NOMAD_BINARY = "/usr/bin/nomad"  # HashiCorp's binary: the trigger path
 
-_PATH_OK = re.compile(r"^(/[A-Za-z0-9._+@-]+)+$")
-_NAME_OK = re.compile(r"^[a-z_][a-z0-9_-]*[$]?$")  # adduser's default NAME_REGEX, roughly
-_PKG_OK = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")  # Debian policy 5.6.1
-_UNIT_OK = re.compile(r"^[A-Za-z0-9:_.@-]+$")
+_PATH_OK = re.compile(r"^(/[A-Za-z0-9._+@-]+)+\Z")
+_NAME_OK = re.compile(r"^[a-z_][a-z0-9_-]*[$]?\Z")  # adduser's default NAME_REGEX, roughly
+_PKG_OK = re.compile(r"^[a-z0-9][a-z0-9+.-]+\Z")  # Debian policy 5.6.1
+_UNIT_OK = re.compile(r"^[A-Za-z0-9:_.@-]+\Z")
 
 # ELF e_machine -> Debian architecture (little-endian unless noted).
 _ELF_MACHINES = {3: "i386", 40: "armhf", 62: "amd64", 183: "arm64", 243: "riscv64"}

@@ -67,8 +67,8 @@ _BASE_DIRS = frozenset({"/etc", "/etc/ssl", "/etc/ssl/private", "/etc/rc.d", "/e
 PORT_SAMPLES = {"/etc/nomad/nomad.hcl": "/usr/local/share/examples/nomad/nomad.hcl"}
 # Numeric ids only matter to tools that ignore names; pkg_add looks names up.
 _IDS = {"root": 0, "wheel": 0, "daemon": 1, "bin": 7}
-_PATH_OK = re.compile(r"^(/[A-Za-z0-9._+-]+)+$")
-_NAME_OK = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
+_PATH_OK = re.compile(r"^(/[A-Za-z0-9._+-]+)+\Z")
+_NAME_OK = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*\Z")
 
 # ELF e_machine -> OpenBSD package architecture (MACHINE_ARCH).
 _ELF_MACHINES = {
