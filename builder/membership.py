@@ -1,8 +1,8 @@
 """Server membership changes after bootstrap: what changes, the roll-out order, quorum.
 
 The servers a cluster was last built with are the nodes whose stored certificate names
-`server.<region>.nomad` (the store keeps every node it ever issued for, also nodes since
-removed from the cluster file). Comparing them with the cluster file's servers:
+`server.<region>.nomad` and whose package was built (the store keeps every node it ever
+issued for, also nodes since removed from the cluster file). Comparing them with the cluster file's servers:
 
 - added servers: their packages are new; every server's `bootstrap_expect` changes.
   Roll out the existing servers first (a changed bootstrap_expect does nothing to a
@@ -28,7 +28,8 @@ def quorum(n: int) -> int:
 
 
 def previous_servers(cluster: Cluster, st: State) -> set[str]:
-    """Nodes whose stored certificate is a server's for this region."""
+    """Nodes whose stored certificate is a server's for this region and whose package
+    was built (a node only rendered, or not built yet, was never deployed)."""
     nodes_dir = st.directory / "nodes"
     if not nodes_dir.is_dir():
         return set()
@@ -38,7 +39,8 @@ def previous_servers(cluster: Cluster, st: State) -> set[str]:
         if not d.is_dir() or not (d / "cert.pem").exists():
             continue
         info = st.cert_info(d.name)
-        if info is not None and wanted in info.dns_names:
+        built = any(st.current_version(d.name, fmt) for fmt in ("deb", "openbsd"))
+        if info is not None and wanted in info.dns_names and built:
             out.add(d.name)
     return out
 
