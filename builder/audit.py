@@ -69,7 +69,8 @@ class Report:
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "format": 1,
+            "schema": 1,
+            "command": "audit",
             "directory": self.directory,
             "artifacts": self.artifacts,
             "ok": not self.violations,

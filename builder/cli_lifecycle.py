@@ -108,7 +108,7 @@ def register(
         """The CA, every node certificate and any rotation under way; read-only.
 
         Exit 0 when all is ok, 1 when anything needs action (missing, stale, expiring,
-        expired, a rotation under way), 2 on bad input. --json: docs/pki-status.schema.json.
+        expired, a rotation under way), 2 on bad input. --json: docs/output.schema.json.
 
         \b
         Example:
@@ -215,7 +215,7 @@ def register(
             events, warnings = list(st.events), list(st.warnings)
             stage = rotation.status(st)["ca"]
         if as_json:
-            _print_json({"rotation": "ca", "status": stage, "next": lines})
+            _print_json({"schema": 1, "command": "pki rotate-ca", "status": stage, "next": lines})
         else:
             _events(events, warnings)
             for line in lines:
@@ -241,7 +241,9 @@ def register(
             commands, lines = rotation.rotate_gossip(cluster, st, finish=finish)
             events, warnings = list(st.events), list(st.warnings)
         if as_json:
-            _print_json({"rotation": "gossip", "commands": commands, "next": lines})
+            _print_json(
+                {"schema": 1, "command": "pki rotate-gossip", "commands": commands, "next": lines}
+            )
             return
         _events(events, warnings)
         for c in commands:

@@ -4,8 +4,8 @@ Everything goes through the secrets store (builder.state); the decisions about a
 certificate come from builder.cert_policy. `status()` is read-only; the others open the
 store for writing (and hold its lock) only after the same checks.
 
-`pki status --json` follows docs/pki-status.schema.json (format 1): adding a field is
-compatible, renaming or removing one bumps "format".
+`pki status --json` follows docs/output.schema.json (schema 1, shared by every --json
+document): adding a field is compatible, renaming or removing one bumps "schema".
 """
 
 from __future__ import annotations
@@ -109,7 +109,8 @@ class StatusReport:
                 }
             nodes.append(entry)
         return {
-            "format": STATUS_FORMAT,
+            "schema": STATUS_FORMAT,
+            "command": "pki status",
             "cluster": self.cluster.name,
             "region": self.cluster.region,
             "generated": _iso(self.now),

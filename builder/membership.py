@@ -2,7 +2,8 @@
 
 The servers a cluster was last built with are the nodes whose stored certificate names
 `server.<region>.nomad` and whose package was built (the store keeps every node it ever
-issued for, also nodes since removed from the cluster file). Comparing them with the cluster file's servers:
+issued for, also nodes since removed from the cluster file). Comparing them with the
+cluster file's servers:
 
 - added servers: their packages are new; every server's `bootstrap_expect` changes.
   Roll out the existing servers first (a changed bootstrap_expect does nothing to a

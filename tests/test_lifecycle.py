@@ -34,7 +34,7 @@ NODES = (
     "bi-node-sbg-2",
     "bi-node-sbg-3",
 )
-SCHEMA = json.loads((REPO / "docs" / "pki-status.schema.json").read_text())
+SCHEMA = json.loads((REPO / "docs" / "output.schema.json").read_text())  # every --json
 
 
 def entries(directory: Path) -> list[tuple[str, int]]:
@@ -358,7 +358,9 @@ def test_backup_restore_round_trip_and_refusals(tmp_path: Path) -> None:
 def _audit(tmp_path: Path, *args: str) -> tuple[int, dict[str, Any]]:
     proc = nomad_build(tmp_path, "audit", "-c", "cluster.toml", "--json", *args)
     assert proc.returncode in (0, 1), proc.stderr
-    return proc.returncode, json.loads(proc.stdout)
+    data = json.loads(proc.stdout)
+    jsonschema.validate(data, SCHEMA)
+    return proc.returncode, data
 
 
 @pytest.mark.parametrize("kind", ["openbsd", "mixed"])
@@ -527,7 +529,9 @@ def test_rotate_gossip(tmp_path: Path) -> None:
     ]
     again = nomad_build(tmp_path, "pki", "rotate-gossip", "-c", "cluster.toml", "--json")
     ok(again)
-    assert json.loads(again.stdout)["commands"][0].endswith(new)  # same key, resumable
+    step = json.loads(again.stdout)
+    jsonschema.validate(step, SCHEMA)
+    assert step["commands"][0].endswith(new)  # same key, resumable
     rc, data = status_json(tmp_path)
     assert rc == 1 and data["rotations"]["gossip"]["stage"] == 1
     assert (tmp_path / "state/gossip.key").read_text().strip() == old
