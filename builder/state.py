@@ -461,7 +461,20 @@ class State:
         ca: tuple[bytes, bytes] | None,
     ) -> tuple[bytes, bytes]:
         assert ca is not None
-        new_key, new_cert = pki.issue_cert(
+        new_key, new_cert = self._sign(spec, ca, None)
+        self._commit(
+            [
+                _Write(key_rel, new_key, _SECRET_MODE, old_key),
+                _Write(cert_rel, new_cert, _SECRET_MODE, old_cert),
+            ]
+        )
+        return new_key, new_cert
+
+    def _sign(
+        self, spec: CertSpec, ca: tuple[bytes, bytes], key: bytes | None
+    ) -> tuple[bytes, bytes]:
+        """A certificate for `spec` from the CA, for `key` (None: a new key pair)."""
+        return pki.issue_cert(
             ca_key_pem=ca[0],
             ca_cert_pem=ca[1],
             common_name=spec.common_name,
@@ -470,14 +483,8 @@ class State:
             days=spec.days,
             now=self.clock(),
             backdate=spec.backdate,
+            key_pem=key,
         )
-        self._commit(
-            [
-                _Write(key_rel, new_key, _SECRET_MODE, old_key),
-                _Write(cert_rel, new_cert, _SECRET_MODE, old_cert),
-            ]
-        )
-        return new_key, new_cert
 
     def cert_info(self, node: str) -> pki.CertInfo | None:
         """Read-only peek at a node's stored certificate (None if it never existed)."""
@@ -653,17 +660,7 @@ class State:
             cert, _ = self._load(cert_rel)
             self._check_issue(spec, ca)
             keep = None if rekey or key is None else key
-            new_key, new_cert = pki.issue_cert(
-                ca_key_pem=ca[0],
-                ca_cert_pem=ca[1],
-                common_name=spec.common_name,
-                dns_names=spec.dns_names,
-                ip_addresses=spec.ip_addresses,
-                days=spec.days,
-                now=self.clock(),
-                backdate=spec.backdate,
-                key_pem=keep,
-            )
+            new_key, new_cert = self._sign(spec, ca, keep)
             writes = [_Write(cert_rel, new_cert, _SECRET_MODE, cert)]
             if keep is None:
                 writes.insert(0, _Write(key_rel, new_key, _SECRET_MODE, key))
