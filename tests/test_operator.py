@@ -292,13 +292,25 @@ def test_version_command(tmp_path: Path) -> None:
     assert proc.returncode == 0 and proc.stdout == f"nomad-build v{builder.__version__}\n"
 
 
-@pytest.mark.parametrize(
-    "command",
-    [
-        ["check"], ["build"], ["package"], ["image"], ["repo"], ["render"], ["version"],
-        ["pki"], ["pki", "status"], ["pki", "renew"], ["state", "adopt"],
-    ],
-)  # fmt: skip
+def _commands() -> list[list[str]]:
+    """Every command and group of the CLI, walked from its root."""
+    import click
+
+    from builder.cli import cli
+
+    found: list[list[str]] = []
+
+    def walk(group: click.Group, prefix: list[str]) -> None:
+        for name, command in sorted(group.commands.items()):
+            found.append([*prefix, name])
+            if isinstance(command, click.Group):
+                walk(command, [*prefix, name])
+
+    walk(cli, [])
+    return found
+
+
+@pytest.mark.parametrize("command", _commands(), ids=" ".join)
 def test_every_help_shows_an_example(tmp_path: Path, command: list[str]) -> None:
     proc = nomad_build(tmp_path, *command, "--help")
     assert proc.returncode == 0
