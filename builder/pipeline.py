@@ -12,22 +12,25 @@ dependency order, and publishes into the output directory atomically.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
-from collections.abc import Callable, Iterable, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
 from builder import cluster as cluster_mod
-from builder import output_dir, publish
+from builder import incremental, output_dir, publish
 from builder.errors import UserError
 from builder.model import Cluster, Node
 from builder.nodetree import NodeTree
 from builder.pki import CertInfo, inspect_cert
-from builder.render import ca_spec, cert_spec, node_secrets, render_tree
+from builder.render import NodeSecrets, ca_spec, cert_spec, node_secrets, render_tree
 from builder.state import Event, State
 from builder.writers import Artifact, BuildInputs, Keys, Output, Writer, all_writers, writer
 
@@ -185,7 +188,8 @@ def _add_dependencies(wanted: dict[str, tuple[Node, ...]]) -> None:
     for name in reversed([w.name for w in all_writers()]):
         for need in writer(name).needs if name in wanted else ():
             have = wanted.get(need, ())
-            extra = tuple(n for n in wanted[name] if n not in have)
+            names = {n.name for n in have}  # by name: comparing Node objects is quadratic
+            extra = tuple(n for n in wanted[name] if n.name not in names)
             wanted[need] = have + extra
 
 
@@ -224,9 +228,10 @@ def _secrets(p: Plan, st: State, nodes: Sequence[Node]) -> _Secrets:
     ca = st.ca(ca_spec(cluster))
     if any(n.is_server for n in nodes):
         st.gossip_key()
-    current = frozenset(
-        n.name for n in nodes if st.node_cert(n.name, cert_spec(cluster, n), ca) is not None
-    )
+    with st.batch():  # one ledger transaction and one fsync pass for every certificate
+        current = frozenset(
+            n.name for n in nodes if st.node_cert(n.name, cert_spec(cluster, n), ca) is not None
+        )
     name = cluster.packages.signing_key_name
     keys = Keys(signing_key_name=name)
     if "apt" in p.keys_needed:
@@ -283,104 +288,315 @@ class Result:
     published: list[Path]
     events: list[Event]
     warnings: list[str]
-    trees: dict[str, NodeTree]
+    trees: Mapping[str, NodeTree]
+    # seconds per stage (secrets, render, packages, repositories, seeds,
+    # openbsd-autoinstall, publish), for the benchmark; never asserted on
+    timings: dict[str, float] = field(default_factory=dict)
+    built: int = 0  # writer.build calls made
+    reused: list[str] = field(default_factory=list)  # artifact paths taken from the last build
+
+
+# Which benchmark stage a writer's time counts in.
+STAGES = {
+    "deb": "packages",
+    "openbsd-pkg": "packages",
+    "apt-repo": "repositories",
+    "pkg-repo": "repositories",
+    "cloud-init": "seeds",
+    "autoinstall": "seeds",
+    "openbsd-autoinstall": "openbsd-autoinstall",
+}
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
 
 
 def execute(p: Plan) -> Result:
     """Make the secrets, trees and artifacts of a clean plan and publish them; the store's
     lock is held until the output is in place."""
+    timings: dict[str, float] = {}
     with State.open(p.state_dir, create=True) as st:
-        secrets = _secrets(p, st, p.nodes)
-        trees = _render(p, st)
+        with _timed(timings, "secrets"):
+            secrets = _secrets(p, st, p.nodes)
+            trees = _trees(p, st)
         mtime = p.source_date_epoch
         if mtime is None and secrets.ca is not None:
             mtime = int(inspect_cert(secrets.ca[1]).not_before.timestamp())
         assert mtime is not None
-        artifacts, packages = _build(p, st, secrets.keys, trees, mtime)
-        st.flush()  # versions first: a published package's number is never handed out again
-        published = _publish(p, artifacts, packages, trees) if p.out_dir is not None else []
-        return Result(artifacts, published, list(st.events), list(st.warnings), trees)
+        previous = incremental.Previous.load(p.out_dir) if p.request.command == "build" else None
+        b = _Built(p, st, BuildInputs(p.cluster, mtime, secrets.keys, trees, dict(p.versions)))
+        b.previous = previous
+        b.digests = incremental.Digests(p.cluster, secrets.keys, mtime, trees.key)
+        with _timed(timings, "render"):
+            b.render_needed(trees)
+        for job in p.jobs:
+            with _timed(timings, STAGES.get(job.writer.name, job.writer.name)):
+                b.job(job)
+        with _timed(timings, "publish"):
+            st.flush()  # versions first: a published package's number is never handed out again
+            published = _publish(p, b, trees) if p.out_dir is not None else []
+        result = Result(b.artifacts, published, list(st.events), list(st.warnings), trees)
+    result.timings = timings
+    result.built = b.built
+    result.reused = sorted(previous.reused) if previous is not None else []
+    return result
 
 
-def _render(p: Plan, st: State) -> dict[str, NodeTree]:
+class _Trees(Mapping[str, NodeTree]):
+    """Every needed node's NodeTree, rendered when first asked for (an incremental run
+    renders only the nodes whose artifacts are not reused). `key(node)` is the digest of
+    what the tree is rendered from, known without rendering it."""
+
+    def __init__(self, cluster: Cluster, secrets: dict[str, tuple[Node, NodeSecrets]]) -> None:
+        self._cluster = cluster
+        self._secrets = secrets
+        self._trees: dict[str, NodeTree] = {}
+        self._keys: dict[str, str] = {}
+        self._base: str | None = None
+        self._lock = threading.Lock()
+
+    def __getitem__(self, name: str) -> NodeTree:
+        tree = self._trees.get(name)
+        if tree is None:
+            node, secrets = self._secrets[name]
+            tree = self._trees.setdefault(name, render_tree(self._cluster, node, secrets))
+        return tree
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._secrets)
+
+    def __len__(self) -> int:
+        return len(self._secrets)
+
+    def render(self, names: Iterable[str]) -> None:
+        missing = [n for n in names if n not in self._trees]
+        _parallel(self.__getitem__, missing)
+
+    def key(self, node: Node) -> str:
+        k = self._keys.get(node.name)
+        if k is None:
+            with self._lock:
+                if self._base is None:
+                    self._base = incremental.render_base(self._cluster)
+            k = self._keys[node.name] = incremental.tree_key(
+                self._base, node, self._secrets[node.name][1]
+            )
+        return k
+
+
+def _trees(p: Plan, st: State) -> _Trees:
     needed = {n.name: n for job in p.jobs for n in job.nodes} or {n.name: n for n in p.nodes}
-    # Secrets one after another (the store is the single writer of state/), trees in parallel.
-    pairs = [(n, node_secrets(p.cluster, n, st)) for n in needed.values()]
-    trees = _parallel(lambda ns: render_tree(p.cluster, ns[0], ns[1]), pairs)
-    return {t.node: t for t in trees}
+    # Secrets one after another (the store is the single writer of state/), trees on demand.
+    return _Trees(p.cluster, {n.name: (n, node_secrets(p.cluster, n, st)) for n in needed.values()})
 
 
 _Packages = dict[str, tuple[str, str, int]]  # package path -> (node, format, version)
 
 
-def _build(
-    p: Plan, st: State, keys: Keys, trees: dict[str, NodeTree], mtime: int
-) -> tuple[list[Artifact], _Packages]:
-    """Each job once, in registry order; packages get their versions on the way and are
-    handed to the writers that need them."""
-    built: dict[str, list[Artifact]] = {}
-    versions = dict(p.versions)
-    packages: _Packages = {}
-    for job in p.jobs:
+@dataclass
+class _Built:
+    """The artifacts of one run as they are built (or reused), with what the marker
+    records about them."""
+
+    p: Plan
+    st: State
+    inputs: BuildInputs
+    previous: incremental.Previous | None = None
+    digests: incremental.Digests | None = None
+    by_writer: dict[str, list[Artifact]] = field(default_factory=dict)
+    packages: _Packages = field(default_factory=dict)
+    records: dict[str, tuple[str, list[str]]] = field(default_factory=dict)  # marker "inputs"
+    shas: dict[str, str] = field(default_factory=dict)  # artifact path -> sha256
+    built: int = 0  # writer.build calls (reused artifacts are not built)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def render_needed(self, trees: _Trees) -> None:
+        """Render (in parallel) the trees of the nodes whose package cannot be reused; the
+        others are rendered only if something downstream needs them."""
+        assert self.digests is not None
+        names = list(trees)
+        if self.previous is not None:
+            names = [name for name in names if not self._package_matches(trees._secrets[name][0])]
+        trees.render(names)
+
+    def _package_matches(self, node: Node) -> bool:
+        assert self.digests is not None and self.previous is not None
+        w = PACKAGE_WRITERS[node.os]
+        want = self.digests.per_node(w, node, self.versions.get(node.name), [])
+        return self.previous.recorded(w, node.name) == want
+
+    @property
+    def artifacts(self) -> list[Artifact]:
+        return [a for arts in self.by_writer.values() for a in arts]
+
+    @property
+    def versions(self) -> dict[str, int]:
+        versions = self.inputs.versions
+        assert isinstance(versions, dict)
+        return versions
+
+    def sha(self, a: Artifact) -> str:
+        d = self.shas.get(a.path)
+        if d is None:
+            d = self.shas[a.path] = _digest(a)
+        return d
+
+    def job(self, job: Job) -> None:
         w = job.writer
-        inputs = BuildInputs(p.cluster, mtime, keys, trees, versions, built)
+        self.inputs = dataclasses.replace(self.inputs, built=self.by_writer)
         if w.name in STATE_FORMAT:
-            built[w.name] = _versioned(st, w, inputs, job.nodes, versions)
-            for a in built[w.name]:
+            arts = self._versioned(w, job.nodes)
+            for a in arts:
                 assert a.node is not None
-                packages[a.path] = (a.node, STATE_FORMAT[w.name], versions[a.node])
-        elif w.per_node:
-            per_node = _parallel(lambda n: w.build(inputs, [n]), job.nodes)  # noqa: B023
-            built[w.name] = [a for arts in per_node for a in arts]
+                self.packages[a.path] = (a.node, STATE_FORMAT[w.name], self.versions[a.node])
+        elif w.per_node or w.splits:
+            groups = _parallel(lambda n: self._per_node(w, n), job.nodes)
+            arts = [a for group in groups for a in group]
+            if w.splits:
+                arts = self._whole(w, job.nodes, parts=arts)
         else:
-            built[w.name] = w.build(inputs, job.nodes)
-    return [a for arts in built.values() for a in arts], packages
+            arts = self._whole(w, job.nodes)
+        self.by_writer[w.name] = arts
 
+    def _upstream(self, w: Writer, node: Node) -> list[str]:
+        return [self.sha(self.inputs.package_of(need, node)) for need in w.needs]
 
-def _versioned(
-    st: State, w: Writer, inputs: BuildInputs, nodes: Sequence[Node], versions: dict[str, int]
-) -> list[Artifact]:
-    """Build at the current version; a package whose bytes changed is built again at the
-    next one. So a version moves exactly when the package's bytes do, whatever changed
-    them (the cluster file, a template, the tool)."""
-    fmt = STATE_FORMAT[w.name]
-    first = _parallel(lambda n: w.build(inputs, [n])[0], nodes)
-    out: list[Artifact] = []
-    for node, artifact in zip(nodes, first, strict=True):
-        current = st.current_version(node.name, fmt)
-        if current is not None and current[1] == _digest(artifact):
+    def _record(self, w: Writer, node: str | None, want: str, arts: list[Artifact]) -> None:
+        self.records[incremental.key(w.name, node)] = (want, [a.path for a in arts])
+
+    def _take(self, w: Writer, node: str | None, want: str) -> list[Artifact] | None:
+        if self.previous is None:
+            return None
+        arts = self.previous.take(w.name, node, want)
+        if arts is not None:
+            self.previous.accept(arts)
+            self._record(w, node, want, arts)
+        return arts
+
+    def _run(self, w: Writer, inputs: BuildInputs, nodes: Sequence[Node]) -> list[Artifact]:
+        with self.lock:
+            self.built += 1
+        return w.build(inputs, nodes)
+
+    def _per_node(self, w: Writer, node: Node) -> list[Artifact]:
+        assert self.digests is not None
+        want = self.digests.per_node(w.name, node, None, self._upstream(w, node))
+        arts = self._take(w, node.name, want)
+        if arts is None:
+            with self.lock:
+                self.built += 1
+            arts = w.build_part(self.inputs, node) if w.splits else w.build(self.inputs, [node])
+            self._record(w, node.name, want, arts)
+        return arts
+
+    def _whole(
+        self, w: Writer, nodes: Sequence[Node], parts: Sequence[Artifact] | None = None
+    ) -> list[Artifact]:
+        """A writer's artifacts for all its nodes at once (with `parts`: the index over
+        the per-node parts of a writer that splits)."""
+        assert self.digests is not None
+        if parts is None:
+            upstream = [self.sha(a) for need in w.needs for a in self.by_writer.get(need, ())]
+        else:
+            upstream = [self.sha(a) for a in parts]
+        want = self.digests.whole(w.name, nodes, self.versions, sorted(upstream))
+        arts = self._take(w, None, want)
+        if arts is None:
+            with self.lock:
+                self.built += 1
+            if parts is None:
+                arts = w.build(self.inputs, nodes)
+            else:
+                arts = w.build_index(self.inputs, nodes, parts)
+            part_paths = {a.path for a in parts or ()}
+            self._record(w, None, want, [a for a in arts if a.path not in part_paths])
+        elif parts is not None:
+            arts = sorted([*parts, *arts], key=lambda a: a.path)
+        return arts
+
+    def _versioned(self, w: Writer, nodes: Sequence[Node]) -> list[Artifact]:
+        """Build at the current version; a package whose bytes changed is built again at
+        the next one. So a version moves exactly when the package's bytes do, whatever
+        changed them (the cluster file, a template, the tool). A package whose inputs at
+        the current version are unchanged, and whose previous bytes are the ones the
+        store recorded for that version, is reused."""
+        assert self.digests is not None
+        fmt = STATE_FORMAT[w.name]
+        versions, digests, st = self.versions, self.digests, self.st
+
+        def first(node: Node) -> tuple[str, Artifact, bool]:
+            want = digests.per_node(w.name, node, versions[node.name], [])
+            current = st.current_version(node.name, fmt)
+            if self.previous is not None and current is not None:
+                old = self.previous.take(w.name, node.name, want)
+                if old is not None and current == (versions[node.name], self.sha(old[0])):
+                    self.previous.accept(old)
+                    return want, old[0], True
+            return want, self._run(w, self.inputs, [node])[0], False
+
+        out: list[Artifact] = []
+        for node, (want, artifact, reused) in zip(nodes, _parallel(first, nodes), strict=True):
+            current = st.current_version(node.name, fmt)
+            if reused or (current is not None and current[1] == self.sha(artifact)):
+                self._record(w, node.name, want, [artifact])
+                out.append(artifact)
+                continue
+            if current is not None:  # changed: the next version, built again
+                versions[node.name] = current[0] + 1
+                bumped = dataclasses.replace(self.inputs, versions={**versions})
+                artifact = self._run(w, bumped, [node])[0]
+                want = digests.per_node(w.name, node, versions[node.name], [])
+            self.shas.pop(artifact.path, None)
+            st.set_version(node.name, fmt, versions[node.name], self.sha(artifact))
+            self._record(w, node.name, want, [artifact])
             out.append(artifact)
-            continue
-        if current is not None:  # changed: the next version, built again
-            versions[node.name] = current[0] + 1
-            bumped = dataclasses.replace(inputs, versions={**versions})
-            artifact = w.build(bumped, [node])[0]
-        st.set_version(node.name, fmt, versions[node.name], _digest(artifact))
-        out.append(artifact)
-    return out
+        return out
 
 
 def _digest(artifact: Artifact) -> str:
     return hashlib.sha256(artifact.data).hexdigest()
 
 
-def _publish(
-    p: Plan, artifacts: list[Artifact], packages: _Packages, trees: dict[str, NodeTree]
-) -> list[Path]:
+def _publish(p: Plan, b: _Built, trees: Mapping[str, NodeTree]) -> list[Path]:
     out = p.out_dir
     assert out is not None
+    artifacts, packages = b.artifacts, b.packages
     output_dir.sweep_staging(out)
     if p.replace_out:
         output_dir.set_aside(out)
     if p.request.command == "render":
         return output_dir.write_root(out, trees[p.nodes[0].name])
     if p.request.command == "build":
-        mark = output_dir.marker(artifacts, packages)
-        return publish.publish_tree(out, [*artifacts, mark])[:-1]
+        mark = incremental.add_inputs(output_dir.marker(artifacts, packages), b.records)
+        paths = [out / a.path for a in artifacts]
+        reused = b.previous.reused if b.previous is not None else set()
+        if (
+            b.built == 0
+            and not p.replace_out
+            and {a.path for a in artifacts} <= reused
+            and _same_bytes(out / mark.path, mark.data)
+            and incremental.unchanged(out, [*artifacts, mark])
+        ):
+            return paths  # dist/ already holds exactly this build: nothing to do
+        publish.publish_tree(out, [*artifacts, mark], unchanged=reused)
+        return paths
     paths = publish.publish_files(out, artifacts)
     previous = output_dir.read_marker(out) if out.is_dir() else None
     publish.publish_files(out, [output_dir.marker(artifacts, packages, previous)])
     return paths
+
+
+def _same_bytes(path: Path, data: bytes) -> bool:
+    try:
+        return path.read_bytes() == data
+    except OSError:
+        return False
 
 
 def adopt_state(cluster_file: Path, state_dir: Path | None) -> list[str]:

@@ -13,7 +13,7 @@ import ctypes.util
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 
 from builder import atomic_io
@@ -46,11 +46,17 @@ def publish_files(out: Path, artifacts: Iterable[Artifact]) -> list[Path]:
     return written
 
 
-def publish_tree(out: Path, artifacts: Iterable[Artifact]) -> list[Path]:
+def publish_tree(
+    out: Path, artifacts: Iterable[Artifact], *, unchanged: Collection[str] = ()
+) -> list[Path]:
     """Replace the whole of `out` with exactly these artifacts, in one step.
 
     The new tree is assembled inside a 0700 staging directory beside `out` (it holds
-    secret-bearing copies), swapped with `out`, and the old tree removed with it.
+    secret-bearing copies): files the caller knows are unchanged in `out` (`unchanged`,
+    verified by hash) are hard-linked from it, the others written plainly (the staging
+    directory is private; nothing there is visible until the swap); then ONE fsync pass
+    over every new file and directory, the swap with `out`, and an fsync of the parent.
+    The old tree goes with the staging directory.
     """
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -59,25 +65,54 @@ def publish_tree(out: Path, artifacts: Iterable[Artifact]) -> list[Path]:
         tree = stage / "tree"
         tree.mkdir(mode=0o755)
         os.chmod(tree, 0o755)
+        dirs: set[Path] = {tree}
+        to_sync: list[Path] = []
         paths = []
         for a in artifacts:
             target = tree / a.path
-            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.parent not in dirs:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                dirs.update(target.parents)
             old = out / a.path
-            if old.is_file() and old.read_bytes() == a.data:
-                # keep the old file (and its mtime): a hard link is instant
-                try:
-                    os.link(old, target)
-                    os.chmod(target, _mode(a))
-                except OSError:
-                    _write_file(target, a.data, _mode(a))
-            else:
-                _write_file(target, a.data, _mode(a))
+            if not ((a.path in unchanged or _same(old, a.data)) and _link(old, target)):
+                _write_new(target, a.data, _mode(a))
+                to_sync.append(target)
             paths.append(out / a.path)
+        atomic_io.fsync_all([*to_sync, *(d for d in dirs if tree in d.parents or d == tree)])
         _swap(tree, out)
+        atomic_io.fsync_dir(out.parent)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return paths
+
+
+def _same(path: Path, data: bytes) -> bool:
+    try:
+        if path.stat().st_size != len(data):
+            return False
+        return path.read_bytes() == data
+    except OSError:
+        return False
+
+
+def _link(old: Path, target: Path) -> bool:
+    """Keep the old file (and its inode and mtime): a hard link is instant."""
+    try:
+        os.link(old, target, follow_symlinks=False)
+    except OSError:
+        return False
+    return True
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)  # exact mode whatever the umask
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
 
 
 def _swap(new: Path, out: Path) -> None:

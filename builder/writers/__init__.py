@@ -118,6 +118,20 @@ class Writer(ABC):
     def build(self, inputs: BuildInputs, nodes: Sequence[Node]) -> list[Artifact]:
         """The artifacts for these nodes (all of the writer's nodes when not per_node)."""
 
+    # Optional, for a writer that is not per_node but whose work is mostly per node (an
+    # index over per-node files): with `splits`, build() must equal
+    # build_index(inputs, nodes, [a for n in nodes for a in build_part(inputs, n)]),
+    # so that an incremental run rebuilds only the changed nodes' parts and the index.
+    splits: ClassVar[bool] = False
+
+    def build_part(self, inputs: BuildInputs, node: Node) -> list[Artifact]:
+        raise NotImplementedError(self.name)
+
+    def build_index(
+        self, inputs: BuildInputs, nodes: Sequence[Node], parts: Sequence[Artifact]
+    ) -> list[Artifact]:
+        raise NotImplementedError(self.name)
+
 
 # Build order: a writer comes after every writer it needs.
 REGISTRY: tuple[tuple[str, str], ...] = (
