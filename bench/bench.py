@@ -86,7 +86,8 @@ def _run(path: Path, out: Path) -> dict[str, float]:
     result = pipeline.execute(plan)
     timings.update(result.timings)
     timings["total"] = time.perf_counter() - wall
-    timings["cpu"] = time.process_time() - cpu
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # the worker processes
+    timings["cpu"] = time.process_time() - cpu + kids.ru_utime + kids.ru_stime
     timings["plan"] = time.perf_counter() - start - sum(result.timings.values())
     timings["built"] = result.built
     return timings
@@ -106,6 +107,7 @@ def child(nodes: int, run: str, workdir: Path) -> dict[str, Any]:
         os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(out) for f in files
     )
     report["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    report["workers_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return report
 
 
@@ -206,7 +208,7 @@ def table(reports: list[dict[str, Any]], hand: dict[str, float]) -> str:
             a, b = reports[0]["cold"].get(stage, 0.0), reports[-1]["cold"].get(stage, 0.0)
             row += f"{(b / a if a > 0.001 else 0.0):>9.2f}x"
         lines.append(row)
-    row = f"{'CPU % (of one core)':<22}" + "".join(
+    row = f"{'CPU % (100% = 1 core)':<22}" + "".join(
         f"{100 * r[run]['cpu'] / max(r[run]['total'], 1e-9):>14.0f}%" for r, run in cols
     )
     lines.append(row)

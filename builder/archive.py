@@ -115,18 +115,21 @@ def _pax_header(e: TarEntry, size: int) -> bytes:
 # zlib level 6 (gzip's own default): within ~0.2% of level 9's size on these small text
 # archives at ~70% of its CPU time, and far faster on a bundled Nomad binary. Every
 # consumer (dpkg, apt, pkg_add, signify -z) reads any level. Until this was chosen the
-# archives used level 9, so their compressed bytes differ from builds before it.
+# archives used level 9, so their compressed bytes differ from builds before it. Debian's
+# changelog.gz stays at level 9: policy 12.7 (lintian: changelog-not-compressed-with-max-
+# compression) asks for it, and it is a few hundred bytes.
 GZIP_LEVEL = 6
 _XFL = {9: 2, 1: 4}  # gzip's "extra flags": max compression / fastest; else 0
 
 
-def gzip_bytes(data: bytes, *, comment: bytes | None = None) -> bytes:
+def gzip_bytes(data: bytes, *, comment: bytes | None = None, level: int = GZIP_LEVEL) -> bytes:
     """gzip with mtime 0 and no file name, so output depends on the data alone (the bytes
     Python's gzip module writes: OS 255 "unknown"); with `comment`, a member whose header
-    carries FCOMMENT (used by signify -z, OS 3 as signify writes it)."""
-    comp = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
+    carries FCOMMENT (used by signify -z, OS 3 as signify writes it). `level` 9 where a
+    policy asks for it (Debian's changelog.gz)."""
+    comp = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
     body = comp.compress(data) + comp.flush()
-    xfl = _XFL.get(GZIP_LEVEL, 0).to_bytes(1, "little")
+    xfl = _XFL.get(level, 0).to_bytes(1, "little")
     if comment is None:
         header = b"\x1f\x8b\x08\x00" + b"\x00\x00\x00\x00" + xfl + b"\xff"
     else:

@@ -40,8 +40,24 @@ TMP_RE = re.compile(r"^\..+\.tmp-[0-9a-f]{16}$")
 LOCK_NAME = ".lock"
 
 
+_HELD: set[int] = set()  # the descriptors of the run locks this process holds
+
+
+def _drop_locks_in_child() -> None:
+    # A forked worker (the pipeline's process pool) must not keep a run lock alive
+    # after its parent released it or died: flock belongs to every copy of the fd.
+    for fd in list(_HELD):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_drop_locks_in_child)
+
+
 class RunLock:
-    """`<directory>/.lock`, flock'ed exclusively; released by release() or process exit."""
+    """`<directory>/.lock`, flock'ed exclusively; released by release() or process exit
+    (never held by a forked child)."""
 
     def __init__(self, directory: Path, mode: int = 0o600) -> None:
         path = directory / LOCK_NAME
@@ -52,9 +68,11 @@ class RunLock:
             os.close(fd)
             raise UserError(f"{directory}: another nomad-build run holds the lock") from None
         self._fd: int | None = fd
+        _HELD.add(fd)
 
     def release(self) -> None:
         if self._fd is not None:
+            _HELD.discard(self._fd)
             os.close(self._fd)  # releases the flock
             self._fd = None
 

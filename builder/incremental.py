@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from builder import data
-from builder.model import Cluster, Node
+from builder.model import Cluster, Node, PackageSettings
 from builder.writers import Artifact, Keys
 
 INPUTS_KEY = "inputs"  # the marker's key: "<writer>:<node or *>" -> {digest, paths}
@@ -81,9 +81,8 @@ class Digests:
     def node(self, node: Node) -> str:
         d = self._node.get(node.name)
         if d is None:
-            d = self._node[node.name] = digest(
-                node, node.packages, node.images, self._tree_key(node)
-            )
+            d = digest(node, portable(node.packages), node.images, self._tree_key(node))
+            self._node[node.name] = d
         return d
 
     def per_node(self, writer: str, node: Node, version: int | None, upstream: list[str]) -> str:
@@ -101,11 +100,25 @@ class Digests:
 
 
 def settings(cluster: Cluster) -> dict[str, Any]:
-    """The cluster's own settings (everything but its nodes)."""
+    """The cluster's own settings (everything but its nodes, and not where its file is:
+    a copied or renamed cluster file builds the same bytes, and records the same)."""
     found = {f.name: getattr(cluster, f.name) for f in dataclasses.fields(cluster)}
-    found.pop("nodes")
-    found.pop("warnings", None)
+    for name in ("nodes", "warnings", "source"):
+        found.pop(name, None)
+    found["packages"] = portable(cluster.packages)
     return found
+
+
+def portable(packages: PackageSettings) -> PackageSettings:
+    """Package settings without the bundled binary's location (its verified sha256 and
+    version stay: they say what it is)."""
+    bundle = packages.bundle
+    if bundle is None:
+        return packages
+    bundle = dataclasses.replace(
+        bundle, binary=Path(bundle.binary.name), sha256sums=Path(bundle.sha256sums.name)
+    )
+    return dataclasses.replace(packages, bundle=bundle)
 
 
 def render_base(cluster: Cluster) -> str:
@@ -120,7 +133,7 @@ def render_base(cluster: Cluster) -> str:
 def tree_key(base: str, node: Node, secrets: object) -> str:
     """The digest of one node's render inputs (the bundled binary is in node.packages by
     its verified sha256)."""
-    return digest(base, node, node.packages, node.images, secrets)
+    return digest(base, node, portable(node.packages), node.images, secrets)
 
 
 def key(writer: str, node: str | None) -> str:

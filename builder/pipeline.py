@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import multiprocessing
 import os
 import threading
 import time
@@ -22,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from builder import cluster as cluster_mod
 from builder import incremental, output_dir, publish
@@ -50,6 +51,44 @@ def _parallel(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         return [fn(i) for i in items]
     with ThreadPoolExecutor(max_workers=min(len(items), os.cpu_count() or 2)) as pool:
         return list(pool.map(fn, items))
+
+
+# CPU-bound work (archives, ISOs, templates) goes to forked worker processes: threads
+# are bound by the GIL. Forked, because the workers then inherit everything the work
+# reads (the model, the trees, upstream artifacts) instead of having it pickled to
+# them; only the results (bytes) travel back. Chunked per node, a few chunks per worker.
+_FORK_MIN = 24  # fewer items than this: not worth the fork
+_FORK_WORK: tuple[Callable[[Any], Any], list[Any]] | None = None
+
+
+def _forked_chunk(chunk: range) -> list[Any]:
+    assert _FORK_WORK is not None
+    fn, items = _FORK_WORK
+    return [fn(items[i]) for i in chunk]
+
+
+def _cpu_parallel(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """fn over items on every core, in forked processes (fn may be a closure: the
+    workers inherit it); in this process when there are few items or no fork."""
+    global _FORK_WORK
+    items = list(items)
+    workers = min(os.cpu_count() or 1, len(items) // (_FORK_MIN // 2))
+    if (
+        workers < 2
+        or len(items) < _FORK_MIN
+        or _FORK_WORK is not None
+        or "fork" not in multiprocessing.get_all_start_methods()
+    ):
+        return [fn(i) for i in items]
+    size = max(1, -(-len(items) // (workers * 4)))
+    chunks = [range(i, min(i + size, len(items))) for i in range(0, len(items), size)]
+    _FORK_WORK = (fn, items)
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            parts = pool.map(_forked_chunk, chunks, chunksize=1)
+    finally:
+        _FORK_WORK = None
+    return [r for part in parts for r in part]
 
 
 # ---------------------------------------------------------------- the request
@@ -375,8 +414,10 @@ class _Trees(Mapping[str, NodeTree]):
         return len(self._secrets)
 
     def render(self, names: Iterable[str]) -> None:
+        """Render these trees now, on every core."""
         missing = [n for n in names if n not in self._trees]
-        _parallel(self.__getitem__, missing)
+        for name, tree in zip(missing, _cpu_parallel(self.__getitem__, missing), strict=True):
+            self._trees.setdefault(name, tree)
 
     def key(self, node: Node) -> str:
         k = self._keys.get(node.name)
@@ -414,7 +455,6 @@ class _Built:
     records: dict[str, tuple[str, list[str]]] = field(default_factory=dict)  # marker "inputs"
     shas: dict[str, str] = field(default_factory=dict)  # artifact path -> sha256
     built: int = 0  # writer.build calls (reused artifacts are not built)
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def render_needed(self, trees: _Trees) -> None:
         """Render (in parallel) the trees of the nodes whose package cannot be reused; the
@@ -456,8 +496,7 @@ class _Built:
                 assert a.node is not None
                 self.packages[a.path] = (a.node, STATE_FORMAT[w.name], self.versions[a.node])
         elif w.per_node or w.splits:
-            groups = _parallel(lambda n: self._per_node(w, n), job.nodes)
-            arts = [a for group in groups for a in group]
+            arts = self._per_node(w, job.nodes)
             if w.splits:
                 arts = self._whole(w, job.nodes, parts=arts)
         else:
@@ -479,21 +518,29 @@ class _Built:
             self._record(w, node, want, arts)
         return arts
 
-    def _run(self, w: Writer, inputs: BuildInputs, nodes: Sequence[Node]) -> list[Artifact]:
-        with self.lock:
-            self.built += 1
-        return w.build(inputs, nodes)
+    def _build_each(
+        self, w: Writer, nodes: Sequence[Node], inputs: BuildInputs | None = None
+    ) -> list[list[Artifact]]:
+        """w's artifacts for each node, built on every core (nothing reused here)."""
+        inputs = inputs or self.inputs
+        self.built += len(nodes)
+        if w.splits:
+            return _cpu_parallel(lambda n: w.build_part(inputs, n), nodes)
+        return _cpu_parallel(lambda n: w.build(inputs, [n]), nodes)
 
-    def _per_node(self, w: Writer, node: Node) -> list[Artifact]:
+    def _per_node(self, w: Writer, nodes: Sequence[Node]) -> list[Artifact]:
+        """Each node's artifacts: reused when their inputs are unchanged, else built."""
         assert self.digests is not None
-        want = self.digests.per_node(w.name, node, None, self._upstream(w, node))
-        arts = self._take(w, node.name, want)
-        if arts is None:
-            with self.lock:
-                self.built += 1
-            arts = w.build_part(self.inputs, node) if w.splits else w.build(self.inputs, [node])
-            self._record(w, node.name, want, arts)
-        return arts
+        digests = self.digests
+        wants = [digests.per_node(w.name, n, None, self._upstream(w, n)) for n in nodes]
+        found = _parallel(
+            lambda nw: self._take(w, nw[0].name, nw[1]), list(zip(nodes, wants, strict=True))
+        )
+        missing = [i for i, arts in enumerate(found) if arts is None]
+        for i, arts in zip(missing, self._build_each(w, [nodes[i] for i in missing]), strict=True):
+            self._record(w, nodes[i].name, wants[i], arts)
+            found[i] = arts
+        return [a for arts in found if arts is not None for a in arts]
 
     def _whole(
         self, w: Writer, nodes: Sequence[Node], parts: Sequence[Artifact] | None = None
@@ -508,8 +555,7 @@ class _Built:
         want = self.digests.whole(w.name, nodes, self.versions, sorted(upstream))
         arts = self._take(w, None, want)
         if arts is None:
-            with self.lock:
-                self.built += 1
+            self.built += 1
             if parts is None:
                 arts = w.build(self.inputs, nodes)
             else:
@@ -529,32 +575,47 @@ class _Built:
         assert self.digests is not None
         fmt = STATE_FORMAT[w.name]
         versions, digests, st = self.versions, self.digests, self.st
+        wants = [digests.per_node(w.name, n, versions[n.name], []) for n in nodes]
 
-        def first(node: Node) -> tuple[str, Artifact, bool]:
-            want = digests.per_node(w.name, node, versions[node.name], [])
-            current = st.current_version(node.name, fmt)
-            if self.previous is not None and current is not None:
-                old = self.previous.take(w.name, node.name, want)
-                if old is not None and current == (versions[node.name], self.sha(old[0])):
-                    self.previous.accept(old)
-                    return want, old[0], True
-            return want, self._run(w, self.inputs, [node])[0], False
+        def reuse(i: int) -> Artifact | None:
+            current = st.current_version(nodes[i].name, fmt)
+            if self.previous is None or current is None:
+                return None
+            old = self.previous.take(w.name, nodes[i].name, wants[i])
+            if old is None or current != (versions[nodes[i].name], self.sha(old[0])):
+                return None
+            self.previous.accept(old)
+            return old[0]
 
-        out: list[Artifact] = []
-        for node, (want, artifact, reused) in zip(nodes, _parallel(first, nodes), strict=True):
+        found = _parallel(reuse, range(len(nodes)))
+        reused = [a is not None for a in found]
+        missing = [i for i, a in enumerate(found) if a is None]
+        for i, arts in zip(missing, self._build_each(w, [nodes[i] for i in missing]), strict=True):
+            found[i] = arts[0]
+        changed: list[int] = []  # built again at the next version
+        for i, node in enumerate(nodes):
+            artifact = found[i]
+            assert artifact is not None
             current = st.current_version(node.name, fmt)
-            if reused or (current is not None and current[1] == self.sha(artifact)):
-                self._record(w, node.name, want, [artifact])
-                out.append(artifact)
+            if reused[i] or (current is not None and current[1] == self.sha(artifact)):
                 continue
             if current is not None:  # changed: the next version, built again
                 versions[node.name] = current[0] + 1
-                bumped = dataclasses.replace(self.inputs, versions={**versions})
-                artifact = self._run(w, bumped, [node])[0]
-                want = digests.per_node(w.name, node, versions[node.name], [])
-            self.shas.pop(artifact.path, None)
-            st.set_version(node.name, fmt, versions[node.name], self.sha(artifact))
-            self._record(w, node.name, want, [artifact])
+                changed.append(i)
+        if changed:
+            bumped = dataclasses.replace(self.inputs, versions={**versions})
+            again = self._build_each(w, [nodes[i] for i in changed], bumped)
+            for i, arts in zip(changed, again, strict=True):
+                found[i] = arts[0]
+                wants[i] = digests.per_node(w.name, nodes[i], versions[nodes[i].name], [])
+        out: list[Artifact] = []
+        for i, node in enumerate(nodes):
+            artifact = found[i]
+            assert artifact is not None
+            if not reused[i]:
+                self.shas.pop(artifact.path, None)
+                st.set_version(node.name, fmt, versions[node.name], self.sha(artifact))
+            self._record(w, node.name, wants[i], [artifact])
             out.append(artifact)
         return out
 

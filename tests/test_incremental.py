@@ -246,6 +246,40 @@ def test_a_marker_without_inputs_means_a_full_rebuild_with_the_same_bytes(site: 
     assert versions(site) == counters
 
 
+# ---------------------------------------------------------------- worker processes
+
+
+def test_forked_workers_build_the_same_bytes(
+    site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process pool (used from a few dozen nodes on) changes no byte, and its
+    workers never keep the state's run lock."""
+    twin = tmp_path / "twin"
+    twin.mkdir()
+    (twin / "cluster.toml").write_text(mixed_text())
+    build(site)
+    shutil.copytree(site / "state", twin / "state")
+    monkeypatch.setattr(pipeline, "_FORK_MIN", 2)
+    forked = 0
+    original_pool = pipeline.multiprocessing.get_context
+
+    def spy(method: str) -> object:
+        nonlocal forked
+        forked += 1
+        return original_pool(method)
+
+    monkeypatch.setattr(pipeline.multiprocessing, "get_context", spy)
+    build(twin)
+    assert forked > 0
+    ours, theirs = tree_fingerprint(twin / "dist"), tree_fingerprint(site / "dist")
+    # the marker's input digests name the cluster file's path, which differs
+    del ours[".nomad-build.json"], theirs[".nomad-build.json"]
+    assert ours == theirs
+    assert marker(twin) == marker(site)
+    # the lock is free again: a second run can take it
+    assert build(twin).built == 0
+
+
 # ---------------------------------------------------------------- the archive helper
 
 
