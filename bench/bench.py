@@ -84,12 +84,13 @@ def _run(path: Path, out: Path) -> dict[str, float]:
     start = time.perf_counter()
     plan = pipeline.plan(pipeline.Request("build", path, out_dir=out))
     result = pipeline.execute(plan)
-    timings.update(result.timings)
+    stages = getattr(result, "timings", {})  # older versions did not time their stages
+    timings.update(stages)
     timings["total"] = time.perf_counter() - wall
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # the worker processes
     timings["cpu"] = time.process_time() - cpu + kids.ru_utime + kids.ru_stime
-    timings["plan"] = time.perf_counter() - start - sum(result.timings.values())
-    timings["built"] = result.built
+    timings["plan"] = time.perf_counter() - start - sum(stages.values())
+    timings["built"] = getattr(result, "built", -1)
     return timings
 
 

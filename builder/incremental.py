@@ -220,12 +220,20 @@ class Previous:
 
 
 def add_inputs(marker: Artifact, inputs: Mapping[str, tuple[str, list[str]]]) -> Artifact:
-    """The marker with each (writer, node)'s input digest and paths added."""
-    body = json.loads(marker.data)
-    body[INPUTS_KEY] = {
-        k: {"digest": d, "paths": list(paths)} for k, (d, paths) in sorted(inputs.items())
-    }
-    return dataclasses.replace(marker, data=(json.dumps(body, indent=1) + "\n").encode())
+    """The marker with each (writer, node)'s input digest and paths added (one line per
+    record, written with the C JSON encoder: a marker lists thousands)."""
+    lines = ",\n".join(
+        f"  {json.dumps(k)}: {json.dumps({'digest': d, 'paths': list(paths)})}"
+        for k, (d, paths) in sorted(inputs.items())
+    )
+    text = f"{{\n{lines}\n }}" if lines else "{}"
+    if marker.data.endswith(b"\n}\n") and b'"inputs"' not in marker.data[:64]:
+        data = marker.data[:-3] + f',\n "{INPUTS_KEY}": {text}\n}}\n'.encode()
+    else:  # not the layout expected: the slow, general way
+        body = json.loads(marker.data)
+        body[INPUTS_KEY] = json.loads(text)
+        data = (json.dumps(body, indent=1) + "\n").encode()
+    return dataclasses.replace(marker, data=data)
 
 
 def tree_files(out: Path) -> set[str]:
