@@ -67,12 +67,27 @@ def _forked_chunk(chunk: range) -> list[Any]:
     return [fn(items[i]) for i in chunk]
 
 
+def _spare_cores() -> int:
+    """Cores this run may use: those it is allowed on, less what other processes keep
+    busy (the 1-minute load average, our own process not counted). Forking workers onto
+    cores that are not free only adds the fork's cost."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        busy = max(0.0, os.getloadavg()[0] - 1.0)
+    except OSError:
+        busy = 0.0
+    return max(1, min(cores, round(cores - busy)))
+
+
 def _cpu_parallel(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
     """fn over items on every core, in forked processes (fn may be a closure: the
     workers inherit it); in this process when there are few items or no fork."""
     global _FORK_WORK
     items = list(items)
-    workers = min(os.cpu_count() or 1, len(items) // (_FORK_MIN // 2))
+    workers = min(_spare_cores(), len(items) // (_FORK_MIN // 2))
     if (
         workers < 2
         or len(items) < _FORK_MIN

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import shutil
 import tempfile
@@ -128,11 +129,19 @@ def _swap(new: Path, out: Path) -> None:
     os.rename(new, out)
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:  # the C library this process already has (no `ldconfig -p` subprocess)
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        name = ctypes.util.find_library("c")
+        return ctypes.CDLL(name, use_errno=True) if name else None
+
+
 def _exchange(a: Path, b: Path) -> bool:
-    libc_name = ctypes.util.find_library("c")
-    if not libc_name:
+    libc = _libc()
+    if libc is None:
         return False
-    libc = ctypes.CDLL(libc_name, use_errno=True)
     renameat2 = getattr(libc, "renameat2", None)
     if renameat2 is None:
         return False

@@ -132,6 +132,7 @@ class State:
     _versions_dirty: bool = False
     _closed: bool = False
     _deferred: list[_Write] | None = None  # inside batch(): writes committed at its end
+    _planned: set[Event] = field(default_factory=set)  # read-only: events already listed
 
     def __repr__(self) -> str:
         mode = "writable" if self.writable else "read-only"
@@ -624,8 +625,10 @@ class State:
         return UserError(f"{self._path(rel)}: {problem}; restore it from your backup{tail}")
 
     def _plan(self, event: Event) -> None:
-        # Read-only, nothing gets cached, so a repeated call must not repeat the event.
-        if self.writable or event not in self.events:
+        # Read-only, nothing gets cached, so a repeated call must not repeat the event
+        # (a set beside the list: one plan may hold thousands of events).
+        if self.writable or event not in self._planned:
+            self._planned.add(event)
             self.events.append(event)
 
     def _warn(self, message: str) -> None:

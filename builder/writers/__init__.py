@@ -74,10 +74,25 @@ class BuildInputs:
 
     def package_of(self, writer: str, node: Node) -> Artifact:
         """The artifact `writer` built for `node`."""
-        for a in self.built.get(writer, ()):
-            if a.node == node.name:
-                return a
-        raise BuildError(f"{node.name}: no {writer} artifact was built before it was needed")
+        found = self._by_node(writer).get(node.name)
+        if found is None:
+            raise BuildError(f"{node.name}: no {writer} artifact was built before it was needed")
+        return found
+
+    def _by_node(self, writer: str) -> dict[str, Artifact]:
+        # An index per writer's artifact list, made once (a scan per call is quadratic).
+        arts = self.built.get(writer, ())
+        cache: dict[tuple[str, int, int], dict[str, Artifact]]
+        cache = self.__dict__.setdefault("_package_index", {})
+        key = (writer, id(arts), len(arts))
+        index = cache.get(key)
+        if index is None:
+            index = {}
+            for a in arts:
+                if a.node is not None:
+                    index.setdefault(a.node, a)  # the first, as a scan would find
+            cache[key] = index
+        return index
 
 
 class Writer(ABC):
