@@ -187,6 +187,28 @@ class Previous:
             found.append(a)
         return found
 
+    def same_marker(
+        self,
+        artifacts: Sequence[Artifact],
+        packages: Mapping[str, tuple[str, str, int]],
+        records: Mapping[str, tuple[str, list[str]]],
+    ) -> bool:
+        """Would this run's marker say exactly what the previous one says? Asked when every
+        artifact was taken from the previous output (so each one's sha256, size, mode and
+        node are the ones its entry lists, and the tool, marker format included, is the
+        same: its digest is in every input digest). What is left to compare: the set of
+        paths, the package versions and the input records."""
+        if {a.path for a in artifacts} != set(self.artifacts):
+            return False
+        for a in artifacts:
+            entry = self.artifacts[a.path]
+            pkg = packages.get(a.path)
+            want = None if pkg is None else {"node": pkg[0], "format": pkg[1], "version": pkg[2]}
+            if not isinstance(entry, dict) or entry.get("package") != want:
+                return False
+        mine = {k: {"digest": d, "paths": list(paths)} for k, (d, paths) in records.items()}
+        return mine == self.inputs
+
     def accept(self, artifacts: Iterable[Artifact]) -> None:
         """These taken artifacts are this run's: publishing keeps their files."""
         self.reused.update(a.path for a in artifacts)

@@ -649,30 +649,25 @@ def _publish(p: Plan, b: _Built, trees: Mapping[str, NodeTree]) -> list[Path]:
     if p.request.command == "render":
         return output_dir.write_root(out, trees[p.nodes[0].name])
     if p.request.command == "build":
-        mark = incremental.add_inputs(output_dir.marker(artifacts, packages), b.records)
         paths = [out / a.path for a in artifacts]
         reused = b.previous.reused if b.previous is not None else set()
+        everything_reused = (
+            b.built == 0 and not p.replace_out and {a.path for a in artifacts} <= reused
+        )
         if (
-            b.built == 0
-            and not p.replace_out
-            and {a.path for a in artifacts} <= reused
-            and _same_bytes(out / mark.path, mark.data)
-            and incremental.unchanged(out, [*artifacts, mark])
+            everything_reused
+            and b.previous is not None
+            and b.previous.same_marker(artifacts, packages, b.records)
+            and incremental.unchanged(out, [*artifacts, Artifact(output_dir.MARKER, b"", False)])
         ):
             return paths  # dist/ already holds exactly this build: nothing to do
+        mark = incremental.add_inputs(output_dir.marker(artifacts, packages), b.records)
         publish.publish_tree(out, [*artifacts, mark], unchanged=reused)
         return paths
     paths = publish.publish_files(out, artifacts)
     previous = output_dir.read_marker(out) if out.is_dir() else None
     publish.publish_files(out, [output_dir.marker(artifacts, packages, previous)])
     return paths
-
-
-def _same_bytes(path: Path, data: bytes) -> bool:
-    try:
-        return path.read_bytes() == data
-    except OSError:
-        return False
 
 
 def adopt_state(cluster_file: Path, state_dir: Path | None) -> list[str]:
