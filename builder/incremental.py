@@ -219,7 +219,7 @@ class Previous:
             return None
         secret, node = entry.get("secret"), entry.get("node")
         try:
-            fd = os.open(self.out / path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(os.path.join(self.out, path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
             return None
         try:

@@ -279,20 +279,22 @@ def _secrets(p: Plan, st: State, nodes: Sequence[Node]) -> _Secrets:
     """CA, gossip key, node certificates and signing keys: created in a writable store,
     checked (and what would be made, recorded) in a read-only one."""
     cluster = p.cluster
-    ca = st.ca(ca_spec(cluster))
-    if any(n.is_server for n in nodes):
-        st.gossip_key()
-    with st.batch():  # one ledger transaction and one fsync pass for every certificate
+    # One ledger transaction and one fsync pass for everything made here (CA, gossip
+    # key, every certificate, signing keys): two ledger writes, not two per file.
+    with st.batch():
+        ca = st.ca(ca_spec(cluster))
+        if any(n.is_server for n in nodes):
+            st.gossip_key()
         current = frozenset(
             n.name for n in nodes if st.node_cert(n.name, cert_spec(cluster, n), ca) is not None
         )
-    name = cluster.packages.signing_key_name
-    keys = Keys(signing_key_name=name)
-    if "apt" in p.keys_needed:
-        keys = Keys(name, apt_secret=_apt_key(cluster, st))
-    if "signify" in p.keys_needed:
-        sec, pub = _signify_pair(cluster, st)
-        keys = Keys(name, keys.apt_secret, sec, pub)
+        name = cluster.packages.signing_key_name
+        keys = Keys(signing_key_name=name)
+        if "apt" in p.keys_needed:
+            keys = Keys(name, apt_secret=_apt_key(cluster, st))
+        if "signify" in p.keys_needed:
+            sec, pub = _signify_pair(cluster, st)
+            keys = Keys(name, keys.apt_secret, sec, pub)
     return _Secrets(ca, keys, current)
 
 
@@ -548,9 +550,10 @@ class _Built:
         assert self.digests is not None
         digests = self.digests
         wants = [digests.per_node(w.name, n, None, self._upstream(w, n)) for n in nodes]
-        found = _parallel(
-            lambda nw: self._take(w, nw[0].name, nw[1]), list(zip(nodes, wants, strict=True))
-        )
+        found: list[list[Artifact] | None] = [None] * len(nodes)
+        if self.previous is not None:  # reading and hashing the old files: threads
+            pairs = list(zip(nodes, wants, strict=True))
+            found = _parallel(lambda nw: self._take(w, nw[0].name, nw[1]), pairs)
         missing = [i for i, arts in enumerate(found) if arts is None]
         for i, arts in zip(missing, self._build_each(w, [nodes[i] for i in missing]), strict=True):
             self._record(w, nodes[i].name, wants[i], arts)
@@ -602,7 +605,9 @@ class _Built:
             self.previous.accept(old)
             return old[0]
 
-        found = _parallel(reuse, range(len(nodes)))
+        found: list[Artifact | None] = [None] * len(nodes)
+        if self.previous is not None:  # reading and hashing the old files: threads
+            found = _parallel(reuse, range(len(nodes)))
         reused = [a is not None for a in found]
         missing = [i for i, a in enumerate(found) if a is None]
         for i, arts in zip(missing, self._build_each(w, [nodes[i] for i in missing]), strict=True):

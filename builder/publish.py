@@ -66,20 +66,25 @@ def publish_tree(
         tree = stage / "tree"
         tree.mkdir(mode=0o755)
         os.chmod(tree, 0o755)
-        dirs: set[Path] = {tree}
-        to_sync: list[Path] = []
+        # Plain strings, not Path objects: thousands of files.
+        top, old_top = str(tree), str(out)
+        made: set[str] = {top}
+        to_sync: list[str] = []
         paths = []
         for a in artifacts:
-            target = tree / a.path
-            if target.parent not in dirs:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                dirs.update(target.parents)
-            old = out / a.path
+            target = os.path.join(top, a.path)
+            parent = os.path.dirname(target)
+            if parent not in made:
+                os.makedirs(parent, exist_ok=True)
+                while parent not in made and parent != top:
+                    made.add(parent)
+                    parent = os.path.dirname(parent)
+            old = os.path.join(old_top, a.path)
             if not ((a.path in unchanged or _same(old, a.data)) and _link(old, target)):
                 _write_new(target, a.data, _mode(a))
                 to_sync.append(target)
             paths.append(out / a.path)
-        atomic_io.fsync_all([*to_sync, *(d for d in dirs if tree in d.parents or d == tree)])
+        atomic_io.fsync_all(Path(p) for p in [*to_sync, *made])
         _swap(tree, out)
         atomic_io.fsync_dir(out.parent)
     finally:
@@ -87,16 +92,17 @@ def publish_tree(
     return paths
 
 
-def _same(path: Path, data: bytes) -> bool:
+def _same(path: str, data: bytes) -> bool:
     try:
-        if path.stat().st_size != len(data):
+        if os.stat(path).st_size != len(data):
             return False
-        return path.read_bytes() == data
+        with open(path, "rb") as f:
+            return f.read() == data
     except OSError:
         return False
 
 
-def _link(old: Path, target: Path) -> bool:
+def _link(old: str, target: str) -> bool:
     """Keep the old file (and its inode and mtime): a hard link is instant."""
     try:
         os.link(old, target, follow_symlinks=False)
@@ -105,7 +111,7 @@ def _link(old: Path, target: Path) -> bool:
     return True
 
 
-def _write_new(path: Path, data: bytes, mode: int) -> None:
+def _write_new(path: str, data: bytes, mode: int) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         os.fchmod(fd, mode)  # exact mode whatever the umask
