@@ -152,6 +152,7 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     versions: dict[str, int] = field(default_factory=dict)  # current (or first) versions
     certificates: dict[str, CertStatus] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # "load", "plan" (the rest)
 
     def outputs(self) -> list[Output]:
         """Every path the jobs will produce, with the versions known now."""
@@ -166,7 +167,9 @@ class Plan:
 
 def plan(request: Request) -> Plan:
     """Everything a run will do, checked; nothing written."""
+    start = time.perf_counter()
     cluster = cluster_mod.load(request.cluster_file)
+    loaded = time.perf_counter()
     state_dir = request.state_dir or cluster.source.parent / "state"
     nodes = _requested_nodes(cluster, request)
     jobs = _jobs(cluster, request, nodes)
@@ -190,6 +193,7 @@ def plan(request: Request) -> Plan:
         if request.out_dir is not None:
             st.require_versions_at_least(output_dir.published_versions(request.out_dir))
         p.events, p.warnings = list(st.events), [*cluster.warnings, *st.warnings]
+    p.timings = {"load": loaded - start, "plan": time.perf_counter() - loaded}
     return p
 
 
@@ -376,7 +380,7 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
 def execute(p: Plan) -> Result:
     """Make the secrets, trees and artifacts of a clean plan and publish them; the store's
     lock is held until the output is in place."""
-    timings: dict[str, float] = {}
+    timings: dict[str, float] = dict(p.timings)
     with State.open(p.state_dir, create=True) as st:
         with _timed(timings, "secrets"):
             secrets = _secrets(p, st, p.nodes)
