@@ -5,7 +5,7 @@ VENV   := .venv
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 NB     := $(VENV)/bin/nomad-build
 
-.PHONY: demo test tools lint bench clean
+.PHONY: demo test tools lint bench binary clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,5 +31,28 @@ test: $(STAMP) tools
 bench: $(STAMP)
 	$(VENV)/bin/python bench/bench.py
 
+# The one-file binary: build/nomad-build (not dist/, the default artifact directory
+# that every build replaces). It carries recipes/, packaging/ and images/ as
+# builder/_data (found through builder/data.py) and every writer module.
+BINARY_STAMP := $(VENV)/.binary-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+$(BINARY_STAMP): $(STAMP)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[test,binary]'
+	touch $@
+
+binary: build/nomad-build
+
+build/nomad-build: $(BINARY_STAMP) $(shell find builder recipes packaging images -type f -not -path '*/__pycache__/*')
+	mkdir -p build/pyinstaller
+	printf 'from builder.cli import main\n\nmain()\n' > build/pyinstaller/nomad-build.py
+	$(VENV)/bin/pyinstaller --noconfirm --clean --log-level WARN --onefile \
+	  --name nomad-build --distpath build --workpath build/pyinstaller \
+	  --specpath build/pyinstaller --paths . --collect-submodules builder \
+	  --add-data "$(CURDIR)/recipes:builder/_data/recipes" \
+	  --add-data "$(CURDIR)/packaging:builder/_data/packaging" \
+	  --add-data "$(CURDIR)/images:builder/_data/images" \
+	  build/pyinstaller/nomad-build.py
+	@ls -l build/nomad-build
+
 clean:
-	rm -rf dist state $(VENV) .cache
+	rm -rf dist state build $(VENV) .cache

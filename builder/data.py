@@ -1,10 +1,13 @@
 """The one place that finds the data directories (recipes/, packaging/, images/).
 
 In a source checkout they sit at the top of the repository; in an installed
-wheel (or a one-file binary) they are shipped as builder/_data/<name>.
+wheel they are shipped as builder/_data/<name>; in the one-file binary
+(PyInstaller, `make binary`) they are unpacked with it under sys._MEIPASS as
+builder/_data/<name>.
 """
 
 import shlex
+import sys
 from collections.abc import Callable, Mapping
 from functools import cache
 from pathlib import Path
@@ -17,6 +20,9 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 
 @cache
 def data_root() -> Path:
+    bundle = getattr(sys, "_MEIPASS", None)  # a PyInstaller one-file binary
+    if bundle is not None:
+        return Path(bundle) / "builder" / "_data"
     shipped = _PACKAGE_DIR / "_data"
     if (shipped / "recipes").is_dir():
         return shipped
@@ -39,6 +45,7 @@ def template_environment(
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,
+        auto_reload=False,  # compiled once per run: no stat of the template on every use
         trim_blocks=trim,
         lstrip_blocks=trim,
     )

@@ -90,7 +90,7 @@ def published_versions(out: Path) -> dict[tuple[str, str], int]:
 def marker(
     artifacts: Iterable[Artifact],
     packages: Mapping[str, tuple[str, str, int]],
-    previous: Mapping[str, dict[str, object]] | None = None,
+    previous: Mapping[str, Mapping[str, object]] | None = None,
     files: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Artifact:
     """The marker listing `artifacts` (merged over `previous` for single-file commands);
@@ -98,7 +98,7 @@ def marker(
     tree's file digests (so the next run can say which files changed)."""
     import hashlib
 
-    entries: dict[str, dict[str, object]] = dict(previous or {})
+    entries: dict[str, dict[str, object]] = {k: dict(v) for k, v in (previous or {}).items()}
     for a in artifacts:
         entry: dict[str, object] = {
             "sha256": hashlib.sha256(a.data).hexdigest(),

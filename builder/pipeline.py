@@ -12,23 +12,27 @@ dependency order, and publishes into the output directory atomically.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import multiprocessing
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from builder import cluster as cluster_mod
-from builder import membership, output_dir, publish, report
+from builder import incremental, membership, output_dir, publish, report
 from builder.errors import UserError
 from builder.model import Cluster, Node
 from builder.nodetree import NodeTree
 from builder.os_profile import PROFILES, profile
 from builder.pki import CertInfo, inspect_cert
-from builder.render import ca_spec, cert_spec, node_secrets, render_tree
+from builder.render import NodeSecrets, ca_spec, cert_spec, node_secrets, render_tree
 from builder.report import Change, Report
 from builder.state import Event, State
 from builder.writers import Artifact, BuildInputs, Keys, Output, Writer, all_writers, writer
@@ -48,6 +52,59 @@ def _parallel(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         return [fn(i) for i in items]
     with ThreadPoolExecutor(max_workers=min(len(items), os.cpu_count() or 2)) as pool:
         return list(pool.map(fn, items))
+
+
+# CPU-bound work (archives, ISOs, templates) goes to forked worker processes: threads
+# are bound by the GIL. Forked, because the workers then inherit everything the work
+# reads (the model, the trees, upstream artifacts) instead of having it pickled to
+# them; only the results (bytes) travel back. Chunked per node, a few chunks per worker.
+_FORK_MIN = 24  # fewer items than this: not worth the fork
+_FORK_WORK: tuple[Callable[[Any], Any], list[Any]] | None = None
+
+
+def _forked_chunk(chunk: range) -> list[Any]:
+    assert _FORK_WORK is not None
+    fn, items = _FORK_WORK
+    return [fn(items[i]) for i in chunk]
+
+
+def _spare_cores() -> int:
+    """Cores this run may use: those it is allowed on, less what other processes keep
+    busy (the 1-minute load average, our own process not counted). Forking workers onto
+    cores that are not free only adds the fork's cost."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        busy = max(0.0, os.getloadavg()[0] - 1.0)
+    except OSError:
+        busy = 0.0
+    return max(1, min(cores, round(cores - busy)))
+
+
+def _cpu_parallel(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """fn over items on every core, in forked processes (fn may be a closure: the
+    workers inherit it); in this process when there are few items or no fork."""
+    global _FORK_WORK
+    items = list(items)
+    workers = min(_spare_cores(), len(items) // (_FORK_MIN // 2))
+    if (
+        workers < 2
+        or len(items) < _FORK_MIN
+        or _FORK_WORK is not None
+        or "fork" not in multiprocessing.get_all_start_methods()
+    ):
+        return [fn(i) for i in items]
+    size = max(1, -(-len(items) // (workers * 4)))
+    chunks = [range(i, min(i + size, len(items))) for i in range(0, len(items), size)]
+    _FORK_WORK = (fn, items)
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            parts = pool.map(_forked_chunk, chunks, chunksize=1)
+    finally:
+        _FORK_WORK = None
+    return [r for part in parts for r in part]
 
 
 # ---------------------------------------------------------------- the request
@@ -98,6 +155,7 @@ class Plan:
     versions: dict[str, int] = field(default_factory=dict)  # current (or first) versions
     known_versions: dict[tuple[str, str], int] = field(default_factory=dict)  # in state/
     certificates: dict[str, CertStatus] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # "load", "plan" (the rest)
 
     def outputs(self) -> list[Output]:
         """Every path the jobs will produce, with the versions known now."""
@@ -112,7 +170,9 @@ class Plan:
 
 def plan(request: Request) -> Plan:
     """Everything a run will do, checked; nothing written."""
+    start = time.perf_counter()
     cluster = cluster_mod.load(request.cluster_file)
+    loaded = time.perf_counter()
     state_dir = request.state_dir or cluster.source.parent / "state"
     nodes = _requested_nodes(cluster, request)
     jobs = _jobs(cluster, request, nodes)
@@ -141,6 +201,7 @@ def plan(request: Request) -> Plan:
             st.require_versions_at_least(output_dir.published_versions(request.out_dir))
         p.events, p.warnings = list(st.events), [*cluster.warnings, *advice, *st.warnings]
         p.warnings += membership.explain(cluster, st)  # refuses a change that loses quorum
+    p.timings = {"load": loaded - start, "plan": time.perf_counter() - loaded}
     return p
 
 
@@ -194,7 +255,8 @@ def _add_dependencies(wanted: dict[str, tuple[Node, ...]]) -> None:
     for name in reversed([w.name for w in all_writers()]):
         for need in writer(name).needs if name in wanted else ():
             have = wanted.get(need, ())
-            extra = tuple(n for n in wanted[name] if n not in have)
+            names = {n.name for n in have}  # by name: comparing Node objects is quadratic
+            extra = tuple(n for n in wanted[name] if n.name not in names)
             wanted[need] = have + extra
 
 
@@ -241,19 +303,22 @@ def _secrets(p: Plan, st: State, nodes: Sequence[Node]) -> _Secrets:
     """CA, gossip key, node certificates and signing keys: created in a writable store,
     checked (and what would be made, recorded) in a read-only one."""
     cluster = p.cluster
-    ca = st.ca(ca_spec(cluster))
-    if any(n.is_server for n in nodes):
-        st.gossip_key()
-    current = frozenset(
-        n.name for n in nodes if st.node_cert(n.name, cert_spec(cluster, n), ca) is not None
-    )
-    name = cluster.packages.signing_key_name
-    keys = Keys(signing_key_name=name)
-    if "apt" in p.keys_needed:
-        keys = Keys(name, apt_secret=_apt_key(cluster, st))
-    if "signify" in p.keys_needed:
-        sec, pub = _signify_pair(cluster, st)
-        keys = Keys(name, keys.apt_secret, sec, pub)
+    # One ledger transaction and one fsync pass for everything made here (CA, gossip
+    # key, every certificate, signing keys): two ledger writes, not two per file.
+    with st.batch():
+        ca = st.ca(ca_spec(cluster))
+        if any(n.is_server for n in nodes):
+            st.gossip_key()
+        current = frozenset(
+            n.name for n in nodes if st.node_cert(n.name, cert_spec(cluster, n), ca) is not None
+        )
+        name = cluster.packages.signing_key_name
+        keys = Keys(signing_key_name=name)
+        if "apt" in p.keys_needed:
+            keys = Keys(name, apt_secret=_apt_key(cluster, st))
+        if "signify" in p.keys_needed:
+            sec, pub = _signify_pair(cluster, st)
+            keys = Keys(name, keys.apt_secret, sec, pub)
     return _Secrets(ca, keys, current)
 
 
@@ -313,102 +378,343 @@ class Result:
     published: list[Path]
     events: list[Event]
     warnings: list[str]
-    trees: dict[str, NodeTree]
+    trees: Mapping[str, NodeTree]
     report: Report
+    # seconds per stage (secrets, render, packages, repositories, seeds,
+    # openbsd-autoinstall, publish), for the benchmark; never asserted on
+    timings: dict[str, float] = field(default_factory=dict)
+    built: int = 0  # writer.build calls made
+    reused: list[str] = field(default_factory=list)  # artifact paths taken from the last build
+
+
+# Which benchmark stage a writer's time counts in.
+STAGES = {
+    "deb": "packages",
+    "openbsd-pkg": "packages",
+    "apt-repo": "repositories",
+    "pkg-repo": "repositories",
+    "cloud-init": "seeds",
+    "autoinstall": "seeds",
+    "openbsd-autoinstall": "openbsd-autoinstall",
+    "manifest": "publish",
+}
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
 
 
 def execute(p: Plan) -> Result:
     """Make the secrets, trees and artifacts of a clean plan and publish them; the store's
     lock is held until the output is in place."""
+    timings: dict[str, float] = dict(p.timings)
     with State.open(p.state_dir, create=True, wait=p.request.wait) as st:
-        secrets = _secrets(p, st, p.nodes)
-        trees = _render(p, st)
+        with _timed(timings, "secrets"):
+            secrets = _secrets(p, st, p.nodes)
+            trees = _trees(p, st)
         mtime = p.source_date_epoch
         if mtime is None and secrets.ca is not None:
             mtime = int(inspect_cert(secrets.ca[1]).not_before.timestamp())
         assert mtime is not None
-        artifacts, packages = _build(p, st, secrets.keys, trees, mtime)
-        st.flush()  # versions first: a published package's number is never handed out again
-        previous = output_dir.read_marker(p.out_dir) if p.out_dir is not None else None
-        events = list(st.events)
-        changes = _report(p, artifacts, packages, trees, previous, events)
-        published = _publish(p, artifacts, packages, trees) if p.out_dir is not None else []
+        previous = incremental.Previous.load(p.out_dir) if p.request.command == "build" else None
+        b = _Built(p, st, BuildInputs(p.cluster, mtime, secrets.keys, trees, dict(p.versions)))
+        b.previous = previous
+        b.digests = incremental.Digests(p.cluster, secrets.keys, mtime, trees.key)
+        with _timed(timings, "render"):
+            b.render_needed(trees)
+        for job in p.jobs:
+            with _timed(timings, STAGES.get(job.writer.name, job.writer.name)):
+                b.job(job)
+        with _timed(timings, "publish"):
+            st.flush()  # versions first: a published package's number is never handed out again
+            marker = output_dir.read_marker(p.out_dir) if p.out_dir is not None else None
+            events = list(st.events)
+            changes = _report(p, b, trees, marker, events)
+            published = _publish(p, b, trees, marker) if p.out_dir is not None else []
         changes.warnings = [*p.warnings, *st.warnings]
-        return Result(artifacts, published, events, changes.warnings, trees, changes)
+        result = Result(b.artifacts, published, events, changes.warnings, trees, changes)
+    result.timings = timings
+    result.built = b.built
+    result.reused = sorted(previous.reused) if previous is not None else []
+    return result
 
 
 def _report(
     p: Plan,
-    artifacts: list[Artifact],
-    packages: _Packages,
-    trees: dict[str, NodeTree],
+    b: _Built,
+    trees: _Trees,
     previous: Mapping[str, Mapping[str, Any]] | None,
     events: list[Event],
 ) -> Report:
+    """Each artifact new, changed or unchanged; a package with a new version, and why."""
     why = {}
-    for node, fmt, _ in packages.values():
-        before = output_dir.previous_files(previous, node, fmt)
-        why[node] = report.package_reasons(node, before, report.tree_files(trees[node]), events)
-    changes = report.artifact_changes(artifacts, previous, packages, p.known_versions, why)
+    for node, fmt, version in b.packages.values():
+        if p.known_versions.get((node, fmt)) not in (None, version):  # its tree was rendered
+            before = output_dir.previous_files(previous, node, fmt)
+            files = report.tree_files(trees[node])
+            why[node] = report.package_reasons(node, before, files, events)
+    changes = report.artifact_changes(b.artifacts, previous, b.packages, p.known_versions, why)
     return Report(p.request.command, changes, events)
 
 
-def _render(p: Plan, st: State) -> dict[str, NodeTree]:
+def _tree_files(
+    b: _Built, trees: _Trees, previous: Mapping[str, Mapping[str, Any]] | None
+) -> dict[str, dict[str, str]]:
+    """Each package's node's file digests for the marker: from its tree when this run
+    rendered it, else as the previous marker recorded them (the tree is unchanged)."""
+    files: dict[str, dict[str, str]] = {}
+    for node, fmt, _ in b.packages.values():
+        recorded = output_dir.previous_files(previous, node, fmt)
+        if trees.rendered(node) or recorded is None:
+            files[node] = report.tree_files(trees[node])
+        else:
+            files[node] = recorded
+    return files
+
+
+class _Trees(Mapping[str, NodeTree]):
+    """Every needed node's NodeTree, rendered when first asked for (an incremental run
+    renders only the nodes whose artifacts are not reused). `key(node)` is the digest of
+    what the tree is rendered from, known without rendering it."""
+
+    def __init__(self, cluster: Cluster, secrets: dict[str, tuple[Node, NodeSecrets]]) -> None:
+        self._cluster = cluster
+        self._secrets = secrets
+        self._trees: dict[str, NodeTree] = {}
+        self._keys: dict[str, str] = {}
+        self._base: str | None = None
+        self._lock = threading.Lock()
+
+    def __getitem__(self, name: str) -> NodeTree:
+        tree = self._trees.get(name)
+        if tree is None:
+            node, secrets = self._secrets[name]
+            tree = self._trees.setdefault(name, render_tree(self._cluster, node, secrets))
+        return tree
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._secrets)
+
+    def __len__(self) -> int:
+        return len(self._secrets)
+
+    def rendered(self, name: str) -> bool:
+        return name in self._trees
+
+    def render(self, names: Iterable[str]) -> None:
+        """Render these trees now, on every core."""
+        missing = [n for n in names if n not in self._trees]
+        for name, tree in zip(missing, _cpu_parallel(self.__getitem__, missing), strict=True):
+            self._trees.setdefault(name, tree)
+
+    def key(self, node: Node) -> str:
+        k = self._keys.get(node.name)
+        if k is None:
+            with self._lock:
+                if self._base is None:
+                    self._base = incremental.render_base(self._cluster)
+            k = self._keys[node.name] = incremental.tree_key(
+                self._base, node, self._secrets[node.name][1]
+            )
+        return k
+
+
+def _trees(p: Plan, st: State) -> _Trees:
     needed = {n.name: n for job in p.jobs for n in job.nodes} or {n.name: n for n in p.nodes}
-    # Secrets one after another (the store is the single writer of state/), trees in parallel.
-    pairs = [(n, node_secrets(p.cluster, n, st)) for n in needed.values()]
-    trees = _parallel(lambda ns: render_tree(p.cluster, ns[0], ns[1]), pairs)
-    return {t.node: t for t in trees}
+    # Secrets one after another (the store is the single writer of state/), trees on demand.
+    return _Trees(p.cluster, {n.name: (n, node_secrets(p.cluster, n, st)) for n in needed.values()})
 
 
 _Packages = dict[str, tuple[str, str, int]]  # package path -> (node, format, version)
 
 
-def _build(
-    p: Plan, st: State, keys: Keys, trees: dict[str, NodeTree], mtime: int
-) -> tuple[list[Artifact], _Packages]:
-    """Each job once, in registry order; packages get their versions on the way and are
-    handed to the writers that need them."""
-    built: dict[str, list[Artifact]] = {}
-    versions = dict(p.versions)
-    packages: _Packages = {}
-    for job in p.jobs:
+@dataclass
+class _Built:
+    """The artifacts of one run as they are built (or reused), with what the marker
+    records about them."""
+
+    p: Plan
+    st: State
+    inputs: BuildInputs
+    previous: incremental.Previous | None = None
+    digests: incremental.Digests | None = None
+    by_writer: dict[str, list[Artifact]] = field(default_factory=dict)
+    packages: _Packages = field(default_factory=dict)
+    records: dict[str, tuple[str, list[str]]] = field(default_factory=dict)  # marker "inputs"
+    shas: dict[str, str] = field(default_factory=dict)  # artifact path -> sha256
+    built: int = 0  # writer.build calls (reused artifacts are not built)
+
+    def render_needed(self, trees: _Trees) -> None:
+        """Render (in parallel) the trees of the nodes whose package cannot be reused; the
+        others are rendered only if something downstream needs them."""
+        assert self.digests is not None
+        names = list(trees)
+        if self.previous is not None:
+            names = [name for name in names if not self._package_matches(trees._secrets[name][0])]
+        trees.render(names)
+
+    def _package_matches(self, node: Node) -> bool:
+        assert self.digests is not None and self.previous is not None
+        w = _package_writer(node)
+        want = self.digests.per_node(w, node, self.versions.get(node.name), [])
+        return self.previous.recorded(w, node.name) == want
+
+    @property
+    def artifacts(self) -> list[Artifact]:
+        return [a for arts in self.by_writer.values() for a in arts]
+
+    @property
+    def versions(self) -> dict[str, int]:
+        versions = self.inputs.versions
+        assert isinstance(versions, dict)
+        return versions
+
+    def sha(self, a: Artifact) -> str:
+        d = self.shas.get(a.path)
+        if d is None:
+            d = self.shas[a.path] = _digest(a)
+        return d
+
+    def job(self, job: Job) -> None:
         w = job.writer
-        inputs = BuildInputs(p.cluster, mtime, keys, trees, versions, built)
+        self.inputs = dataclasses.replace(self.inputs, built=self.by_writer)
         if w.name in STATE_FORMAT:
-            built[w.name] = _versioned(st, w, inputs, job.nodes, versions)
-            for a in built[w.name]:
+            arts = self._versioned(w, job.nodes)
+            for a in arts:
                 assert a.node is not None
-                packages[a.path] = (a.node, STATE_FORMAT[w.name], versions[a.node])
-        elif w.per_node:
-            per_node = _parallel(lambda n: w.build(inputs, [n]), job.nodes)  # noqa: B023
-            built[w.name] = [a for arts in per_node for a in arts]
+                self.packages[a.path] = (a.node, STATE_FORMAT[w.name], self.versions[a.node])
+        elif w.per_node or w.splits:
+            arts = self._per_node(w, job.nodes)
+            if w.splits:
+                arts = self._whole(w, job.nodes, parts=arts)
         else:
-            built[w.name] = w.build(inputs, job.nodes)
-    return [a for arts in built.values() for a in arts], packages
+            arts = self._whole(w, job.nodes)
+        self.by_writer[w.name] = arts
 
+    def _upstream(self, w: Writer, node: Node) -> list[str]:
+        return [self.sha(self.inputs.package_of(need, node)) for need in w.needs]
 
-def _versioned(
-    st: State, w: Writer, inputs: BuildInputs, nodes: Sequence[Node], versions: dict[str, int]
-) -> list[Artifact]:
-    """Build at the current version; a package whose bytes changed is built again at the
-    next one. So a version moves exactly when the package's bytes do, whatever changed
-    them (the cluster file, a template, the tool)."""
-    fmt = STATE_FORMAT[w.name]
-    first = _parallel(lambda n: w.build(inputs, [n])[0], nodes)
-    out: list[Artifact] = []
-    for node, artifact in zip(nodes, first, strict=True):
-        current = st.current_version(node.name, fmt)
-        if current is not None and current[1] == _digest(artifact):
+    def _record(self, w: Writer, node: str | None, want: str, arts: list[Artifact]) -> None:
+        self.records[incremental.key(w.name, node)] = (want, [a.path for a in arts])
+
+    def _take(self, w: Writer, node: str | None, want: str) -> list[Artifact] | None:
+        if self.previous is None:
+            return None
+        arts = self.previous.take(w.name, node, want)
+        if arts is not None:
+            self.previous.accept(arts)
+            self._record(w, node, want, arts)
+        return arts
+
+    def _build_each(
+        self, w: Writer, nodes: Sequence[Node], inputs: BuildInputs | None = None
+    ) -> list[list[Artifact]]:
+        """w's artifacts for each node, built on every core (nothing reused here)."""
+        inputs = inputs or self.inputs
+        self.built += len(nodes)
+        if w.splits:
+            return _cpu_parallel(lambda n: w.build_part(inputs, n), nodes)
+        return _cpu_parallel(lambda n: w.build(inputs, [n]), nodes)
+
+    def _per_node(self, w: Writer, nodes: Sequence[Node]) -> list[Artifact]:
+        """Each node's artifacts: reused when their inputs are unchanged, else built."""
+        assert self.digests is not None
+        digests = self.digests
+        wants = [digests.per_node(w.name, n, None, self._upstream(w, n)) for n in nodes]
+        found: list[list[Artifact] | None] = [None] * len(nodes)
+        if self.previous is not None:  # reading and hashing the old files: threads
+            pairs = list(zip(nodes, wants, strict=True))
+            found = _parallel(lambda nw: self._take(w, nw[0].name, nw[1]), pairs)
+        missing = [i for i, arts in enumerate(found) if arts is None]
+        for i, arts in zip(missing, self._build_each(w, [nodes[i] for i in missing]), strict=True):
+            self._record(w, nodes[i].name, wants[i], arts)
+            found[i] = arts
+        return [a for arts in found if arts is not None for a in arts]
+
+    def _whole(
+        self, w: Writer, nodes: Sequence[Node], parts: Sequence[Artifact] | None = None
+    ) -> list[Artifact]:
+        """A writer's artifacts for all its nodes at once (with `parts`: the index over
+        the per-node parts of a writer that splits)."""
+        assert self.digests is not None
+        if parts is None:
+            needs = list(self.by_writer) if w.reads_all else w.needs
+            upstream = [self.sha(a) for need in needs for a in self.by_writer.get(need, ())]
+        else:
+            upstream = [self.sha(a) for a in parts]
+        want = self.digests.whole(w.name, nodes, self.versions, sorted(upstream))
+        arts = self._take(w, None, want)
+        if arts is None:
+            self.built += 1
+            if parts is None:
+                arts = w.build(self.inputs, nodes)
+            else:
+                arts = w.build_index(self.inputs, nodes, parts)
+            part_paths = {a.path for a in parts or ()}
+            self._record(w, None, want, [a for a in arts if a.path not in part_paths])
+        elif parts is not None:
+            arts = sorted([*parts, *arts], key=lambda a: a.path)
+        return arts
+
+    def _versioned(self, w: Writer, nodes: Sequence[Node]) -> list[Artifact]:
+        """Build at the current version; a package whose bytes changed is built again at
+        the next one. So a version moves exactly when the package's bytes do, whatever
+        changed them (the cluster file, a template, the tool). A package whose inputs at
+        the current version are unchanged, and whose previous bytes are the ones the
+        store recorded for that version, is reused."""
+        assert self.digests is not None
+        fmt = STATE_FORMAT[w.name]
+        versions, digests, st = self.versions, self.digests, self.st
+        wants = [digests.per_node(w.name, n, versions[n.name], []) for n in nodes]
+
+        def reuse(i: int) -> Artifact | None:
+            current = st.current_version(nodes[i].name, fmt)
+            if self.previous is None or current is None:
+                return None
+            old = self.previous.take(w.name, nodes[i].name, wants[i])
+            if old is None or current != (versions[nodes[i].name], self.sha(old[0])):
+                return None
+            self.previous.accept(old)
+            return old[0]
+
+        found: list[Artifact | None] = [None] * len(nodes)
+        if self.previous is not None:  # reading and hashing the old files: threads
+            found = _parallel(reuse, range(len(nodes)))
+        reused = [a is not None for a in found]
+        missing = [i for i, a in enumerate(found) if a is None]
+        for i, arts in zip(missing, self._build_each(w, [nodes[i] for i in missing]), strict=True):
+            found[i] = arts[0]
+        changed: list[int] = []  # built again at the next version
+        for i, node in enumerate(nodes):
+            artifact = found[i]
+            assert artifact is not None
+            current = st.current_version(node.name, fmt)
+            if reused[i] or (current is not None and current[1] == self.sha(artifact)):
+                continue
+            if current is not None:  # changed: the next version, built again
+                versions[node.name] = current[0] + 1
+                changed.append(i)
+        if changed:
+            bumped = dataclasses.replace(self.inputs, versions={**versions})
+            again = self._build_each(w, [nodes[i] for i in changed], bumped)
+            for i, arts in zip(changed, again, strict=True):
+                found[i] = arts[0]
+                wants[i] = digests.per_node(w.name, nodes[i], versions[nodes[i].name], [])
+        out: list[Artifact] = []
+        for i, node in enumerate(nodes):
+            artifact = found[i]
+            assert artifact is not None
+            if not reused[i]:
+                self.shas.pop(artifact.path, None)
+                st.set_version(node.name, fmt, versions[node.name], self.sha(artifact))
+            self._record(w, node.name, wants[i], [artifact])
             out.append(artifact)
-            continue
-        if current is not None:  # changed: the next version, built again
-            versions[node.name] = current[0] + 1
-            bumped = dataclasses.replace(inputs, versions={**versions})
-            artifact = w.build(bumped, [node])[0]
-        st.set_version(node.name, fmt, versions[node.name], _digest(artifact))
-        out.append(artifact)
-    return out
+        return out
 
 
 def _digest(artifact: Artifact) -> str:
@@ -416,21 +722,37 @@ def _digest(artifact: Artifact) -> str:
 
 
 def _publish(
-    p: Plan, artifacts: list[Artifact], packages: _Packages, trees: dict[str, NodeTree]
+    p: Plan, b: _Built, trees: _Trees, previous: Mapping[str, Mapping[str, Any]] | None
 ) -> list[Path]:
     out = p.out_dir
     assert out is not None
+    artifacts, packages = b.artifacts, b.packages
     output_dir.sweep_staging(out)
     if p.replace_out:
         output_dir.set_aside(out)
     if p.request.command == "render":
         return output_dir.write_root(out, trees[p.nodes[0].name])
-    files = {node: report.tree_files(trees[node]) for node, _, _ in packages.values()}
     if p.request.command == "build":
-        mark = output_dir.marker(artifacts, packages, files=files)
-        return publish.publish_tree(out, [*artifacts, mark])[:-1]
+        paths = [out / a.path for a in artifacts]
+        reused = b.previous.reused if b.previous is not None else set()
+        everything_reused = (
+            b.built == 0 and not p.replace_out and {a.path for a in artifacts} <= reused
+        )
+        if (
+            everything_reused
+            and b.previous is not None
+            and b.previous.same_marker(artifacts, packages, b.records)
+            and incremental.unchanged(out, [*artifacts, Artifact(output_dir.MARKER, b"", False)])
+        ):
+            return paths  # dist/ already holds exactly this build: nothing to do
+        files = _tree_files(b, trees, previous)
+        mark = incremental.add_inputs(
+            output_dir.marker(artifacts, packages, files=files), b.records
+        )
+        publish.publish_tree(out, [*artifacts, mark], unchanged=reused)
+        return paths
     paths = publish.publish_files(out, artifacts)
-    previous = output_dir.read_marker(out) if out.is_dir() else None
+    files = _tree_files(b, trees, previous)
     publish.publish_files(out, [output_dir.marker(artifacts, packages, previous, files)])
     return paths
 

@@ -7,6 +7,7 @@ job of builder.state.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import ipaddress
 import secrets
@@ -213,8 +214,20 @@ class CertInfo:
     permitted_dns: tuple[str, ...]  # the CA's NameConstraints; () when none
 
 
+# The checks below are pure functions of bytes and a build makes them several times
+# per node (plan, then the writing run; each node's certificate against the CA): each
+# is computed once per process for the same bytes. Key material is never a cache key
+# (its sha256 is).
+_MEMO = 1 << 14
+
+
 def inspect_cert(cert_pem: bytes) -> CertInfo:
     """Parse the facts the store and `check` care about. Raises ValueError on bad PEM."""
+    return _inspect_cert(bytes(cert_pem))
+
+
+@functools.lru_cache(maxsize=_MEMO)
+def _inspect_cert(cert_pem: bytes) -> CertInfo:
     cert = x509.load_pem_x509_certificate(cert_pem)
     cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     cn = str(cns[0].value) if cns else ""
@@ -250,6 +263,20 @@ def inspect_cert(cert_pem: bytes) -> CertInfo:
 
 def key_matches_cert(key_pem: bytes, cert_pem: bytes) -> bool:
     """True when the private key is the one whose public half the cert carries."""
+    digest = hashlib.sha256(key_pem).digest()
+    hit = _KEY_MATCHES.get((digest, bytes(cert_pem)))
+    if hit is None:
+        hit = _key_matches_cert(key_pem, cert_pem)
+        if len(_KEY_MATCHES) >= _MEMO:
+            _KEY_MATCHES.clear()
+        _KEY_MATCHES[(digest, bytes(cert_pem))] = hit
+    return hit
+
+
+_KEY_MATCHES: dict[tuple[bytes, bytes], bool] = {}
+
+
+def _key_matches_cert(key_pem: bytes, cert_pem: bytes) -> bool:
     key = serialization.load_pem_private_key(key_pem, password=None)
     cert = x509.load_pem_x509_certificate(cert_pem)
     fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -258,6 +285,11 @@ def key_matches_cert(key_pem: bytes, cert_pem: bytes) -> bool:
 
 def cert_signed_by(cert_pem: bytes, ca_cert_pem: bytes) -> bool:
     """True when ca_cert's key signed cert and the issuer name matches its subject."""
+    return _cert_signed_by(bytes(cert_pem), bytes(ca_cert_pem))
+
+
+@functools.lru_cache(maxsize=_MEMO)
+def _cert_signed_by(cert_pem: bytes, ca_cert_pem: bytes) -> bool:
     cert = x509.load_pem_x509_certificate(cert_pem)
     ca = x509.load_pem_x509_certificate(ca_cert_pem)
     try:

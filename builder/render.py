@@ -6,6 +6,7 @@ No artifact format is known here: writers turn the NodeTree into packages/images
 from __future__ import annotations
 
 import ipaddress
+import threading
 import tomllib
 from dataclasses import dataclass
 from datetime import timedelta
@@ -284,11 +285,47 @@ def _render(template: str, context: dict[str, Any], **extra: Any) -> bytes:
     return _env().get_template(template).render(**context, **extra).encode()
 
 
+@dataclass(frozen=True)
+class _PeerList:
+    """Every (server or all) node's addresses, flattened once per cluster; a node's peer
+    list is that list without its own slice (linear per run instead of quadratic)."""
+
+    ips: tuple[str, ...]
+    spans: dict[int, tuple[int, int]]  # id(node) -> its slice of `ips`
+
+    def without(self, node: Node) -> list[str]:
+        start, end = self.spans.get(id(node), (0, 0))
+        return [*self.ips[:start], *self.ips[end:]]
+
+
+_PEER_CACHE: dict[tuple[int, bool], tuple[Cluster, _PeerList]] = {}
+_PEER_LOCK = threading.Lock()
+
+
+def _peers(cluster: Cluster, *, servers_only: bool) -> _PeerList:
+    key = (id(cluster), servers_only)
+    with _PEER_LOCK:
+        hit = _PEER_CACHE.get(key)
+        if hit is not None and hit[0] is cluster:
+            return hit[1]
+        ips: list[str] = []
+        spans: dict[int, tuple[int, int]] = {}
+        for n in cluster.servers if servers_only else cluster.nodes:
+            start = len(ips)
+            ips.extend(n.ips)
+            spans[id(n)] = (start, len(ips))
+        peers = _PeerList(tuple(ips), spans)
+        if len(_PEER_CACHE) > 8:  # a long-lived process sees few clusters at a time
+            _PEER_CACHE.clear()
+        _PEER_CACHE[key] = (cluster, peers)
+        return peers
+
+
 def _firewall_context(cluster: Cluster, node: Node, path: str) -> dict[str, Any]:
     """Who may reach this node: every agent may call a server's RPC (4647); only
     servers gossip (4648 tcp+udp) and call clients' RPC (alloc logs/exec)."""
-    servers = [ip for n in cluster.servers if n is not node for ip in n.ips]
-    everyone = [ip for n in cluster.nodes if n is not node for ip in n.ips]
+    servers = _peers(cluster, servers_only=True).without(node)
+    everyone = _peers(cluster, servers_only=False).without(node)
     if profile(node.os).firewall == "pf":
         tables: list[tuple[str, list[str]]] = []
         rules: list[str] = []

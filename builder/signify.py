@@ -22,6 +22,7 @@ same bytes: ``zsign`` with mtime 0 is byte-identical to ``signify -zS -n``.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import os
 import posixpath
@@ -129,6 +130,13 @@ def generate_keypair(comment_name: str = "signify") -> tuple[bytes, bytes]:
 
 
 def parse_secret(data: bytes, what: str = "signify secret key") -> SecretKey:
+    """The key in a .sec file; parsed (and its halves checked) once per process for the
+    same bytes: a build signs hundreds of packages with one key."""
+    return _parse_secret(data, what)
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_secret(data: bytes, what: str) -> SecretKey:
     comment, blob, _ = _parse_b64file(data, 104, what)
     if blob[2:4] != _KDFALG:
         raise UserError(f"{what}: unsupported KDF")
@@ -167,8 +175,13 @@ def check_keypair(sec: bytes, pub: bytes) -> None:
 # ---------------------------------------------------------------- plain signatures
 
 
+@functools.lru_cache(maxsize=8)
+def _private(seed: bytes) -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.from_private_bytes(seed)
+
+
 def _sig_blob(key: SecretKey, message: bytes) -> bytes:
-    private = Ed25519PrivateKey.from_private_bytes(key.seckey[:32])
+    private = _private(key.seckey[:32])
     return _PKALG + key.keynum + private.sign(message)
 
 

@@ -74,10 +74,25 @@ class BuildInputs:
 
     def package_of(self, writer: str, node: Node) -> Artifact:
         """The artifact `writer` built for `node`."""
-        for a in self.built.get(writer, ()):
-            if a.node == node.name:
-                return a
-        raise BuildError(f"{node.name}: no {writer} artifact was built before it was needed")
+        found = self._by_node(writer).get(node.name)
+        if found is None:
+            raise BuildError(f"{node.name}: no {writer} artifact was built before it was needed")
+        return found
+
+    def _by_node(self, writer: str) -> dict[str, Artifact]:
+        # An index per writer's artifact list, made once (a scan per call is quadratic).
+        arts = self.built.get(writer, ())
+        cache: dict[tuple[str, int, int], dict[str, Artifact]]
+        cache = self.__dict__.setdefault("_package_index", {})
+        key = (writer, id(arts), len(arts))
+        index = cache.get(key)
+        if index is None:
+            index = {}
+            for a in arts:
+                if a.node is not None:
+                    index.setdefault(a.node, a)  # the first, as a scan would find
+            cache[key] = index
+        return index
 
 
 class Writer(ABC):
@@ -87,6 +102,7 @@ class Writer(ABC):
     needs: ClassVar[tuple[str, ...]] = ()  # writers whose artifacts `build` consumes
     signing: ClassVar[frozenset[str]] = frozenset()  # keys it needs: "apt", "signify"
     per_node: ClassVar[bool] = True  # build() may be called for any subset of its nodes
+    reads_all: ClassVar[bool] = False  # build() reads every artifact built before it
     os: ClassVar[str]  # the OS whose nodes it serves
 
     def warnings(self, cluster: Cluster, nodes: Sequence[Node]) -> list[str]:
@@ -123,6 +139,20 @@ class Writer(ABC):
     @abstractmethod
     def build(self, inputs: BuildInputs, nodes: Sequence[Node]) -> list[Artifact]:
         """The artifacts for these nodes (all of the writer's nodes when not per_node)."""
+
+    # Optional, for a writer that is not per_node but whose work is mostly per node (an
+    # index over per-node files): with `splits`, build() must equal
+    # build_index(inputs, nodes, [a for n in nodes for a in build_part(inputs, n)]),
+    # so that an incremental run rebuilds only the changed nodes' parts and the index.
+    splits: ClassVar[bool] = False
+
+    def build_part(self, inputs: BuildInputs, node: Node) -> list[Artifact]:
+        raise NotImplementedError(self.name)
+
+    def build_index(
+        self, inputs: BuildInputs, nodes: Sequence[Node], parts: Sequence[Artifact]
+    ) -> list[Artifact]:
+        raise NotImplementedError(self.name)
 
 
 # Build order: a writer comes after every writer it needs.

@@ -299,7 +299,7 @@ def _plan(node: Node, tree: NodeTree, version: int, mtime: int) -> _Plan:
         unstripped_binaries=[path for path, f in facts if f.symbols],
     )
     doc = f"/usr/share/doc/{pkg}"
-    changelog = gzip_bytes(_changelog(pkg, ver, node, tree, mtime))
+    changelog = gzip_bytes(_changelog(pkg, ver, node, tree, mtime), level=9)  # policy 12.7
     payload += [
         _Payload(f"{doc}/copyright", _render("copyright.j2", **context), 0o644),
         _Payload(f"{doc}/changelog.gz", changelog, 0o644),

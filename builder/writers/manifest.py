@@ -89,6 +89,7 @@ class ManifestWriter(Writer):
     name = "manifest"  # registered last: it reads everything built before it
     signing = frozenset({"signify"})
     per_node = False
+    reads_all = True
     os = "any"
 
     def unfit(self, cluster: Cluster, node: Node) -> str | None:

@@ -288,25 +288,35 @@ def build_openbsd_autoinstall(
     """openbsd-autoinstall/: response file + site set per node, index.txt, SHA256."""
     if not items:
         return []
-    signify.parse_public(pub_key)
-    if mtime < 0:
-        raise BuildError(f"mtime must not be negative: {mtime}")
-    first = items[0][0].images
-    if any(
-        (n.images.openbsd_release, n.images.openbsd_sets_url)
-        != (first.openbsd_release, first.openbsd_sets_url)
-        for n, _, _ in items
-    ):
-        raise BuildError("all nodes of one OpenBSD autoinstall share release and sets URL")
+    _check_shared([n for n, _, _ in items], pub_key=pub_key, mtime=mtime)
     out: list[Artifact] = []
     for node, tree, pkg in sorted(items, key=lambda i: i[0].name):
         out += _node_artifacts(node, tree, pkg, pub_key=pub_key, key_name=key_name, mtime=mtime)
+    return _with_index([n for n, _, _ in items], out)
+
+
+def _check_shared(nodes: Sequence[Node], *, pub_key: bytes, mtime: int) -> None:
+    signify.parse_public(pub_key)
+    if mtime < 0:
+        raise BuildError(f"mtime must not be negative: {mtime}")
+    first = nodes[0].images
+    if any(
+        (n.images.openbsd_release, n.images.openbsd_sets_url)
+        != (first.openbsd_release, first.openbsd_sets_url)
+        for n in nodes
+    ):
+        raise BuildError("all nodes of one OpenBSD autoinstall share release and sets URL")
+
+
+def _with_index(nodes: Sequence[Node], out: list[Artifact]) -> list[Artifact]:
+    """The nodes' artifacts with index.txt and SHA256 added, sorted by path."""
     if len({a.path for a in out}) != len(out):
         raise BuildError("two nodes would fetch the same response file")
+    first = nodes[0].images
     site_sets = {a.path.rsplit("/", 1)[1]: a.data for a in out if a.path.endswith(".tgz")}
     arch = split_sets_url(first.openbsd_sets_url or "")[3]
     index = sorted({*release_sets(first.openbsd_release, arch), *site_sets})
-    out.append(Artifact(f"{OUT_DIR}/index.txt", ("\n".join(index) + "\n").encode(), False))
+    out = [*out, Artifact(f"{OUT_DIR}/index.txt", ("\n".join(index) + "\n").encode(), False)]
     sums = "".join(
         f"SHA256 ({name}) = {hashlib.sha256(data).hexdigest()}\n"
         for name, data in sorted(site_sets.items())
@@ -369,6 +379,33 @@ class OpenBSDAutoinstallWriter(Writer):
             key_name=inputs.keys.signing_key_name,
             mtime=inputs.mtime,
         )
+
+    # `build` split in two, so that an incremental run rebuilds only the changed nodes'
+    # parts and the index: build() == build_index(nodes, [build_part(n) for n in nodes]).
+    splits = True
+
+    def build_part(self, inputs: BuildInputs, node: Node) -> list[Artifact]:
+        assert inputs.keys.signify_public is not None
+        pkg = inputs.package_of("openbsd-pkg", node)
+        return list(
+            _node_artifacts(
+                node,
+                inputs.trees[node.name],
+                pkg,
+                pub_key=inputs.keys.signify_public,
+                key_name=inputs.keys.signing_key_name,
+                mtime=inputs.mtime,
+            )
+        )
+
+    def build_index(
+        self, inputs: BuildInputs, nodes: Sequence[Node], parts: Sequence[Artifact]
+    ) -> list[Artifact]:
+        if not nodes:
+            return []
+        assert inputs.keys.signify_public is not None
+        _check_shared(nodes, pub_key=inputs.keys.signify_public, mtime=inputs.mtime)
+        return _with_index(nodes, sorted(parts, key=lambda a: a.path))
 
 
 def _check_response_file(conf: bytes, node: Node) -> None:

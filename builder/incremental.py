@@ -1,0 +1,274 @@
+"""Incremental builds: an artifact is reused, not rebuilt, when nothing it is made
+from changed and its bytes are still in the previous output.
+
+Every build records, in its marker (`dist/.nomad-build.json`, key "inputs"), for
+each (writer, node) the digest of everything the writer's `build` reads for it:
+the tool itself (its code and data files), the writer's name, SOURCE_DATE_EPOCH /
+mtime, the signing keys, the cluster's settings, the node, its NodeTree, its
+package version and the sha256 of the upstream artifacts it consumes. The next
+run computes the same digest; when it matches and every file of that (writer,
+node) is still in the output with the sha256, size and mode the marker lists,
+those bytes are the artifacts. A file changed, lost or never listed is simply
+built again: reuse can only save work, never change a byte.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import stat
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from builder import data
+from builder.model import Cluster, Node, PackageSettings
+from builder.writers import Artifact, Keys
+
+INPUTS_KEY = "inputs"  # the marker's key: "<writer>:<node or *>" -> {digest, paths}
+WHOLE = "*"  # the node part of the key of a writer that builds all its nodes at once
+
+
+def digest(*parts: Any) -> str:
+    """sha256 of the parts' repr: the model, the trees and the keys are frozen dataclasses
+    of str, int, bytes, tuples and read-only mappings, whose repr is canonical. A part
+    whose repr is not deterministic (an object address) only costs reuse, never
+    correctness: its digest never matches again."""
+    return hashlib.sha256(repr(parts).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+@cache
+def tool_digest() -> str:
+    """The tool's identity: every source file of the builder package and every data file
+    (recipes, packaging, images); a one-file binary hashes itself."""
+    h = hashlib.sha256()
+    if getattr(sys, "frozen", False):
+        h.update(Path(sys.executable).read_bytes())
+    else:
+        package = Path(__file__).resolve().parent
+        for path in sorted(package.rglob("*.py")):
+            h.update(path.relative_to(package).as_posix().encode() + b"\0")
+            h.update(path.read_bytes())
+    root = data.data_root()
+    for name in ("recipes", "packaging", "images"):
+        for path in sorted((root / name).rglob("*")):
+            if path.is_file():
+                h.update(path.relative_to(root).as_posix().encode() + b"\0")
+                h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Digests:
+    """The input digests of one run (each node's digest computed once). `tree_key` gives
+    the digest of what a node's NodeTree is rendered from (so a tree need not be rendered
+    to know that it did not change)."""
+
+    def __init__(
+        self, cluster: Cluster, keys: Keys, mtime: int, tree_key: Callable[[Node], str]
+    ) -> None:
+        self._base = digest(tool_digest(), mtime, keys, settings(cluster))
+        self._tree_key = tree_key
+        self._node: dict[str, str] = {}
+
+    def node(self, node: Node) -> str:
+        d = self._node.get(node.name)
+        if d is None:
+            d = digest(node, portable(node.packages), node.images, self._tree_key(node))
+            self._node[node.name] = d
+        return d
+
+    def per_node(self, writer: str, node: Node, version: int | None, upstream: list[str]) -> str:
+        return digest(self._base, writer, self.node(node), version, upstream)
+
+    def whole(
+        self,
+        writer: str,
+        nodes: Sequence[Node],
+        versions: Mapping[str, int],
+        upstream: list[str],
+    ) -> str:
+        per = [(self.node(n), versions.get(n.name)) for n in nodes]
+        return digest(self._base, writer, per, upstream)
+
+
+def settings(cluster: Cluster) -> dict[str, Any]:
+    """The cluster's own settings (everything but its nodes, and not where its file is:
+    a copied or renamed cluster file builds the same bytes, and records the same)."""
+    found = {f.name: getattr(cluster, f.name) for f in dataclasses.fields(cluster)}
+    for name in ("nodes", "warnings", "source"):
+        found.pop(name, None)
+    found["packages"] = portable(cluster.packages)
+    return found
+
+
+def portable(packages: PackageSettings) -> PackageSettings:
+    """Package settings without the bundled binary's location (its verified sha256 and
+    version stay: they say what it is)."""
+    bundle = packages.bundle
+    if bundle is None:
+        return packages
+    bundle = dataclasses.replace(
+        bundle, binary=Path(bundle.binary.name), sha256sums=Path(bundle.sha256sums.name)
+    )
+    return dataclasses.replace(packages, bundle=bundle)
+
+
+def render_base(cluster: Cluster) -> str:
+    """What every node's tree is rendered from besides the node and its secrets: the tool
+    (templates, recipes), the cluster's settings, and every node's and server's
+    addresses (firewall peer lists; a node's list is these without its own)."""
+    everyone = [(n.name, n.ips) for n in cluster.nodes]
+    servers = [n.name for n in cluster.servers]
+    return digest(tool_digest(), settings(cluster), everyone, servers)
+
+
+def tree_key(base: str, node: Node, secrets: object) -> str:
+    """The digest of one node's render inputs (the bundled binary is in node.packages by
+    its verified sha256)."""
+    return digest(base, node, portable(node.packages), node.images, secrets)
+
+
+def key(writer: str, node: str | None) -> str:
+    return f"{writer}:{node or WHOLE}"
+
+
+class Previous:
+    """What the previous build left in the output directory, for reuse."""
+
+    def __init__(self, out: Path, artifacts: dict[str, Any], inputs: dict[str, Any]) -> None:
+        self.out = out
+        self.artifacts = artifacts
+        self.inputs = inputs
+        self.reused: set[str] = set()  # paths handed out again this run
+
+    @classmethod
+    def load(cls, out: Path | None) -> Previous | None:
+        if out is None:
+            return None
+        try:
+            body = json.loads((out / ".nomad-build.json").read_bytes())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(body, dict) or body.get("made_by") != "nomad-build":
+            return None
+        artifacts, inputs = body.get("artifacts"), body.get(INPUTS_KEY)
+        if not isinstance(artifacts, dict) or not isinstance(inputs, dict):
+            return None
+        return cls(out, artifacts, inputs)
+
+    def recorded(self, writer: str, node: str | None) -> str | None:
+        """The input digest recorded for (writer, node), if any."""
+        rec = self.inputs.get(key(writer, node))
+        d = rec.get("digest") if isinstance(rec, dict) else None
+        return d if isinstance(d, str) else None
+
+    def take(self, writer: str, node: str | None, want: str) -> list[Artifact] | None:
+        """The artifacts (writer, node) produced last time, if built from `want` and
+        still in the output exactly as the marker lists them; else None."""
+        rec = self.inputs.get(key(writer, node))
+        if not isinstance(rec, dict) or rec.get("digest") != want:
+            return None
+        paths = rec.get("paths")
+        if not isinstance(paths, list) or not paths:
+            return None
+        found = []
+        for path in paths:
+            a = self._read(path)
+            if a is None:
+                return None
+            found.append(a)
+        return found
+
+    def same_marker(
+        self,
+        artifacts: Sequence[Artifact],
+        packages: Mapping[str, tuple[str, str, int]],
+        records: Mapping[str, tuple[str, list[str]]],
+    ) -> bool:
+        """Would this run's marker say exactly what the previous one says? Asked when every
+        artifact was taken from the previous output (so each one's sha256, size, mode and
+        node are the ones its entry lists, and the tool, marker format included, is the
+        same: its digest is in every input digest). What is left to compare: the set of
+        paths, the package versions and the input records."""
+        if {a.path for a in artifacts} != set(self.artifacts):
+            return False
+        for a in artifacts:
+            entry = self.artifacts[a.path]
+            pkg = packages.get(a.path)
+            want = None if pkg is None else {"node": pkg[0], "format": pkg[1], "version": pkg[2]}
+            if not isinstance(entry, dict) or entry.get("package") != want:
+                return False
+        mine = {k: {"digest": d, "paths": list(paths)} for k, (d, paths) in records.items()}
+        return mine == self.inputs
+
+    def accept(self, artifacts: Iterable[Artifact]) -> None:
+        """These taken artifacts are this run's: publishing keeps their files."""
+        self.reused.update(a.path for a in artifacts)
+
+    def _read(self, path: object) -> Artifact | None:
+        entry = self.artifacts.get(path) if isinstance(path, str) else None
+        if not isinstance(entry, dict) or not isinstance(path, str):
+            return None
+        secret, node = entry.get("secret"), entry.get("node")
+        try:
+            fd = os.open(os.path.join(self.out, path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            mode = 0o600 if secret else 0o644
+            if not stat.S_ISREG(st.st_mode) or stat.S_IMODE(st.st_mode) != mode:
+                return None
+            if st.st_size != entry.get("size"):
+                return None
+            with os.fdopen(os.dup(fd), "rb") as f:
+                data_ = f.read()
+        finally:
+            os.close(fd)
+        if sha256(data_) != entry.get("sha256"):
+            return None
+        try:
+            return Artifact(path, data_, bool(secret), node if isinstance(node, str) else None)
+        except ValueError:
+            return None
+
+
+def add_inputs(marker: Artifact, inputs: Mapping[str, tuple[str, list[str]]]) -> Artifact:
+    """The marker with each (writer, node)'s input digest and paths added (one line per
+    record, written with the C JSON encoder: a marker lists thousands)."""
+    lines = ",\n".join(
+        f"  {json.dumps(k)}: {json.dumps({'digest': d, 'paths': list(paths)})}"
+        for k, (d, paths) in sorted(inputs.items())
+    )
+    text = f"{{\n{lines}\n }}" if lines else "{}"
+    if marker.data.endswith(b"\n}\n") and b'"inputs"' not in marker.data[:64]:
+        data = marker.data[:-3] + f',\n "{INPUTS_KEY}": {text}\n}}\n'.encode()
+    else:  # not the layout expected: the slow, general way
+        body = json.loads(marker.data)
+        body[INPUTS_KEY] = json.loads(text)
+        data = (json.dumps(body, indent=1) + "\n").encode()
+    return dataclasses.replace(marker, data=data)
+
+
+def tree_files(out: Path) -> set[str]:
+    """Every non-directory under `out`, relative, as posix paths."""
+    found = set()
+    for dirpath, _dirs, files in os.walk(out):
+        rel = os.path.relpath(dirpath, out)
+        for f in files:
+            found.add(f if rel == "." else f"{rel}/{f}".replace(os.sep, "/"))
+    return found
+
+
+def unchanged(out: Path, artifacts: Iterable[Artifact]) -> bool:
+    """The output already holds exactly these artifacts (all of them reused, verified,
+    and the marker byte-identical): publishing would change nothing."""
+    return {a.path for a in artifacts} == tree_files(out)

@@ -1,0 +1,346 @@
+"""Incremental builds: what did not change is reused (not rebuilt, not rewritten), what
+changed is rebuilt, and the package version rule stays exact.
+
+Builds go through the pipeline in-process (the CLI is a thin layer over it) on the
+mixed example: every kind of artifact (.deb and .tgz, both repositories, seed ISO,
+OpenBSD autoinstall)."""
+
+from __future__ import annotations
+
+import io
+import json
+import multiprocessing
+import os
+import random
+import shutil
+import tarfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from builder import archive, data, incremental, pipeline, render, seed
+from builder.archive import TarEntry
+from builder.writers import deb, openbsd_pkg
+
+from conftest import REPO, mixed_text, tree_fingerprint
+
+CLIENT = "bi-node-sbg-1"  # an OpenBSD client of the example
+SERVERS = ("bi-core-sbg-1", "bi-core-sbg-2", "bi-core-sbg-3")
+CLIENTS = ("bi-node-sbg-1", "bi-node-sbg-2", "bi-node-sbg-3")
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1750000000")
+    (tmp_path / "cluster.toml").write_text(mixed_text())
+    return tmp_path
+
+
+def build(site: Path) -> pipeline.Result:
+    request = pipeline.Request("build", site / "cluster.toml", out_dir=site / "dist")
+    return pipeline.execute(pipeline.plan(request))
+
+
+def marker(site: Path) -> dict[str, dict[str, object]]:
+    body = json.loads((site / "dist" / ".nomad-build.json").read_bytes())
+    artifacts: dict[str, dict[str, object]] = body["artifacts"]
+    return artifacts
+
+
+def inodes(site: Path) -> dict[str, tuple[int, int]]:
+    """relpath -> (inode, mtime_ns) of every file in dist/."""
+    out = {}
+    for root, _dirs, files in os.walk(site / "dist"):
+        for f in files:
+            p = Path(root, f)
+            st_ = p.stat()
+            out[str(p.relative_to(site / "dist"))] = (st_.st_ino, st_.st_mtime_ns)
+    return out
+
+
+def versions(site: Path) -> dict[str, dict[str, dict[str, object]]]:
+    found: dict[str, dict[str, dict[str, object]]] = json.loads(
+        (site / "state" / "versions.json").read_bytes()
+    )
+    return found
+
+
+def change_node(site: Path, name: str, line: str) -> None:
+    path = site / "cluster.toml"
+    text = path.read_text()
+    anchor = f'name = "{name}"\n'
+    assert text.count(anchor) == 1
+    path.write_text(text.replace(anchor, anchor + line + "\n"))
+
+
+def changed_paths(
+    before: dict[str, dict[str, object]], after: dict[str, dict[str, object]]
+) -> set[str]:
+    return {p for p in before.keys() | after.keys() if before.get(p) != after.get(p)}
+
+
+# ---------------------------------------------------------------- nothing changed
+
+
+def test_nothing_changed_nothing_built_nothing_written(site: Path) -> None:
+    first = build(site)
+    assert first.built > 0 and first.reused == []
+    fingerprint, stamps, counters = tree_fingerprint(site / "dist"), inodes(site), versions(site)
+    marker_bytes = (site / "dist" / ".nomad-build.json").read_bytes()
+
+    again = build(site)
+
+    assert again.built == 0  # no writer ran
+    assert set(again.reused) == {a.path for a in first.artifacts}
+    assert tree_fingerprint(site / "dist") == fingerprint  # byte-identical, same modes
+    assert inodes(site) == stamps  # not even rewritten: same inodes and mtimes
+    assert versions(site) == counters  # no version bumped
+    assert (site / "dist" / ".nomad-build.json").read_bytes() == marker_bytes
+    assert [a.data for a in again.artifacts] == [a.data for a in first.artifacts]
+
+
+# ---------------------------------------------------------------- one node changed
+
+
+def test_one_node_changed_rebuilds_only_it_and_the_indexes(site: Path) -> None:
+    first = build(site)
+    before, stamps, counters = marker(site), inodes(site), versions(site)
+
+    change_node(site, CLIENT, 'node_class = "moved"')
+    again = build(site)
+
+    after = marker(site)
+    changed = changed_paths(before, after)
+    owners = {after.get(p, before.get(p, {})).get("node") for p in changed}
+    assert owners <= {CLIENT, None}, owners  # its own artifacts and shared indexes only
+    assert any(after[p].get("node") == CLIENT for p in changed if p in after)
+    shared = {p for p in changed if (after.get(p) or before[p]).get("node") is None}
+    assert shared, "the repository indexes list the new package"
+    assert all(p.startswith(("repo/", "openbsd-autoinstall/")) for p in shared), shared
+    # its package moved one version; nobody else's did
+    bumped = {n for n in counters if versions(site)[n] != counters[n]}
+    assert bumped == {CLIENT}
+    (fmt,) = versions(site)[CLIENT]
+    assert versions(site)[CLIENT][fmt]["version"] == counters[CLIENT][fmt]["version"] + 1  # type: ignore[operator]
+    # every other node's files were reused: same inode, same mtime
+    now = inodes(site)
+    for path, entry in after.items():
+        if entry.get("node") not in (CLIENT, None) and path in stamps:
+            assert now[path] == stamps[path], path
+    # and few writer calls: the node's package (twice: current, then next version), its
+    # autoinstall part, the OpenBSD index, both repositories
+    assert 0 < again.built < first.built // 2
+
+
+def test_version_moves_exactly_when_bytes_move(site: Path) -> None:
+    build(site)
+    counters = versions(site)
+    change_node(site, CLIENT, 'node_class = "moved"')
+    build(site)
+    build(site)  # nothing new: no second bump
+    assert versions(site)[CLIENT] != counters[CLIENT]
+    moved = versions(site)
+    build(site)
+    assert versions(site) == moved
+
+
+# ---------------------------------------------------------------- templates
+
+
+@pytest.fixture
+def data_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The data lookup pointed at a copy of recipes/, packaging/ and images/."""
+    root = tmp_path / "data"
+    for name in ("recipes", "packaging", "images"):
+        shutil.copytree(data.data_root() / name, root / name)
+    caches: list[Callable[..., object]] = [
+        render._env,
+        render._toml,
+        seed._env,
+        deb._env,
+        openbsd_pkg._env,
+        incremental.tool_digest,
+    ]
+
+    def clear() -> None:
+        for fn in caches:
+            fn.cache_clear()  # type: ignore[attr-defined]
+
+    clear()
+    monkeypatch.setattr(data, "data_root", lambda: root)
+    yield root
+    clear()
+    monkeypatch.undo()
+    clear()
+
+
+def test_template_change_rebuilds_every_node_of_that_role(site: Path, data_copy: Path) -> None:
+    build(site)
+    before, counters = marker(site), versions(site)
+
+    recipe = data_copy / "recipes" / "client" / "recipe.toml"
+    text = recipe.read_text()
+    assert 'source = "ca_cert"\nkind = "config"\nmode = "0644"' in text
+    recipe.write_text(
+        text.replace(
+            'source = "ca_cert"\nkind = "config"\nmode = "0644"',
+            'source = "ca_cert"\nkind = "config"\nmode = "0444"',
+        )
+    )
+    incremental.tool_digest.cache_clear()
+    render._toml.cache_clear()
+    again = build(site)
+
+    after = marker(site)
+    changed = changed_paths(before, after)
+    owners = {(after.get(p) or before[p]).get("node") for p in changed}
+    assert set(CLIENTS) <= owners  # every client's artifacts changed
+    assert not owners & set(SERVERS)  # no server's did
+    now = versions(site)
+    assert {n for n in now if now[n] != counters[n]} == set(CLIENTS)
+    assert again.built > 0
+
+
+# ---------------------------------------------------------------- reuse is verified
+
+
+def test_a_damaged_file_in_dist_is_rebuilt_not_reused(site: Path) -> None:
+    build(site)
+    fingerprint = tree_fingerprint(site / "dist")
+    entry = next(p for p, e in marker(site).items() if p.endswith(".iso") and e.get("node"))
+    path = site / "dist" / entry
+    data_ = bytearray(path.read_bytes())
+    data_[len(data_) // 2] ^= 0xFF  # same size, other bytes
+    path.write_bytes(bytes(data_))
+
+    again = build(site)
+
+    assert again.built > 0 and entry not in again.reused
+    assert tree_fingerprint(site / "dist") == fingerprint  # restored exactly
+
+
+def test_a_foreign_file_in_dist_is_removed(site: Path) -> None:
+    build(site)
+    fingerprint = tree_fingerprint(site / "dist")
+    (site / "dist" / "stray.txt").write_text("not ours\n")
+    build(site)
+    assert tree_fingerprint(site / "dist") == fingerprint
+
+
+def test_a_marker_without_inputs_means_a_full_rebuild_with_the_same_bytes(site: Path) -> None:
+    """A marker written before input digests were recorded (or by `package`/`image`,
+    which do not record them): nothing is reused, every byte comes out the same."""
+    build(site)
+    fingerprint, counters = tree_fingerprint(site / "dist"), versions(site)
+    path = site / "dist" / ".nomad-build.json"
+    body = json.loads(path.read_bytes())
+    del body[incremental.INPUTS_KEY]
+    path.write_text(json.dumps(body, indent=1) + "\n")
+
+    again = build(site)
+
+    assert again.reused == [] and again.built > 0
+    assert tree_fingerprint(site / "dist") == fingerprint
+    assert versions(site) == counters
+
+
+# ---------------------------------------------------------------- worker processes
+
+
+def test_forked_workers_build_the_same_bytes(
+    site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process pool (used from a few dozen nodes on) changes no byte, and its
+    workers never keep the state's run lock."""
+    twin = tmp_path / "twin"
+    twin.mkdir()
+    (twin / "cluster.toml").write_text(mixed_text())
+    build(site)
+    shutil.copytree(site / "state", twin / "state")
+    monkeypatch.setattr(pipeline, "_FORK_MIN", 2)
+    monkeypatch.setattr(pipeline, "_spare_cores", lambda: 2)  # however busy the machine
+    forked = 0
+    original_pool = multiprocessing.get_context
+
+    def spy(method: str) -> object:
+        nonlocal forked
+        forked += 1
+        return original_pool(method)
+
+    monkeypatch.setattr(multiprocessing, "get_context", spy)  # what the pipeline calls
+    build(twin)
+    assert forked > 0
+    ours, theirs = tree_fingerprint(twin / "dist"), tree_fingerprint(site / "dist")
+    # the marker's input digests name the cluster file's path, which differs
+    del ours[".nomad-build.json"], theirs[".nomad-build.json"]
+    assert ours == theirs
+    assert marker(twin) == marker(site)
+    # the lock is free again: a second run can take it
+    assert build(twin).built == 0
+
+
+# ---------------------------------------------------------------- the archive helper
+
+
+def _tarfile_ustar(entries: list[TarEntry]) -> bytes:
+    """What builder.archive.ustar wrote before it wrote headers itself."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for e in entries:
+            info = tarfile.TarInfo(e.name)
+            info.mode, info.mtime = e.mode, e.mtime
+            info.uid, info.gid = e.uid, e.gid
+            info.uname, info.gname = e.uname, e.gname
+            if e.type == "dir":
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            elif e.type == "symlink":
+                info.type = tarfile.SYMTYPE
+                info.linkname = e.linkname
+                tar.addfile(info)
+            else:
+                info.size = len(e.data)
+                tar.addfile(info, io.BytesIO(e.data))
+    return buf.getvalue()
+
+
+_names = st.one_of(
+    st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=120),
+    st.text(min_size=1, max_size=40).filter(lambda s: "\0" not in s),
+)
+_entries = st.builds(
+    TarEntry,
+    name=_names,
+    data=st.binary(max_size=1100),
+    mode=st.sampled_from([0o644, 0o755, 0o600, 0o4755, 0o100644]),
+    mtime=st.sampled_from([0, 1_750_000_000, 8**11 - 1, 8**11]),
+    uid=st.sampled_from([0, 819, 8**7 - 1, 8**7]),
+    gid=st.sampled_from([0, 5, 8**7]),
+    uname=st.sampled_from(["root", "_nomad", "x" * 32, "x" * 33, "ü"]),
+    gname=st.sampled_from(["wheel", "root"]),
+    type=st.sampled_from(["file", "dir", "symlink"]),
+    linkname=_names,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_entries, max_size=5))
+def test_ustar_writes_the_bytes_tarfile_writes(entries: list[TarEntry]) -> None:
+    entries = [
+        e if e.type == "symlink" else TarEntry(**{**e.__dict__, "linkname": ""}) for e in entries
+    ]
+    entries = [e if e.type == "file" else TarEntry(**{**e.__dict__, "data": b""}) for e in entries]
+    assert archive.ustar(entries) == _tarfile_ustar(entries)
+
+
+def test_gzip_level_is_documented_and_readable() -> None:
+    import gzip
+
+    blob = bytes(random.Random(0).randrange(256) for _ in range(5000)) + b"nomad " * 500
+    assert gzip.decompress(archive.gzip_bytes(blob)) == blob
+    assert gzip.decompress(archive.gzip_bytes(blob, comment=b"c")) == blob
+    assert archive.GZIP_LEVEL == 6
+    assert "level 6" in (REPO / "bench" / "RESULTS.md").read_text()
