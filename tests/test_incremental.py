@@ -119,7 +119,9 @@ def test_one_node_changed_rebuilds_only_it_and_the_indexes(site: Path) -> None:
     assert any(after[p].get("node") == CLIENT for p in changed if p in after)
     shared = {p for p in changed if (after.get(p) or before[p]).get("node") is None}
     assert shared, "the repository indexes list the new package"
-    assert all(p.startswith(("repo/", "openbsd-autoinstall/")) for p in shared), shared
+    # the repository and installer indexes, and the build's manifest and signed checksums
+    indexes = ("repo/", "openbsd-autoinstall/", "manifest.json", "SHA256SUMS")
+    assert all(p.startswith(indexes) for p in shared), shared
     # its package moved one version; nobody else's did
     bumped = {n for n in counters if versions(site)[n] != counters[n]}
     assert bumped == {CLIENT}
