@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from builder import cluster as cluster_mod
-from builder import membership, output_dir, publish, report
+from builder import membership, output_dir, publish, report, rotation
+from builder.apt_source import KEYRING_PATH
 from builder.errors import UserError
 from builder.model import Cluster, Node
-from builder.nodetree import NodeTree
+from builder.nodetree import NodeFile, NodeTree
 from builder.os_profile import PROFILES, profile
 from builder.pki import CertInfo, inspect_cert
 from builder.render import ca_spec, cert_spec, node_secrets, render_tree
@@ -131,6 +132,7 @@ def plan(request: Request) -> Plan:
     if request.command in ("build", "check"):
         advice += _skipped(cluster)
     with State.open(state_dir, create=False) as st:
+        p.cluster = _signing_key_in_use(cluster, st)
         current = _secrets(p, st, nodes).current_certs
         p.certificates = {
             n.name: CertStatus(st.cert_info(n.name), n.name in current) for n in nodes
@@ -142,6 +144,16 @@ def plan(request: Request) -> Plan:
         p.events, p.warnings = list(st.events), [*cluster.warnings, *advice, *st.warnings]
         p.warnings += membership.explain(cluster, st)  # refuses a change that loses quorum
     return p
+
+
+def _signing_key_in_use(cluster: Cluster, st: State) -> Cluster:
+    """The cluster with the OpenBSD signing key's current name (a rotated key has a new
+    one: builder.rotation), which every writer and the next steps then use."""
+    name = rotation.current_signify_name(cluster, st)
+    if name == cluster.packages.signing_key_name:
+        return cluster
+    packages = dataclasses.replace(cluster.packages, signing_key_name=name)
+    return dataclasses.replace(cluster, packages=packages)
 
 
 def _requested_nodes(cluster: Cluster, request: Request) -> tuple[Node, ...]:
@@ -235,6 +247,8 @@ class _Secrets:
     ca: tuple[bytes, bytes] | None
     keys: Keys
     current_certs: frozenset[str]  # nodes whose stored certificate still fits
+    # Files a signing key rotation adds to every node tree of an OS (builder.rotation).
+    trust: Mapping[str, tuple[NodeFile, ...]] = field(default_factory=dict)
 
 
 def _secrets(p: Plan, st: State, nodes: Sequence[Node]) -> _Secrets:
@@ -247,14 +261,48 @@ def _secrets(p: Plan, st: State, nodes: Sequence[Node]) -> _Secrets:
     current = frozenset(
         n.name for n in nodes if st.node_cert(n.name, cert_spec(cluster, n), ca) is not None
     )
-    name = cluster.packages.signing_key_name
+    name = rotation.current_signify_name(cluster, st)
     keys = Keys(signing_key_name=name)
     if "apt" in p.keys_needed:
         keys = Keys(name, apt_secret=_apt_key(cluster, st))
     if "signify" in p.keys_needed:
-        sec, pub = _signify_pair(cluster, st)
+        sec, pub = _signify_pair(cluster, st, name)
         keys = Keys(name, keys.apt_secret, sec, pub)
-    return _Secrets(ca, keys, current)
+    trust: dict[str, tuple[NodeFile, ...]] = {}
+    apt_keys = rotation.apt_keyring_keys(st)
+    if apt_keys is not None:
+        from builder import openpgp
+
+        keyring = b"".join(openpgp.public_keyring(k) for k in apt_keys)
+        keys = dataclasses.replace(keys, apt_keyring=keyring)
+        trust["debian"] = (NodeFile(KEYRING_PATH, keyring, 0o644, "root", "root", "trust"),)
+    signify_pubs = []
+    for key_name in rotation.signify_shipped(cluster, st):
+        pub = _signify_public(st, key_name)
+        if pub is not None:
+            path = f"/etc/signify/{key_name}.pub"
+            signify_pubs.append(NodeFile(path, pub, 0o644, "root", "wheel", "trust"))
+    if signify_pubs:
+        trust["openbsd"] = tuple(signify_pubs)
+    return _Secrets(ca, keys, current, trust)
+
+
+def _signify_public(st: State, name: str) -> bytes | None:
+    from builder import signify
+
+    sec = st.read_file(f"{name}.sec")
+    if sec is None:
+        raise UserError(f"{st.directory / name}.sec: missing; restore it from your backup")
+    return st.public(f"{name}.pub", lambda: signify.public_key_from_secret(sec))
+
+
+def _with_trust(tree: NodeTree, secrets: _Secrets) -> NodeTree:
+    """The tree with the keys a signing key rotation ships to its OS's nodes."""
+    extra = secrets.trust.get(tree.os, ())
+    if not extra:
+        return tree
+    files = sorted((*tree.files, *extra), key=lambda f: f.path)
+    return dataclasses.replace(tree, files=tuple(files))
 
 
 def _apt_key(cluster: Cluster, st: State) -> bytes | None:
@@ -263,10 +311,9 @@ def _apt_key(cluster: Cluster, st: State) -> bytes | None:
     return st.secret("apt-signing.key", lambda: openpgp.generate_key(f"nomad-build {cluster.name}"))
 
 
-def _signify_pair(cluster: Cluster, st: State) -> tuple[bytes | None, bytes | None]:
+def _signify_pair(cluster: Cluster, st: State, name: str) -> tuple[bytes | None, bytes | None]:
     from builder import signify
 
-    name = cluster.packages.signing_key_name
     made: dict[str, bytes] = {}
 
     def make_secret() -> bytes:
@@ -322,7 +369,7 @@ def execute(p: Plan) -> Result:
     lock is held until the output is in place."""
     with State.open(p.state_dir, create=True, wait=p.request.wait) as st:
         secrets = _secrets(p, st, p.nodes)
-        trees = _render(p, st)
+        trees = _render(p, st, secrets)
         mtime = p.source_date_epoch
         if mtime is None and secrets.ca is not None:
             mtime = int(inspect_cert(secrets.ca[1]).not_before.timestamp())
@@ -353,12 +400,12 @@ def _report(
     return Report(p.request.command, changes, events)
 
 
-def _render(p: Plan, st: State) -> dict[str, NodeTree]:
+def _render(p: Plan, st: State, secrets: _Secrets) -> dict[str, NodeTree]:
     needed = {n.name: n for job in p.jobs for n in job.nodes} or {n.name: n for n in p.nodes}
     # Secrets one after another (the store is the single writer of state/), trees in parallel.
     pairs = [(n, node_secrets(p.cluster, n, st)) for n in needed.values()]
     trees = _parallel(lambda ns: render_tree(p.cluster, ns[0], ns[1]), pairs)
-    return {t.node: t for t in trees}
+    return {t.node: _with_trust(t, secrets) for t in trees}
 
 
 _Packages = dict[str, tuple[str, str, int]]  # package path -> (node, format, version)
@@ -507,7 +554,7 @@ def _package_outlook(
         return "changed", report.package_reasons(node.name, {}, {}, pending)
     if mtime is None or not _keys_exist(p, secrets.keys):
         return "changed", ("a signing key is made first",)
-    tree = render_tree(p.cluster, node, node_secrets(p.cluster, node, st))
+    tree = _with_trust(render_tree(p.cluster, node, node_secrets(p.cluster, node, st)), secrets)
     inputs = BuildInputs(p.cluster, mtime, secrets.keys, {node.name: tree}, p.versions)
     artifact = job.writer.build(inputs, [node])[0]
     current = st.current_version(node.name, fmt)
