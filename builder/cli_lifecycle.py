@@ -226,10 +226,21 @@ def register(
     @state_option
     @click.option("--apt", "apt", is_flag=True, help="The apt repository's OpenPGP key.")
     @click.option("--openbsd", "openbsd", is_flag=True, help="The OpenBSD package signify key.")
+    @click.option(
+        "--lost",
+        is_flag=True,
+        help="The current key is lost or damaged for good: a new one at once (nodes then "
+        "need it installed by hand).",
+    )
     @JSON_OPTION
     @errors
     def pki_rotate_signing_key(
-        cluster_file: Path, state_dir: Path | None, apt: bool, openbsd: bool, as_json: bool
+        cluster_file: Path,
+        state_dir: Path | None,
+        apt: bool,
+        openbsd: bool,
+        lost: bool,
+        as_json: bool,
     ) -> None:
         """Replace a package signing key in three rolled-out stages (run once per stage).
 
@@ -247,7 +258,9 @@ def register(
         cluster = cluster_mod.load(cluster_file)
         kind = "apt_key" if apt else "openbsd_key"
         with State.open(_state_dir(cluster_file, state_dir), create=True) as st:
-            if apt:
+            if lost:
+                lines = rotation.replace_lost_key(cluster, st, kind)
+            elif apt:
                 lines = rotation.rotate_apt_key(cluster, st)
             else:
                 lines = rotation.rotate_signify_key(cluster, st)

@@ -481,3 +481,55 @@ def signify_shipped(cluster: Cluster, st: State) -> list[str]:
     if rec is not None and rec["key"] not in names:
         names.append(rec["key"])
     return names
+
+
+def replace_lost_key(cluster: Cluster, st: State, kind: str) -> list[str]:
+    """`--lost`: the current key is gone or damaged for good (no backup). A new key becomes
+    current at once; nodes cannot be sent it signed by a key they trust, so it is installed
+    on each by hand. Refused while the current key is intact (rotate it in stages)."""
+    from builder import openpgp, signify
+
+    _require_nodes(cluster, kind)
+    data = _record(st)
+    flag = _FLAG[kind]
+    current = APT_KEY if kind == "apt_key" else f"{current_signify_name(cluster, st)}.sec"
+    try:
+        intact = st.read_file(current) is not None
+    except UserError:
+        intact = False
+    if intact:
+        raise UserError(
+            f"pki rotate-signing-key --{flag} --lost: {st.directory / current} is intact; "
+            f"rotate it in stages with `nomad-build pki rotate-signing-key --{flag}`"
+        )
+    rec = data.pop(kind, None)
+    data.setdefault("history", []).append({"kind": kind, "finished": _stamp(st), "lost": True})
+    if kind == "apt_key":
+        st.remove_files([APT_KEY, APT_NEXT, APT_PREVIOUS])
+        made = openpgp.generate_key(f"nomad-build {cluster.name}")
+        st.write_files({APT_KEY: (made, True)})
+        _save(st, data)
+        st.events.append(Event("created", "apt signing key", "the old one was lost"))
+        return [
+            f"a new apt key ({openpgp.fingerprint(made)}) replaces the lost one: build, then "
+            "install dist/repo/debian/nomad-build-archive-keyring.gpg as "
+            "/etc/apt/keyrings/nomad-build-archive-keyring.gpg on every Debian node by hand "
+            "(they do not trust the new key yet)"
+        ]
+    old = current.removesuffix(".sec")
+    gone = [f"{old}.sec", f"{old}.pub"]
+    if rec is not None:
+        gone += [f"{rec['key']}.sec", f"{rec['key']}.pub"]
+    st.remove_files(gone)
+    # a name no node has seen: not that of a rotation's key they may hold already
+    new = signify_key_name(cluster, _generation(data, kind) - (0 if rec else 1))
+    sec, pub = signify.generate_keypair(comment_name=new)
+    st.write_files({f"{new}.sec": (sec, True), f"{new}.pub": (pub, False)})
+    data["signify_key"] = new
+    _save(st, data)
+    st.events.append(Event("created", f"OpenBSD signing key {new}", "the old one was lost"))
+    return [
+        f"a new OpenBSD signing key {new} replaces the lost one: build, then install "
+        f"dist/repo/openbsd/{new}.pub as /etc/signify/{new}.pub on every OpenBSD node by hand "
+        "(they do not trust the new key yet)"
+    ]

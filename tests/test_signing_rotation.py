@@ -239,3 +239,30 @@ def test_refusals(tmp_path: Path) -> None:
     no_debian = rotate(tmp_path, "--apt")
     assert no_debian.returncode == 2 and "has no Debian nodes" in no_debian.stderr
     assert not (tmp_path / "state/rotation.json").exists()
+
+
+def test_lost_keys_are_replaced_deliberately(tmp_path: Path) -> None:
+    write_cluster(tmp_path)
+    build(tmp_path)
+    intact = nomad_build(
+        tmp_path, "pki", "rotate-signing-key", "-c", "cluster.toml", "--openbsd", "--lost"
+    )
+    assert intact.returncode == 2 and "is intact; rotate it in stages" in intact.stderr
+    (tmp_path / "state/bi-sbg-pkg.sec").unlink()
+    refused = nomad_build(tmp_path, "build", "-c", "cluster.toml")
+    assert refused.returncode == 2
+    assert "`nomad-build pki rotate-signing-key --openbsd --lost`" in refused.stderr
+    lost = nomad_build(
+        tmp_path, "pki", "rotate-signing-key", "-c", "cluster.toml", "--openbsd", "--lost"
+    )
+    ok(lost)
+    assert "install dist/repo/openbsd/bi-sbg-g2-pkg.pub as /etc/signify/bi-sbg-g2-pkg.pub" in (
+        lost.stdout
+    )
+    build(tmp_path)
+    new_pub = tmp_path / "state/bi-sbg-g2-pkg.pub"
+    for pkg in packages(tmp_path):
+        assert verifies(pkg, new_pub)
+    assert (tmp_path / "dist/repo/openbsd/bi-sbg-g2-pkg.pub").read_bytes() == new_pub.read_bytes()
+    rc, data = status(tmp_path)
+    assert rc == 0 and data["rotations"]["openbsd_key"] is None
