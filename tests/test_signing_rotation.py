@@ -12,6 +12,7 @@ from typing import Any
 
 import jsonschema
 import yaml
+from test_apt_repo import HostApt
 
 from conftest import REPO, example_text, nomad_build, pycdlib_files, write_cluster
 from pkg_reader import pkg_add_verify, read_package, signify_tool
@@ -96,6 +97,18 @@ def seed_keyring(tmp_path: Path, node: str) -> bytes:
     return base64.b64decode(entry["content"])
 
 
+def node_apt(tmp_path: Path, name: str, keyring: bytes) -> HostApt:
+    """apt on this machine, isolated, as a node with `keyring` at its Signed-By path sees
+    the repository (file: URI, the suite and component of the example)."""
+    ring = tmp_path / f"{name}-keyring.gpg"
+    ring.write_bytes(keyring)
+    sources = (
+        f"Types: deb\nURIs: file:{tmp_path / 'dist/repo/debian'}\nSuites: stable\n"
+        f"Components: main\nSigned-By: {ring}\n"
+    )
+    return HostApt(tmp_path / f"apt-{name}", sources)
+
+
 def test_apt_key_rotation_three_stages_with_gpgv(tmp_path: Path) -> None:
     text = example_text("debian").replace(
         "[packages]\n", '[packages]\nrepo_url = "http://10.20.130.10/nomad/debian"\n', 1
@@ -128,6 +141,12 @@ def test_apt_key_rotation_three_stages_with_gpgv(tmp_path: Path) -> None:
     stage1 = snapshot(tmp_path, "1")
     assert gpgv(tmp_path, ring0, stage1)  # still signed by the old key: nodes not yet upgraded
     assert gpgv(tmp_path, ring1, stage1)
+    # and apt itself, on a node left on the old keyring and one given the stage-1 keyring
+    left_out, upgraded = node_apt(tmp_path, "left-out", ring0), node_apt(tmp_path, "up", ring1)
+    for apt in (left_out, upgraded):
+        r = apt.run("apt-get", "update")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert apt.candidate(f"nomad-config-{node}") == "2"
 
     two = rotate(tmp_path, "--apt")
     ok(two)
@@ -137,6 +156,11 @@ def test_apt_key_rotation_three_stages_with_gpgv(tmp_path: Path) -> None:
     stage2 = snapshot(tmp_path, "2")
     assert gpgv(tmp_path, ring1, stage2)  # a node with the stage-1 keyring follows the change
     assert not gpgv(tmp_path, ring0, stage2)  # a node left out of stage 1 would not
+    r = upgraded.run("apt-get", "update")  # over its stage-1 lists: no Release info change
+    assert r.returncode == 0 and "E:" not in r.stderr, r.stdout + r.stderr
+    assert "NO_PUBKEY" not in r.stdout + r.stderr
+    r = left_out.run("apt-get", "update")  # apt keeps its old lists, and says why
+    assert "NO_PUBKEY" in r.stdout + r.stderr, r.stdout + r.stderr
 
     three = rotate(tmp_path, "--apt")
     ok(three)
@@ -151,6 +175,11 @@ def test_apt_key_rotation_three_stages_with_gpgv(tmp_path: Path) -> None:
     assert seed_keyring(tmp_path, node) == ring3
     assert gpgv(tmp_path, ring3, snapshot(tmp_path, "3"))
     assert not gpgv(tmp_path, ring3, stage1)  # the old key's signature no longer verifies
+    for apt in (upgraded, node_apt(tmp_path, "fresh", ring3)):
+        r = apt.run("apt-get", "update")
+        assert r.returncode == 0 and "E:" not in r.stderr, r.stdout + r.stderr
+        assert "NO_PUBKEY" not in r.stdout + r.stderr
+        assert apt.candidate(f"nomad-config-{node}") == "3"
     rc, data = status(tmp_path)
     assert rc == 0 and data["rotations"]["apt_key"] is None
     audit = nomad_build(tmp_path, "audit", "dist", "-c", "cluster.toml")
