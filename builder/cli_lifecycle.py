@@ -221,6 +221,59 @@ def register(
             for line in lines:
                 click.echo(line)
 
+    @pki.command("rotate-signing-key")
+    @cluster_option
+    @state_option
+    @click.option("--apt", "apt", is_flag=True, help="The apt repository's OpenPGP key.")
+    @click.option("--openbsd", "openbsd", is_flag=True, help="The OpenBSD package signify key.")
+    @click.option(
+        "--lost",
+        is_flag=True,
+        help="The current key is lost or damaged for good: a new one at once (nodes then "
+        "need it installed by hand).",
+    )
+    @JSON_OPTION
+    @errors
+    def pki_rotate_signing_key(
+        cluster_file: Path,
+        state_dir: Path | None,
+        apt: bool,
+        openbsd: bool,
+        lost: bool,
+        as_json: bool,
+    ) -> None:
+        """Replace a package signing key in three rolled-out stages (run once per stage).
+
+        \b
+        1. a new key; nodes are sent it (in packages signed by the old key)
+        2. the new key signs
+        3. the old key is archived and no longer trusted
+
+        \b
+        Example:
+          nomad-build pki rotate-signing-key -c examples/bi-sbg.toml --apt
+        """
+        if apt == openbsd:
+            raise UserError("pki rotate-signing-key: give exactly one of --apt and --openbsd")
+        cluster = cluster_mod.load(cluster_file)
+        kind = "apt_key" if apt else "openbsd_key"
+        with State.open(_state_dir(cluster_file, state_dir), create=True) as st:
+            if lost:
+                lines = rotation.replace_lost_key(cluster, st, kind)
+            elif apt:
+                lines = rotation.rotate_apt_key(cluster, st)
+            else:
+                lines = rotation.rotate_signify_key(cluster, st)
+            events, warnings = list(st.events), list(st.warnings)
+            stage = rotation.status(st)[kind]
+        if as_json:
+            command = f"pki rotate-signing-key --{'apt' if apt else 'openbsd'}"
+            _print_json({"schema": 1, "command": command, "status": stage, "next": lines})
+        else:
+            _events(events, warnings)
+            for line in lines:
+                click.echo(line)
+
     @pki.command("rotate-gossip")
     @cluster_option
     @state_option

@@ -10,7 +10,9 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Literal
 
-FileKind = Literal["config", "secret", "unit", "script", "firewall", "binary"]
+# "trust": a public key the node's OS trusts (the apt keyring, a signify key): the agent
+# never reads it, so a change to it alone restarts nothing.
+FileKind = Literal["config", "secret", "unit", "script", "firewall", "binary", "trust"]
 
 
 @dataclass(frozen=True)

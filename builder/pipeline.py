@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from builder import cluster as cluster_mod
-from builder import incremental, membership, output_dir, publish, report
+from builder import incremental, membership, output_dir, publish, report, rotation
+from builder.apt_source import KEYRING_PATH
 from builder.errors import UserError
 from builder.model import Cluster, Node
-from builder.nodetree import NodeTree
+from builder.nodetree import NodeFile, NodeTree
 from builder.os_profile import PROFILES, profile
 from builder.pki import CertInfo, inspect_cert
 from builder.render import NodeSecrets, ca_spec, cert_spec, node_secrets, render_tree
@@ -191,6 +192,7 @@ def plan(request: Request) -> Plan:
     if request.command in ("build", "check"):
         advice += _skipped(cluster)
     with State.open(state_dir, create=False) as st:
+        p.cluster = _signing_key_in_use(cluster, st)
         current = _secrets(p, st, nodes).current_certs
         p.certificates = {
             n.name: CertStatus(st.cert_info(n.name), n.name in current) for n in nodes
@@ -203,6 +205,16 @@ def plan(request: Request) -> Plan:
         p.warnings += membership.explain(cluster, st)  # refuses a change that loses quorum
     p.timings = {"load": loaded - start, "plan": time.perf_counter() - loaded}
     return p
+
+
+def _signing_key_in_use(cluster: Cluster, st: State) -> Cluster:
+    """The cluster with the OpenBSD signing key's current name (a rotated key has a new
+    one: builder.rotation), which every writer and the next steps then use."""
+    name = rotation.current_signify_name(cluster, st)
+    if name == cluster.packages.signing_key_name:
+        return cluster
+    packages = dataclasses.replace(cluster.packages, signing_key_name=name)
+    return dataclasses.replace(cluster, packages=packages)
 
 
 def _requested_nodes(cluster: Cluster, request: Request) -> tuple[Node, ...]:
@@ -297,6 +309,8 @@ class _Secrets:
     ca: tuple[bytes, bytes] | None
     keys: Keys
     current_certs: frozenset[str]  # nodes whose stored certificate still fits
+    # Files a signing key rotation adds to every node tree of an OS (builder.rotation).
+    trust: Mapping[str, tuple[NodeFile, ...]] = field(default_factory=dict)
 
 
 def _secrets(p: Plan, st: State, nodes: Sequence[Node]) -> _Secrets:
@@ -312,14 +326,48 @@ def _secrets(p: Plan, st: State, nodes: Sequence[Node]) -> _Secrets:
         current = frozenset(
             n.name for n in nodes if st.node_cert(n.name, cert_spec(cluster, n), ca) is not None
         )
-        name = cluster.packages.signing_key_name
+        name = rotation.current_signify_name(cluster, st)
         keys = Keys(signing_key_name=name)
         if "apt" in p.keys_needed:
             keys = Keys(name, apt_secret=_apt_key(cluster, st))
         if "signify" in p.keys_needed:
-            sec, pub = _signify_pair(cluster, st)
+            sec, pub = _signify_pair(cluster, st, name)
             keys = Keys(name, keys.apt_secret, sec, pub)
-    return _Secrets(ca, keys, current)
+        trust: dict[str, tuple[NodeFile, ...]] = {}
+        apt_keys = rotation.apt_keyring_keys(st)
+        if apt_keys is not None:
+            from builder import openpgp
+
+            keyring = b"".join(openpgp.public_keyring(k) for k in apt_keys)
+            keys = dataclasses.replace(keys, apt_keyring=keyring)
+            trust["debian"] = (NodeFile(KEYRING_PATH, keyring, 0o644, "root", "root", "trust"),)
+        signify_pubs = []
+        for key_name in rotation.signify_shipped(cluster, st):
+            pub = _signify_public(st, key_name)
+            if pub is not None:
+                path = f"/etc/signify/{key_name}.pub"
+                signify_pubs.append(NodeFile(path, pub, 0o644, "root", "wheel", "trust"))
+        if signify_pubs:
+            trust["openbsd"] = tuple(signify_pubs)
+    return _Secrets(ca, keys, current, trust)
+
+
+def _signify_public(st: State, name: str) -> bytes | None:
+    from builder import signify
+
+    sec = st.read_file(f"{name}.sec")
+    if sec is None:
+        raise UserError(f"{st.directory / name}.sec: missing; restore it from your backup")
+    return st.public(f"{name}.pub", lambda: signify.public_key_from_secret(sec))
+
+
+def _with_trust(tree: NodeTree, trust: Mapping[str, tuple[NodeFile, ...]]) -> NodeTree:
+    """The tree with the keys a signing key rotation ships to its OS's nodes."""
+    extra = trust.get(tree.os, ())
+    if not extra:
+        return tree
+    files = sorted((*tree.files, *extra), key=lambda f: f.path)
+    return dataclasses.replace(tree, files=tuple(files))
 
 
 def _apt_key(cluster: Cluster, st: State) -> bytes | None:
@@ -328,10 +376,9 @@ def _apt_key(cluster: Cluster, st: State) -> bytes | None:
     return st.secret("apt-signing.key", lambda: openpgp.generate_key(f"nomad-build {cluster.name}"))
 
 
-def _signify_pair(cluster: Cluster, st: State) -> tuple[bytes | None, bytes | None]:
+def _signify_pair(cluster: Cluster, st: State, name: str) -> tuple[bytes | None, bytes | None]:
     from builder import signify
 
-    name = cluster.packages.signing_key_name
     made: dict[str, bytes] = {}
 
     def make_secret() -> bytes:
@@ -416,7 +463,7 @@ def execute(p: Plan) -> Result:
     with State.open(p.state_dir, create=True, wait=p.request.wait) as st:
         with _timed(timings, "secrets"):
             secrets = _secrets(p, st, p.nodes)
-            trees = _trees(p, st)
+            trees = _trees(p, st, secrets)
         mtime = p.source_date_epoch
         if mtime is None and secrets.ca is not None:
             mtime = int(inspect_cert(secrets.ca[1]).not_before.timestamp())
@@ -482,9 +529,15 @@ class _Trees(Mapping[str, NodeTree]):
     renders only the nodes whose artifacts are not reused). `key(node)` is the digest of
     what the tree is rendered from, known without rendering it."""
 
-    def __init__(self, cluster: Cluster, secrets: dict[str, tuple[Node, NodeSecrets]]) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        secrets: dict[str, tuple[Node, NodeSecrets]],
+        trust: Mapping[str, tuple[NodeFile, ...]],
+    ) -> None:
         self._cluster = cluster
         self._secrets = secrets
+        self._trust = trust
         self._trees: dict[str, NodeTree] = {}
         self._keys: dict[str, str] = {}
         self._base: str | None = None
@@ -494,7 +547,8 @@ class _Trees(Mapping[str, NodeTree]):
         tree = self._trees.get(name)
         if tree is None:
             node, secrets = self._secrets[name]
-            tree = self._trees.setdefault(name, render_tree(self._cluster, node, secrets))
+            tree = _with_trust(render_tree(self._cluster, node, secrets), self._trust)
+            tree = self._trees.setdefault(name, tree)
         return tree
 
     def __iter__(self) -> Iterator[str]:
@@ -518,16 +572,18 @@ class _Trees(Mapping[str, NodeTree]):
             with self._lock:
                 if self._base is None:
                     self._base = incremental.render_base(self._cluster)
-            k = self._keys[node.name] = incremental.tree_key(
-                self._base, node, self._secrets[node.name][1]
-            )
+            k = incremental.tree_key(self._base, node, self._secrets[node.name][1])
+            # the keys a signing key rotation adds to the tree are part of what it is
+            trust = b"".join(f.path.encode() + f.content for f in self._trust.get(node.os, ()))
+            k = self._keys[node.name] = hashlib.sha256(k.encode() + trust).hexdigest()
         return k
 
 
-def _trees(p: Plan, st: State) -> _Trees:
+def _trees(p: Plan, st: State, secrets: _Secrets) -> _Trees:
     needed = {n.name: n for job in p.jobs for n in job.nodes} or {n.name: n for n in p.nodes}
     # Secrets one after another (the store is the single writer of state/), trees on demand.
-    return _Trees(p.cluster, {n.name: (n, node_secrets(p.cluster, n, st)) for n in needed.values()})
+    pairs = {n.name: (n, node_secrets(p.cluster, n, st)) for n in needed.values()}
+    return _Trees(p.cluster, pairs, secrets.trust)
 
 
 _Packages = dict[str, tuple[str, str, int]]  # package path -> (node, format, version)
@@ -829,7 +885,9 @@ def _package_outlook(
         return "changed", report.package_reasons(node.name, {}, {}, pending)
     if mtime is None or not _keys_exist(p, secrets.keys):
         return "changed", ("a signing key is made first",)
-    tree = render_tree(p.cluster, node, node_secrets(p.cluster, node, st))
+    tree = _with_trust(
+        render_tree(p.cluster, node, node_secrets(p.cluster, node, st)), secrets.trust
+    )
     inputs = BuildInputs(p.cluster, mtime, secrets.keys, {node.name: tree}, p.versions)
     artifact = job.writer.build(inputs, [node])[0]
     current = st.current_version(node.name, fmt)

@@ -1,7 +1,9 @@
-"""Resumable rotations of the cluster's long-lived secrets: the CA and the gossip key.
+"""Resumable rotations of the cluster's long-lived secrets: the CA, the gossip key and the
+package signing keys (apt repository, OpenBSD packages; see further down).
 
 Each rotation is a procedure over several runs; the store records where it stands in
-`rotation.json` ({"ca": {...} | absent, "gossip": {...} | absent}), `pki status` shows
+`rotation.json` ({"ca": {...} | absent, "gossip": {...} | absent, "apt_key", "openbsd_key",
+"signify_key": the OpenBSD key's current name once rotated}), `pki status` shows
 it, and each step says what to roll out next and refuses to skip ahead.
 
 CA (`pki rotate-ca`, run three times):
@@ -58,9 +60,12 @@ def _save(st: State, data: dict[str, Any]) -> None:
 
 
 def status(st: State) -> dict[str, Any]:
-    """{"ca": {"stage": n, "of": 3, "next": "..."} | None, "gossip": {...} | None}."""
+    """{"ca": {"stage": n, "of": 3, "next": "..."} | None, "gossip", "apt_key",
+    "openbsd_key": the same (the signing keys' also name the new "key")}."""
     data = _record(st)
     out: dict[str, Any] = {"ca": None, "gossip": None}
+    out["apt_key"] = signing_status(data, "apt_key")
+    out["openbsd_key"] = signing_status(data, "openbsd_key")
     if "ca" in data:
         stage = data["ca"]["stage"]
         out["ca"] = {"stage": stage, "of": 3, "since": data["ca"]["since"], "next": _CA_NEXT[stage]}
@@ -221,4 +226,310 @@ def rotate_gossip(cluster: Cluster, st: State, *, finish: bool) -> tuple[list[st
         "run these on one server (with a management token if ACLs are on); the keyring "
         "change reaches every server through gossip; then `nomad-build pki rotate-gossip "
         "--finish`"
+    ]
+
+
+# ---------------------------------------------------------------- package signing keys
+#
+# `pki rotate-signing-key --apt` (run three times); the record is rotation.json "apt_key":
+#   1. a new key (apt-signing-next.key); the repository is still signed by the old key,
+#      the keyring shipped (repo/debian/, the seeds, and every Debian package as the
+#      conffile /etc/apt/keyrings/nomad-build-archive-keyring.gpg) holds both keys.
+#   2. the new key becomes apt-signing.key (the old one apt-signing-previous.key): the
+#      repository is signed by it; the keyring still holds both.
+#   3. the old key leaves the keyring, archived in apt-signing-archive/<fingerprint>.key.
+#   Only the step to stage 2 waits for a rollout (of the keyring): stage 2 changes no
+#   package, and every node trusts the new key from stage 1 on.
+# Debian packages keep shipping the keyring from stage 1 on (an obsolete conffile would
+# stay on the node with the old key in it).
+#
+# `pki rotate-signing-key --openbsd` (run three times); the record is "openbsd_key":
+#   pkg_add verifies a package with /etc/signify/<name>.pub, <name> taken from the
+#   signature, so the new key gets a new name, <stem>-g<N>-pkg (the cluster's
+#   signing_key_name is <stem>-pkg), and both files live side by side in /etc/signify.
+#   1. a new pair <new>.sec/.pub; packages are still signed by the old key and every
+#      OpenBSD package ships /etc/signify/<new>.pub (@sample: created if absent).
+#   2. the new key signs packages, the package directory's SHA256.sig and SHA256SUMS.sig,
+#      and the autoinstall site sets carry it; rotation.json "signify_key" names it.
+#   3. the old pair is archived in signify-archive/<old>.{sec,pub}.
+# OpenBSD packages keep shipping the current key's .pub once a rotation began.
+
+APT_KEY = "apt-signing.key"
+APT_NEXT = "apt-signing-next.key"
+APT_PREVIOUS = "apt-signing-previous.key"
+_SIGNING_OS = {"apt_key": "debian", "openbsd_key": "openbsd"}
+_SIGNING_NEXT = {
+    1: "build and roll out every {os} node (they now trust both keys), then run "
+    "`nomad-build pki rotate-signing-key --{flag}` again",
+    2: "build and roll out every {os} node (signed by the new key), then run "
+    "`nomad-build pki rotate-signing-key --{flag}` again",
+}
+_FLAG = {"apt_key": "apt", "openbsd_key": "openbsd"}
+_OS_TITLE = {"debian": "Debian", "openbsd": "OpenBSD"}
+
+
+def _signing_next(kind: str, stage: int) -> str:
+    if kind == "apt_key" and stage == 2:  # no package changes: only the repository's signature
+        return (
+            "build and publish the repository (now signed by the new key; every node trusts "
+            "it since stage 1), then run `nomad-build pki rotate-signing-key --apt` again"
+        )
+    return _SIGNING_NEXT[stage].format(os=_OS_TITLE[_SIGNING_OS[kind]], flag=_FLAG[kind])
+
+
+def signing_status(data: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    rec = data.get(kind)
+    if rec is None:
+        return None
+    return {
+        "stage": rec["stage"],
+        "of": 3,
+        "since": rec["since"],
+        "next": _signing_next(kind, rec["stage"]),
+        "key": rec["key"],
+    }
+
+
+def _os_digests(cluster: Cluster, st: State, os_name: str) -> dict[str, str | None]:
+    return {n: d for n, d in _package_digests(cluster, st).items() if cluster.node(n).os == os_name}
+
+
+def _require_os_rebuilt(cluster: Cluster, st: State, rec: dict[str, Any], kind: str) -> None:
+    now = _os_digests(cluster, st, _SIGNING_OS[kind])
+    behind = [n for n, d in now.items() if d is None or d == rec["packages"].get(n)]
+    if behind:
+        raise UserError(
+            f"pki rotate-signing-key --{_FLAG[kind]}: stage {rec['stage']} is not rolled out: "
+            f"no new package was built for {', '.join(behind)} since it began; run "
+            "`nomad-build build`, install the packages on every node, then run this again"
+        )
+
+
+def signify_key_name(cluster: Cluster, generation: int) -> str:
+    base = cluster.packages.signing_key_name
+    if generation <= 1:
+        return base
+    return f"{base.removesuffix('-pkg')}-g{generation}-pkg"
+
+
+def current_signify_name(cluster: Cluster, st: State) -> str:
+    """The name of the key that signs OpenBSD packages now (the cluster's signing_key_name
+    until a rotation reached stage 2)."""
+    name = _record(st).get("signify_key")
+    return name if isinstance(name, str) else cluster.packages.signing_key_name
+
+
+def _generation(data: dict[str, Any], kind: str) -> int:
+    return len([e for e in data.get("history", []) if e.get("kind") == kind]) + 2
+
+
+def _require_nodes(cluster: Cluster, kind: str) -> None:
+    os_name = _SIGNING_OS[kind]
+    if not any(n.os == os_name for n in cluster.nodes):
+        raise UserError(
+            f"pki rotate-signing-key --{_FLAG[kind]}: this cluster has no {_OS_TITLE[os_name]} "
+            "nodes"
+        )
+
+
+def _begin(cluster: Cluster, st: State, data: dict[str, Any], kind: str, key: str) -> list[str]:
+    os_name = _SIGNING_OS[kind]
+    data[kind] = {
+        "stage": 1,
+        "since": _stamp(st),
+        "key": key,
+        "packages": _os_digests(cluster, st, os_name),
+    }
+    _save(st, data)
+    return [f"{kind.replace('_', ' ')} rotation stage 1 of 3: {_signing_next(kind, 1)}"]
+
+
+def _advance(cluster: Cluster, st: State, data: dict[str, Any], kind: str, stage: int) -> None:
+    rec = data[kind]
+    rec.update(
+        stage=stage,
+        since=_stamp(st),
+        packages=_os_digests(cluster, st, _SIGNING_OS[kind]),
+    )
+    _save(st, data)
+
+
+def _finish(st: State, data: dict[str, Any], kind: str) -> None:
+    del data[kind]
+    data.setdefault("history", []).append({"kind": kind, "finished": _stamp(st)})
+    _save(st, data)
+
+
+def rotate_apt_key(cluster: Cluster, st: State) -> list[str]:
+    """Advance the apt repository key's rotation by one stage; returns what comes next."""
+    from builder import openpgp
+
+    _require_nodes(cluster, "apt_key")
+    data = _record(st)
+    rec = data.get("apt_key")
+    current = st.read_file(APT_KEY)
+    if current is None:
+        raise UserError(
+            f"{st.directory / APT_KEY}: no apt signing key yet; `nomad-build build` makes one"
+        )
+    if rec is None:
+        user_id = openpgp.parse_secret_key(current).user_id  # apt refuses a changed Label
+        made = openpgp.generate_key(user_id, created=int(st.clock().timestamp()))
+        st.write_files({APT_NEXT: (made, True)})
+        st.events.append(Event("created", "apt signing key (next)", "rotate-signing-key 1"))
+        return _begin(cluster, st, data, "apt_key", openpgp.fingerprint(made))
+    if rec["stage"] == 1:
+        # Stage 2 changes no package (the keyring stays the same), only the repository's
+        # signature: the rollout that matters, of the keyring, is checked here.
+        _require_os_rebuilt(cluster, st, rec, "apt_key")
+        new = st.read_file(APT_NEXT)
+        if new is None:
+            raise UserError(f"{st.directory / APT_NEXT}: missing; restore it from your backup")
+        st.write_files({APT_PREVIOUS: (current, True), APT_KEY: (new, True)})
+        st.remove_files([APT_NEXT])
+        st.events.append(Event("rotated", "apt signing key", "rotate-signing-key stage 2"))
+        _advance(cluster, st, data, "apt_key", 2)
+        return [f"apt key rotation stage 2 of 3: {_signing_next('apt_key', 2)}"]
+    old = st.read_file(APT_PREVIOUS)
+    if old is not None:
+        archive = f"apt-signing-archive/{openpgp.fingerprint(old)}.key"
+        st.write_files({archive: (old, True)})
+    st.remove_files([APT_PREVIOUS])
+    st.events.append(Event("archived", "old apt signing key", "rotate-signing-key stage 3"))
+    _finish(st, data, "apt_key")
+    return [
+        "apt key rotation done: the old key is archived in the state and leaves the keyring; "
+        "build and roll out every Debian node"
+    ]
+
+
+def rotate_signify_key(cluster: Cluster, st: State) -> list[str]:
+    """Advance the OpenBSD package key's rotation by one stage; returns what comes next."""
+    from builder import signify
+
+    _require_nodes(cluster, "openbsd_key")
+    data = _record(st)
+    rec = data.get("openbsd_key")
+    old = current_signify_name(cluster, st)
+    if st.read_file(f"{old}.sec") is None:
+        raise UserError(
+            f"{st.directory / old}.sec: no OpenBSD signing key yet; `nomad-build build` makes one"
+        )
+    if rec is None:
+        new = signify_key_name(cluster, _generation(data, "openbsd_key"))
+        sec, pub = signify.generate_keypair(comment_name=new)
+        st.write_files({f"{new}.sec": (sec, True), f"{new}.pub": (pub, False)})
+        st.events.append(Event("created", f"OpenBSD signing key {new}", "rotate-signing-key 1"))
+        lines = _begin(cluster, st, data, "openbsd_key", new)
+        data["openbsd_key"]["previous"] = old
+        _save(st, data)
+        return lines
+    _require_os_rebuilt(cluster, st, rec, "openbsd_key")
+    new = rec["key"]
+    if rec["stage"] == 1:
+        if st.read_file(f"{new}.sec") is None:
+            raise UserError(f"{st.directory / new}.sec: missing; restore it from your backup")
+        data["signify_key"] = new
+        st.events.append(Event("rotated", f"OpenBSD signing key {new}", "stage 2"))
+        _advance(cluster, st, data, "openbsd_key", 2)
+        return [f"openbsd key rotation stage 2 of 3: {_signing_next('openbsd_key', 2)}"]
+    previous = rec["previous"]
+    files = {}
+    for ext in ("sec", "pub"):
+        raw = st.read_file(f"{previous}.{ext}")
+        if raw is not None:
+            files[f"signify-archive/{previous}.{ext}"] = (raw, ext == "sec")
+    st.write_files(files)
+    st.remove_files([f"{previous}.sec", f"{previous}.pub"])
+    st.events.append(Event("archived", f"old OpenBSD signing key {previous}", "stage 3"))
+    _finish(st, data, "openbsd_key")
+    return [
+        f"openbsd key rotation done: {previous} is archived in the state; packages are "
+        f"signed by {new}; build and roll out every OpenBSD node"
+    ]
+
+
+def apt_keyring_keys(st: State) -> list[bytes] | None:
+    """The secret keys whose public halves make the shipped apt keyring while a rotation
+    is under way or after one (None: none ever began: the repository key alone, and
+    Debian packages do not ship the keyring)."""
+    data = _record(st)
+    rec = data.get("apt_key")
+    if rec is None and not any(e.get("kind") == "apt_key" for e in data.get("history", [])):
+        return None
+    current = st.read_file(APT_KEY)
+    if current is None:
+        return None
+    extra = {1: APT_NEXT, 2: APT_PREVIOUS}.get(rec["stage"]) if rec is not None else None
+    if extra is None:
+        return [current]
+    other = st.read_file(extra)
+    if other is None:
+        raise UserError(f"{st.directory / extra}: missing; restore it from your backup")
+    return [current, other] if extra == APT_NEXT else [other, current]
+
+
+def signify_shipped(cluster: Cluster, st: State) -> list[str]:
+    """The signify keys every OpenBSD package ships in /etc/signify: the current one once
+    it is not the cluster's first, and the next one while a rotation is under way."""
+    data = _record(st)
+    names = []
+    current = data.get("signify_key")
+    if isinstance(current, str):
+        names.append(current)
+    rec = data.get("openbsd_key")
+    if rec is not None and rec["key"] not in names:
+        names.append(rec["key"])
+    return names
+
+
+def replace_lost_key(cluster: Cluster, st: State, kind: str) -> list[str]:
+    """`--lost`: the current key is gone or damaged for good (no backup). A new key becomes
+    current at once; nodes cannot be sent it signed by a key they trust, so it is installed
+    on each by hand. Refused while the current key is intact (rotate it in stages)."""
+    from builder import openpgp, signify
+
+    _require_nodes(cluster, kind)
+    data = _record(st)
+    flag = _FLAG[kind]
+    current = APT_KEY if kind == "apt_key" else f"{current_signify_name(cluster, st)}.sec"
+    try:
+        intact = st.read_file(current) is not None
+    except UserError:
+        intact = False
+    if intact:
+        raise UserError(
+            f"pki rotate-signing-key --{flag} --lost: {st.directory / current} is intact; "
+            f"rotate it in stages with `nomad-build pki rotate-signing-key --{flag}`"
+        )
+    rec = data.pop(kind, None)
+    data.setdefault("history", []).append({"kind": kind, "finished": _stamp(st), "lost": True})
+    if kind == "apt_key":
+        st.remove_files([APT_KEY, APT_NEXT, APT_PREVIOUS])
+        made = openpgp.generate_key(f"nomad-build {cluster.name}")
+        st.write_files({APT_KEY: (made, True)})
+        _save(st, data)
+        st.events.append(Event("created", "apt signing key", "the old one was lost"))
+        return [
+            f"a new apt key ({openpgp.fingerprint(made)}) replaces the lost one: build, then "
+            "install dist/repo/debian/nomad-build-archive-keyring.gpg as "
+            "/etc/apt/keyrings/nomad-build-archive-keyring.gpg on every Debian node by hand "
+            "(they do not trust the new key yet)"
+        ]
+    old = current.removesuffix(".sec")
+    gone = [f"{old}.sec", f"{old}.pub"]
+    if rec is not None:
+        gone += [f"{rec['key']}.sec", f"{rec['key']}.pub"]
+    st.remove_files(gone)
+    # a name no node has seen: not that of a rotation's key they may hold already
+    new = signify_key_name(cluster, _generation(data, kind) - (0 if rec else 1))
+    sec, pub = signify.generate_keypair(comment_name=new)
+    st.write_files({f"{new}.sec": (sec, True), f"{new}.pub": (pub, False)})
+    data["signify_key"] = new
+    _save(st, data)
+    st.events.append(Event("created", f"OpenBSD signing key {new}", "the old one was lost"))
+    return [
+        f"a new OpenBSD signing key {new} replaces the lost one: build, then install "
+        f"dist/repo/openbsd/{new}.pub as /etc/signify/{new}.pub on every OpenBSD node by hand "
+        "(they do not trust the new key yet)"
     ]

@@ -292,6 +292,8 @@ def repository_keyring(inputs: BuildInputs) -> bytes | None:
     """The apt repository's public keyring, when the seeds install from the repository."""
     if not inputs.cluster.packages.repo_url or inputs.keys.apt_secret is None:
         return None
+    if inputs.keys.apt_keyring is not None:  # a key rotation: both keys for a while
+        return inputs.keys.apt_keyring
     return openpgp.public_keyring(inputs.keys.apt_secret)
 
 

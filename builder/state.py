@@ -101,9 +101,9 @@ def way_out(rel: str) -> str:
     if parts[0] == "nodes" and len(parts) == 3:
         return f"nomad-build pki renew --node {parts[1]} --rekey"
     if rel.endswith((".sec", ".pub")):
-        return "nomad-build pki rotate-signing-key --openbsd"
+        return "nomad-build pki rotate-signing-key --openbsd --lost"
     if rel == "apt-signing.key":
-        return "nomad-build pki rotate-signing-key --apt"
+        return "nomad-build pki rotate-signing-key --apt --lost"
     return ""
 
 

@@ -610,6 +610,7 @@ LIFECYCLE_COMMANDS = [
     ["pki", "cli-cert"],
     ["pki", "rotate-ca"],
     ["pki", "rotate-gossip"],
+    ["pki", "rotate-signing-key"],
     ["state"],
     ["state", "adopt"],
     ["state", "backup"],

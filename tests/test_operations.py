@@ -50,6 +50,7 @@ def test_every_sh_block_runs(tmp_path: Path) -> None:
         .startswith("nomad operator gossip keyring install ")
     )
     assert list((work / "state/ca/archive").glob("*.pem"))
+    assert (work / "state/signify-archive/bi-sbg-pkg.sec").is_file()
     assert (work / "state/nodes/bi-node-sbg-4/cert.pem").is_file()
     final = subprocess.run(
         ["bash", "-c", "nomad-build pki status -c cluster.toml && nomad-build audit"],

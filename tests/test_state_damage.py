@@ -177,8 +177,8 @@ def _dir_instead(rel: str) -> Callable[[Path], None]:
 
 ROTATE_CA = "`nomad-build pki rotate-ca`"
 ROTATE_GOSSIP = "`nomad-build pki rotate-gossip`"
-ROTATE_APT = "`nomad-build pki rotate-signing-key --apt`"
-ROTATE_BSD = "`nomad-build pki rotate-signing-key --openbsd`"
+ROTATE_APT = "`nomad-build pki rotate-signing-key --apt --lost`"
+ROTATE_BSD = "`nomad-build pki rotate-signing-key --openbsd --lost`"
 
 
 def _renew(n: str) -> str:

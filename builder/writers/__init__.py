@@ -59,6 +59,9 @@ class Keys:
     apt_secret: bytes | None = None  # OpenPGP secret key of the apt repository
     signify_secret: bytes | None = None  # OpenBSD package signing key (None: unsigned)
     signify_public: bytes | None = None
+    # While an apt key rotation is under way (or after one): the public keyring shipped
+    # (repo/debian/, the seeds), holding more than the signing key (None: its key alone).
+    apt_keyring: bytes | None = None
 
 
 @dataclass(frozen=True)

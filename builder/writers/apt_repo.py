@@ -269,8 +269,11 @@ def build_apt_repo(
     signing_key: bytes,
     mtime: int,
     repo_url: str | None = None,
+    keyring: bytes | None = None,
 ) -> list[Artifact]:
-    """repo/debian/: pool, Packages(.gz), Release, InRelease, Release.gpg, keyring, .sources."""
+    """repo/debian/: pool, Packages(.gz), Release, InRelease, Release.gpg, keyring, .sources.
+    `keyring`: the public keyring to ship when it holds more than the signing key (a key
+    rotation: builder.rotation); None: the signing key's alone."""
     _check_word("suite", suite)
     _check_word("component", component)
     if not debs:
@@ -302,7 +305,11 @@ def build_apt_repo(
         Artifact(
             f"{dists}/InRelease", openpgp.clearsign(signing_key, release, created=mtime), False
         ),
-        Artifact(f"{REPO_DIR}/{KEYRING_FILE}", openpgp.public_keyring(signing_key), secret=False),
+        Artifact(
+            f"{REPO_DIR}/{KEYRING_FILE}",
+            keyring if keyring is not None else openpgp.public_keyring(signing_key),
+            secret=False,
+        ),
     ]
 
 
@@ -374,4 +381,5 @@ class AptRepoWriter(Writer):
             signing_key=inputs.keys.apt_secret,
             mtime=inputs.mtime,
             repo_url=p.repo_url,
+            keyring=inputs.keys.apt_keyring,
         )

@@ -337,7 +337,11 @@ def _control_fields(
         "owned": list(tree.files),
         # Upgrades restart the agent when one of these changed, else only reload it
         # (certificates and keys: Nomad reloads TLS on SIGHUP).
-        "restart_files": [f.path for f in tree.files if not f.is_tls],
+        "restart_files": [f.path for f in tree.files if not f.is_tls and f.kind != "trust"],
+        # Keys a signing key rotation ships (the apt keyring): the seed wrote the same
+        # path before any package owned it; preinst removes such a copy so dpkg does not
+        # ask about a conffile "created by you or by a script".
+        "adopt_files": [f.path for f in tree.files if f.kind == "trust"],
         "etc_dirs": [d for d in dirs if d.startswith("/etc/")],
         "data_dirs": list(tree.dirs),
         "conffiles": conffiles,

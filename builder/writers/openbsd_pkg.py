@@ -374,7 +374,11 @@ def _reload_lines(pl: _Plist, node: Node, tree: NodeTree, etc: set[int]) -> None
     """pkg_add -u of a running agent: reload it (SIGHUP, rc.d's rc_reload: Nomad re-reads
     its TLS certificates) when only certificates or keys changed, else restart it. The
     digest of the other files (as this package ships them) is kept in /var/db."""
-    paths = [EXAMPLES_DIR + f.path if id(f) in etc else f.path for f in tree.files if not f.is_tls]
+    paths = [
+        EXAMPLES_DIR + f.path if id(f) in etc else f.path
+        for f in tree.files
+        if not f.is_tls and f.kind != "trust"
+    ]
     digest = f"/var/db/nomad-build/{node.openbsd_stem}.config-sha256"
     compute = f"cat {' '.join(paths)} | sha256"
     name = tree.service.name
