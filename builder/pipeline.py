@@ -488,6 +488,7 @@ def execute(p: Plan) -> Result:
     result.timings = timings
     result.built = b.built
     result.reused = sorted(previous.reused) if previous is not None else []
+    result.report.reused = len(result.reused)
     return result
 
 

@@ -36,21 +36,23 @@ class Report:
     events: list[Event] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     seconds: float | None = None
+    reused: int = 0  # artifacts taken from the previous output instead of being built
 
     def counts(self) -> dict[str, int]:
         counts = {"new": 0, "changed": 0, "unchanged": 0}
         for c in self.changes:
             counts[c.status] += 1
-        return counts
+        return {**counts, "reused": self.reused}
 
     def summary(self) -> str:
         c = self.counts()
         bumped = sum(1 for ch in self.changes if ch.version_after not in (None, ch.version_before))
         took = f" in {self.seconds:.1f} s" if self.seconds is not None else ""
         verb = "would be" if self.command == "check" else "were"
+        reused = f" ({c['reused']} reused, not rebuilt)" if c["reused"] else ""
         return (
             f"{len(self.changes)} artifacts: {c['new']} new, {c['changed']} changed, "
-            f"{c['unchanged']} unchanged; {bumped} package versions {verb} bumped{took}"
+            f"{c['unchanged']} unchanged{reused}; {bumped} package versions {verb} bumped{took}"
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -60,7 +60,8 @@ def test_nothing_changed(built: Path) -> None:
     preview = run_json(built, "check")
     assert {a["status"] for a in preview["artifacts"]} == {"unchanged"}
     doc = run_json(built, "build")
-    assert doc["summary"] == {"new": 0, "changed": 0, "unchanged": len(doc["artifacts"])}
+    every = len(doc["artifacts"])  # and none of them rebuilt: each taken from the last build
+    assert doc["summary"] == {"new": 0, "changed": 0, "unchanged": every, "reused": every}
     assert all(a["version_before"] == a["version_after"] == 1 for a in packages(doc).values())
 
 
@@ -150,8 +151,8 @@ def test_text_report_lines_and_summary(built: Path) -> None:
     assert "unchanged dist/openbsd/nomad-config-bi-core-sbg_1-1.tgz" in lines
     summary = next(ln for ln in lines if re.match(r"^\d+ artifacts: ", ln))
     assert re.fullmatch(
-        r"\d+ artifacts: 0 new, \d+ changed, \d+ unchanged; 1 package versions were bumped "
-        r"in [0-9.]+ s",
+        r"\d+ artifacts: 0 new, \d+ changed, \d+ unchanged \(\d+ reused, not rebuilt\); "
+        r"1 package versions were bumped in [0-9.]+ s",
         summary,
     ), summary
     # next steps: what to serve, how a node installs, where the secrets are
