@@ -43,6 +43,7 @@ __all__ = [
     "package_node",
     "render",
     "render_tree",
+    "version_key",
 ]
 
 HTTP_PORT = 8500  # loopback only
@@ -99,6 +100,11 @@ _OSES = {
 
 def enabled(cluster: Cluster) -> bool:
     return cluster.consul.agent is not None and cluster.consul.agent.enabled
+
+
+def version_key(node: str) -> str:
+    """The key of a node's Consul package version beside its Nomad package's (the node)."""
+    return f"{node}@consul"
 
 
 def role_text(cluster: Cluster, node: Node) -> str:

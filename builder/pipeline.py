@@ -18,11 +18,12 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from builder import cluster as cluster_mod
-from builder import membership, output_dir, publish, report
+from builder import consul, membership, output_dir, publish, report
 from builder.errors import UserError
 from builder.model import Cluster, Node
 from builder.nodetree import NodeTree
@@ -36,7 +37,14 @@ from builder.writers import Artifact, BuildInputs, Keys, Output, Writer, all_wri
 PACKAGE_WRITERS = {"deb": "deb", "openbsd": "openbsd-pkg"}  # package format -> writer
 IMAGE_KINDS = tuple(kind for p in PROFILES.values() for kind in p.image_kinds)
 REPO_WRITERS = ("deb", "openbsd-pkg", "apt-repo", "pkg-repo")
-STATE_FORMAT = {"deb": "deb", "openbsd-pkg": "openbsd"}  # versions.json's format names
+CONSUL_WRITERS = {"deb": "consul-deb", "openbsd": "consul-openbsd-pkg"}  # [consul.agent] on
+# versions.json's format names
+STATE_FORMAT = {
+    "deb": "deb",
+    "openbsd-pkg": "openbsd",
+    "consul-deb": "consul-deb",
+    "consul-openbsd-pkg": "consul-openbsd",
+}
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -175,8 +183,11 @@ def _jobs(cluster: Cluster, request: Request, nodes: Sequence[Node]) -> tuple[Jo
             wanted[name] = writer(name).nodes(cluster)
     elif request.command == "package":
         for node in nodes:
-            name = _package_writer(node)
-            wanted[name] = (*wanted.get(name, ()), node)
+            names = [_package_writer(node)]
+            if consul.enabled(cluster):  # the node's Consul package comes with it
+                names.append(CONSUL_WRITERS[profile(node.os).package_format])
+            for name in names:
+                wanted[name] = (*wanted.get(name, ()), node)
     elif request.command == "image":
         assert request.kind is not None
         w = writer(request.kind)
@@ -235,6 +246,8 @@ class _Secrets:
     ca: tuple[bytes, bytes] | None
     keys: Keys
     current_certs: frozenset[str]  # nodes whose stored certificate still fits
+    # [consul.agent] on: each node's Consul secrets (None: read-only, not made yet)
+    consul: Mapping[str, consul.ConsulSecrets | None] = field(default_factory=dict)
 
 
 def _secrets(p: Plan, st: State, nodes: Sequence[Node]) -> _Secrets:
@@ -254,7 +267,12 @@ def _secrets(p: Plan, st: State, nodes: Sequence[Node]) -> _Secrets:
     if "signify" in p.keys_needed:
         sec, pub = _signify_pair(cluster, st)
         keys = Keys(name, keys.apt_secret, sec, pub)
-    return _Secrets(ca, keys, current)
+    made: dict[str, consul.ConsulSecrets | None] = {}
+    if consul.enabled(cluster):  # the Consul CA key stays in state/; certificates made once
+        now = datetime.now(UTC)
+        for n in nodes:
+            made[n.name] = consul.consul_secrets(st, cluster, n, now=now)
+    return _Secrets(ca, keys, current, made)
 
 
 def _apt_key(cluster: Cluster, st: State) -> bytes | None:
@@ -286,21 +304,33 @@ def _signify_pair(cluster: Cluster, st: State) -> tuple[bytes | None, bytes | No
     return sec, pub
 
 
+def _package_writers(cluster: Cluster, node: Node) -> list[Writer]:
+    """The writers of the node's packages (Nomad's; Consul's when the agent is on)."""
+    names = [_package_writer(node)]
+    if consul.enabled(cluster):
+        names.append(CONSUL_WRITERS[profile(node.os).package_format])
+    return [writer(n) for n in names]
+
+
 def _known_versions(p: Plan, st: State) -> dict[tuple[str, str], int]:
     known = {}
     for node in p.cluster.nodes:
-        fmt = STATE_FORMAT[_package_writer(node)]
-        current = st.current_version(node.name, fmt)
-        if current is not None:
-            known[(node.name, fmt)] = current[0]
+        for w in _package_writers(p.cluster, node):
+            fmt = STATE_FORMAT[w.name]
+            current = st.current_version(node.name, fmt)
+            if current is not None:
+                known[(node.name, fmt)] = current[0]
     return known
 
 
 def _current_versions(p: Plan, st: State) -> dict[str, int]:
+    """Each package's version, by its writer's version_key (a node's Nomad package: the
+    node's name)."""
     versions = {}
     for node in p.cluster.nodes:
-        current = st.current_version(node.name, STATE_FORMAT[_package_writer(node)])
-        versions[node.name] = current[0] if current else 1
+        for w in _package_writers(p.cluster, node):
+            current = st.current_version(node.name, STATE_FORMAT[w.name])
+            versions[w.version_key(node.name)] = current[0] if current else 1
     return versions
 
 
@@ -315,6 +345,7 @@ class Result:
     warnings: list[str]
     trees: dict[str, NodeTree]
     report: Report
+    consul_trees: dict[str, NodeTree] = field(default_factory=dict)
 
 
 def execute(p: Plan) -> Result:
@@ -323,32 +354,45 @@ def execute(p: Plan) -> Result:
     with State.open(p.state_dir, create=True, wait=p.request.wait) as st:
         secrets = _secrets(p, st, p.nodes)
         trees = _render(p, st)
+        consul_trees = _render_consul(p, secrets)
         mtime = p.source_date_epoch
         if mtime is None and secrets.ca is not None:
             mtime = int(inspect_cert(secrets.ca[1]).not_before.timestamp())
         assert mtime is not None
-        artifacts, packages = _build(p, st, secrets.keys, trees, mtime)
+        artifacts, packages = _build(p, st, secrets.keys, trees, consul_trees, mtime)
         st.flush()  # versions first: a published package's number is never handed out again
         previous = output_dir.read_marker(p.out_dir) if p.out_dir is not None else None
         events = list(st.events)
-        changes = _report(p, artifacts, packages, trees, previous, events)
-        published = _publish(p, artifacts, packages, trees) if p.out_dir is not None else []
+        files = _package_files(packages, trees, consul_trees)
+        changes = _report(p, artifacts, packages, files, previous, events)
+        published = _publish(p, artifacts, packages, trees, files) if p.out_dir is not None else []
         changes.warnings = [*p.warnings, *st.warnings]
-        return Result(artifacts, published, events, changes.warnings, trees, changes)
+        return Result(artifacts, published, events, changes.warnings, trees, changes, consul_trees)
+
+
+def _package_files(
+    packages: _Packages, trees: dict[str, NodeTree], consul_trees: dict[str, NodeTree]
+) -> dict[str, dict[str, str]]:
+    """Each package's file digests (what the next run's reasons compare), by its path."""
+    consul_formats = {STATE_FORMAT[w] for w in CONSUL_WRITERS.values()}
+    return {
+        path: report.tree_files((consul_trees if fmt in consul_formats else trees)[node])
+        for path, (node, fmt, _) in packages.items()
+    }
 
 
 def _report(
     p: Plan,
     artifacts: list[Artifact],
     packages: _Packages,
-    trees: dict[str, NodeTree],
+    files: dict[str, dict[str, str]],
     previous: Mapping[str, Mapping[str, Any]] | None,
     events: list[Event],
 ) -> Report:
     why = {}
-    for node, fmt, _ in packages.values():
+    for path, (node, fmt, _) in packages.items():
         before = output_dir.previous_files(previous, node, fmt)
-        why[node] = report.package_reasons(node, before, report.tree_files(trees[node]), events)
+        why[path] = report.package_reasons(node, before, files[path], events)
     changes = report.artifact_changes(artifacts, previous, packages, p.known_versions, why)
     return Report(p.request.command, changes, events)
 
@@ -361,11 +405,28 @@ def _render(p: Plan, st: State) -> dict[str, NodeTree]:
     return {t.node: t for t in trees}
 
 
+def _render_consul(p: Plan, secrets: _Secrets) -> dict[str, NodeTree]:
+    """The Consul agent trees of the nodes the Consul package writers build for."""
+    wanted = {n.name: n for job in p.jobs if job.writer.name in CONSUL_WRITERS.values()
+              for n in job.nodes}  # fmt: skip
+    out = {}
+    for name, node in wanted.items():
+        made = secrets.consul.get(name)
+        assert made is not None, "a writable store makes the Consul secrets"
+        out[name] = consul.render_tree(p.cluster, node, made)
+    return out
+
+
 _Packages = dict[str, tuple[str, str, int]]  # package path -> (node, format, version)
 
 
 def _build(
-    p: Plan, st: State, keys: Keys, trees: dict[str, NodeTree], mtime: int
+    p: Plan,
+    st: State,
+    keys: Keys,
+    trees: dict[str, NodeTree],
+    consul_trees: dict[str, NodeTree],
+    mtime: int,
 ) -> tuple[list[Artifact], _Packages]:
     """Each job once, in registry order; packages get their versions on the way and are
     handed to the writers that need them."""
@@ -374,12 +435,13 @@ def _build(
     packages: _Packages = {}
     for job in p.jobs:
         w = job.writer
-        inputs = BuildInputs(p.cluster, mtime, keys, trees, versions, built)
+        inputs = BuildInputs(p.cluster, mtime, keys, trees, versions, built, consul_trees)
         if w.name in STATE_FORMAT:
             built[w.name] = _versioned(st, w, inputs, job.nodes, versions)
             for a in built[w.name]:
                 assert a.node is not None
-                packages[a.path] = (a.node, STATE_FORMAT[w.name], versions[a.node])
+                version = versions[w.version_key(a.node)]
+                packages[a.path] = (a.node, STATE_FORMAT[w.name], version)
         elif w.per_node:
             per_node = _parallel(lambda n: w.build(inputs, [n]), job.nodes)  # noqa: B023
             built[w.name] = [a for arts in per_node for a in arts]
@@ -402,11 +464,12 @@ def _versioned(
         if current is not None and current[1] == _digest(artifact):
             out.append(artifact)
             continue
+        key = w.version_key(node.name)
         if current is not None:  # changed: the next version, built again
-            versions[node.name] = current[0] + 1
+            versions[key] = current[0] + 1
             bumped = dataclasses.replace(inputs, versions={**versions})
             artifact = w.build(bumped, [node])[0]
-        st.set_version(node.name, fmt, versions[node.name], _digest(artifact))
+        st.set_version(node.name, fmt, versions[key], _digest(artifact))
         out.append(artifact)
     return out
 
@@ -416,7 +479,11 @@ def _digest(artifact: Artifact) -> str:
 
 
 def _publish(
-    p: Plan, artifacts: list[Artifact], packages: _Packages, trees: dict[str, NodeTree]
+    p: Plan,
+    artifacts: list[Artifact],
+    packages: _Packages,
+    trees: dict[str, NodeTree],
+    files: dict[str, dict[str, str]],
 ) -> list[Path]:
     out = p.out_dir
     assert out is not None
@@ -425,7 +492,6 @@ def _publish(
         output_dir.set_aside(out)
     if p.request.command == "render":
         return output_dir.write_root(out, trees[p.nodes[0].name])
-    files = {node: report.tree_files(trees[node]) for node, _, _ in packages.values()}
     if p.request.command == "build":
         mark = output_dir.marker(artifacts, packages, files=files)
         return publish.publish_tree(out, [*artifacts, mark])[:-1]
@@ -484,7 +550,8 @@ def _preview_packages(
         before = p.known_versions.get((node.name, fmt))
         status, why = _package_outlook(p, st, job, node, secrets, mtime, previous)
         after = 1 if before is None else before + (status == "changed")
-        path = job.writer.outputs(p.cluster, [node], {node.name: after})[0].path
+        key = job.writer.version_key(node.name)
+        path = job.writer.outputs(p.cluster, [node], {key: after})[0].path
         out.append(Change(path, node.name, status, before, after, why))
     return out
 
@@ -507,8 +574,19 @@ def _package_outlook(
         return "changed", report.package_reasons(node.name, {}, {}, pending)
     if mtime is None or not _keys_exist(p, secrets.keys):
         return "changed", ("a signing key is made first",)
-    tree = render_tree(p.cluster, node, node_secrets(p.cluster, node, st))
-    inputs = BuildInputs(p.cluster, mtime, secrets.keys, {node.name: tree}, p.versions)
+    if job.writer.name in CONSUL_WRITERS.values():
+        made = secrets.consul.get(node.name)
+        if made is None:
+            return "changed", ("its Consul secrets are made first",)
+        tree = consul.render_tree(p.cluster, node, made)
+        trees = {}
+        consul_trees = {node.name: tree}
+    else:
+        tree = render_tree(p.cluster, node, node_secrets(p.cluster, node, st))
+        trees, consul_trees = {node.name: tree}, {}
+    inputs = BuildInputs(
+        p.cluster, mtime, secrets.keys, trees, p.versions, consul_trees=consul_trees
+    )
     artifact = job.writer.build(inputs, [node])[0]
     current = st.current_version(node.name, fmt)
     if current is not None and current[1] == _digest(artifact):

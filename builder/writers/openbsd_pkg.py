@@ -37,7 +37,7 @@ from functools import cache
 
 import jinja2
 
-from builder import elf, signify
+from builder import consul, elf, signify
 from builder.archive import TarEntry, gzip_bytes, ustar
 from builder.data import template_environment
 from builder.errors import BuildError, UserError
@@ -50,6 +50,7 @@ __all__ = [
     "EXAMPLES_DIR",
     "PORT_PKGPATH",
     "PORT_SAMPLES",
+    "ConsulOpenBSDPackageWriter",
     "OpenBSDFlavour",
     "OpenBSDPackageWriter",
     "build_openbsd_pkg",
@@ -561,3 +562,71 @@ def _tar_entry(
         uname=owner,
         gname=group,
     )
+
+
+def consul_flavour(cluster: Cluster, node: Node) -> OpenBSDFlavour:
+    return OpenBSDFlavour(
+        product="Consul",
+        role_text=consul.role_text(cluster, node),
+        examples_dir="/usr/local/share/examples/consul-config",
+        depend="sysutils/consul:consul-*:consul-1.0",
+        port_script="consul",
+        user_comment="Consul Agent",
+        port_line="Consul itself comes from the sysutils/consul port.",
+    )
+
+
+class ConsulOpenBSDPackageWriter(Writer):
+    """An OpenBSD node's Consul agent package, consul-config-<stem> ([consul.agent] on)."""
+
+    name = "consul-openbsd-pkg"
+    os = "openbsd"
+    signing = frozenset({"signify"})
+
+    def unfit(self, cluster: Cluster, node: Node) -> str | None:
+        if not consul.enabled(cluster):
+            return "consul.agent.enabled is not true"
+        return None if node.os == "openbsd" else f"node {node.name} runs {node.os}, not OpenBSD"
+
+    def version_key(self, node: str) -> str:
+        return consul.version_key(node)
+
+    def check(self, cluster: Cluster, node: Node) -> list[str]:
+        stem = consul.package_node(node).openbsd_stem
+        if not _NAME_OK.match(stem):
+            return [
+                f"{cluster.source}: {node.key}.name: OpenBSD package stem {stem!r} has "
+                "unusable characters"
+            ]
+        return []
+
+    def outputs(
+        self,
+        cluster: Cluster,
+        nodes: Sequence[Node],
+        versions: Mapping[str, int],
+        upstream: Sequence[Output] = (),
+    ) -> list[Output]:
+        return [
+            Output(
+                package_path(consul.package_node(n), versions[self.version_key(n.name)]),
+                n.name,
+                secret=True,
+            )
+            for n in nodes
+        ]
+
+    def build(self, inputs: BuildInputs, nodes: Sequence[Node]) -> list[Artifact]:
+        keys = inputs.keys
+        return [
+            build_openbsd_pkg(
+                consul.package_node(n),
+                inputs.consul_trees[n.name],
+                version=inputs.versions[self.version_key(n.name)],
+                mtime=inputs.mtime,
+                signing_key=keys.signify_secret,
+                key_name=keys.signing_key_name,
+                flavour=consul_flavour(inputs.cluster, n),
+            )
+            for n in nodes
+        ]
