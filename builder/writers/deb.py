@@ -428,6 +428,8 @@ def _control_tar(plan: _Plan, mtime: int) -> bytes:
         ("md5sums", md5sums, 0o644),
     ]
     for script in ("postinst", "postrm", "preinst", "prerm"):
+        if script == "preinst" and not plan.context["hashicorp_config"]:
+            continue  # its only work is the diversion
         members.append((script, _render(f"{script}.j2", **plan.context), 0o755))
     if plan.triggered:
         members.append(("triggers", _render("triggers.j2", **plan.context), 0o644))
