@@ -213,6 +213,8 @@ def _skipped(cluster: Cluster) -> list[str]:
     """Formats a build leaves out for nodes of their OS, and the key that would add them."""
     out = []
     for w in all_writers():
+        if w.name in CONSUL_WRITERS.values() and not consul.enabled(cluster):
+            continue  # opt-in ([consul.agent]): nothing is missing without it
         reasons = [w.unfit(cluster, n) for n in cluster.nodes if n.os == w.os]
         for why in dict.fromkeys(r for r in reasons if r):
             count = reasons.count(why)
