@@ -17,6 +17,7 @@ import click
 
 import builder
 from builder import cli_lifecycle, pipeline
+from builder import consul as consul_mod
 from builder import report as report_mod
 from builder.errors import BuildError, UserError
 from builder.next_steps import next_steps
@@ -222,6 +223,8 @@ def _check_text(plan: pipeline.Plan, preview: Report) -> None:
     outputs = plan.outputs()
     for node in cluster.nodes:
         held = "node key, gossip key" if node.is_server else "node key"
+        if consul_mod.enabled(cluster):  # every Consul agent is in the LAN gossip pool
+            held += ", Consul key and gossip key"
         paths = [o.path for o in outputs if o.node == node.name and o.has_node_key]
         click.echo(f"  {node.name} ({held}): {', '.join(paths)}")
     for ev in plan.events:

@@ -134,12 +134,6 @@ def _build(r: Reader, data: dict[str, Any]) -> Cluster:
     if "maintainer" not in data.get("packages", {}):
         _check_default_maintainer(r, nodes, c["domain"])
     expect, warnings = cross_checks.servers(r, nodes, c.get("bootstrap_expect"))
-    if consul.agent is not None and consul.agent.enabled:
-        warnings = (
-            *warnings,
-            f"{r.source}: consul.agent.enabled: Consul agent configurations and certificates "
-            "are made (builder.consul) but no consul-config package is built yet",
-        )
     return Cluster(
         source=r.source,
         name=c["name"],

@@ -13,6 +13,8 @@ consul-gossip.key, consul-<node>.key / consul-<node>.pem, each created once.
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import json
 import secrets
 import tomllib
@@ -22,9 +24,12 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
+import jinja2
+
 from builder import pki
-from builder.data import data_path
+from builder.data import data_path, template_environment
 from builder.model import Cluster, Node
+from builder.nodetree import NodeDir, NodeFile, NodeTree, Service, ServiceAccount
 
 __all__ = [
     "HTTP_PORT",
@@ -34,7 +39,11 @@ __all__ = [
     "cert_names",
     "check_config",
     "consul_secrets",
+    "enabled",
+    "package_node",
     "render",
+    "render_tree",
+    "version_key",
 ]
 
 HTTP_PORT = 8500  # loopback only
@@ -42,6 +51,75 @@ HTTP_PORT = 8500  # loopback only
 PORTS = {"server": 8300, "serf_lan": 8301, "dns": 8600}
 CONFIG_DIRS = {"debian": "/etc/consul.d", "openbsd": "/etc/consul"}
 DATA_DIRS = {"debian": "/opt/consul", "openbsd": "/var/consul"}
+CONFIG_NAME = "nomad-build.json"  # loaded alone (-config-file), beside the package's demo
+
+
+@dataclass(frozen=True)
+class _OS:
+    """How each OS runs HashiCorp's Consul (its .deb; the sysutils/consul port)."""
+
+    binary: str
+    service: str  # systemd unit (HashiCorp's, with our drop-in) / our rc.d script
+    unit_path: str
+    unit_template: str
+    unit_mode: int
+    unit_group: str
+    firewall_path: str
+    firewall_template: str
+    user: str
+    root_group: str
+
+
+_OSES = {
+    "debian": _OS(
+        binary="/usr/bin/consul",
+        service="consul",
+        unit_path="/usr/lib/systemd/system/consul.service.d/nomad-build.conf",
+        unit_template="packaging/debian/consul-build.conf.j2",
+        unit_mode=0o644,
+        unit_group="root",
+        firewall_path="/etc/nftables.d/nomad-build-consul.nft",
+        firewall_template="packaging/debian/consul-build.nft.j2",
+        user="consul",
+        root_group="root",
+    ),
+    "openbsd": _OS(
+        binary="/usr/local/bin/consul",
+        service="consul_agent",  # not the port's /etc/rc.d/consul
+        unit_path="/etc/rc.d/consul_agent",
+        unit_template="packaging/openbsd/consul-rc.d.j2",
+        unit_mode=0o555,
+        unit_group="bin",
+        firewall_path="/etc/consul/pf.anchor",
+        firewall_template="packaging/openbsd/consul-pf.anchor.j2",
+        user="_consul",
+        root_group="wheel",
+    ),
+}
+
+
+def enabled(cluster: Cluster) -> bool:
+    return cluster.consul.agent is not None and cluster.consul.agent.enabled
+
+
+def version_key(node: str) -> str:
+    """The key of a node's Consul package version beside its Nomad package's (the node)."""
+    return f"{node}@consul"
+
+
+def role_text(cluster: Cluster, node: Node) -> str:
+    return "server" if node in cluster.consul_servers else "client"
+
+
+def package_node(node: Node) -> Node:
+    """The node as the Consul package writers see it: named consul-config-<node>, no
+    bundled (Nomad) binary."""
+    return dataclasses.replace(
+        node,
+        deb_package="consul-config-" + node.deb_package.removeprefix("nomad-config-"),
+        openbsd_stem="consul-config-" + node.openbsd_stem.removeprefix("nomad-config-"),
+        packages=dataclasses.replace(node.packages, bundle=None),
+    )
 
 
 def domain_names(cluster: Cluster) -> tuple[str, ...]:
@@ -196,3 +274,118 @@ def check_config(config: Mapping[str, Any], table: str = "agent", where: str = "
         elif not isinstance(value, _TYPES[kind]) or (kind == "int" and isinstance(value, bool)):
             problems.append(f"{path}: must be {kind}")
     return problems
+
+
+# ---------------------------------------------------------------- the NodeTree
+
+
+@cache
+def _env() -> jinja2.Environment:
+    return template_environment({}, trim=True)
+
+
+def render_tree(cluster: Cluster, node: Node, made: ConsulSecrets) -> NodeTree:
+    """The files of the node's Consul agent: its configuration (with the gossip key: a
+    secret; every Consul agent is in the LAN gossip pool), the Consul CA certificate,
+    the node's Consul certificate and key, the service unit or rc.d script and the
+    firewall rules for Consul's ports among the cluster's nodes."""
+    os = _OSES[node.os]
+    conf_dir = CONFIG_DIRS[node.os]
+    config_file = f"{conf_dir}/{CONFIG_NAME}"
+    account = ServiceAccount(user=os.user, group=os.user, create=True, home=DATA_DIRS[node.os])
+    config = agent_config(cluster, node, gossip_key=made.gossip_key)
+    tls = config["tls"]["defaults"]
+    context = {
+        "node": node,
+        "role_text": role_text(cluster, node),
+        "account": account,
+        "binary": os.binary,
+        "config_file": config_file,
+        "service_name": os.service,
+        "dns": bool(cluster.consul.agent and cluster.consul.agent.dns),
+        "path": os.firewall_path,
+    }
+
+    def render_template(name: str, **extra: Any) -> bytes:
+        return _env().get_template(name).render(**context, **extra).encode()
+
+    root, secret_group = os.root_group, account.group
+    files = [
+        NodeFile(config_file, render(config), 0o640, "root", secret_group, "secret"),
+        NodeFile(tls["ca_file"], made.ca_cert, 0o644, "root", root, "config"),
+        NodeFile(tls["cert_file"], made.cert, 0o644, "root", root, "config"),
+        NodeFile(tls["key_file"], made.key, 0o640, "root", secret_group, "secret"),
+        NodeFile(
+            os.unit_path,
+            render_template(os.unit_template),
+            os.unit_mode,
+            "root",
+            os.unit_group,
+            "script" if node.os == "openbsd" else "unit",
+        ),
+        NodeFile(
+            os.firewall_path,
+            render_template(os.firewall_template, **_firewall(cluster, node)),
+            0o644,
+            "root",
+            root,
+            "firewall",
+        ),
+    ]
+    files.sort(key=lambda f: f.path)
+    data_dir = DATA_DIRS[node.os]
+    return NodeTree(
+        node=node.name,
+        os=node.os,
+        service=Service(os.service, os.unit_path, config_file, data_dir, account),
+        files=tuple(files),
+        dirs=(NodeDir(data_dir, 0o750, account.user, account.group),),
+        notes=(_firewall_note(node.os, os.firewall_path),),
+    )
+
+
+def _firewall_note(os_name: str, path: str) -> str:
+    if os_name == "openbsd":
+        return (
+            f'Load the Consul firewall rules from /etc/pf.conf: anchor "consul" and '
+            f'load anchor "consul" from "{path}", then pfctl -f /etc/pf.conf'
+        )
+    return (
+        f'Load the Consul firewall rules: add include "{path}" to /etc/nftables.conf, '
+        "then systemctl reload nftables"
+    )
+
+
+def _firewall(cluster: Cluster, node: Node) -> dict[str, Any]:
+    """Who may reach this node's Consul: every agent calls the servers' RPC (8300 tcp);
+    every agent gossips with every other (LAN Serf, 8301 tcp+udp); DNS (8600) when on."""
+    everyone = [ip for n in cluster.nodes if n is not node for ip in n.ips]
+    dns = bool(cluster.consul.agent and cluster.consul.agent.dns)
+    server = node in cluster.consul_servers
+    tcp = ([str(PORTS["server"])] if server else []) + [str(PORTS["serf_lan"])]
+    udp = [str(PORTS["serf_lan"])]
+    if dns:
+        tcp.append(str(PORTS["dns"]))
+        udp.append(str(PORTS["dns"]))
+    if node.os == "openbsd":
+        rules = []
+        if everyone:  # pf refuses a rule naming an undefined table
+            peers = "from <consul_peers> to (self) port"
+            if server:
+                rules.append(f"pass in proto tcp {peers} {PORTS['server']}")
+            rules.append(f"pass in proto {{ tcp udp }} {peers} {PORTS['serf_lan']}")
+            if dns:
+                rules.append(f"pass in proto {{ tcp udp }} {peers} {PORTS['dns']}")
+        return {"tables": [("consul_peers", everyone)] if everyone else [], "rules": rules}
+    sets: list[tuple[str, str, list[str]]] = []
+    accepts: list[str] = []
+    for family, keyword, version in (("ipv4", "ip", 4), ("ipv6", "ip6", 6)):
+        chosen = [a for a in everyone if ipaddress.ip_address(a).version == version]
+        if chosen:
+            name = f"peers{version}"
+            sets.append((family, name, chosen))
+            accepts.append(f"{keyword} saddr @{name} tcp dport {{ {', '.join(tcp)} }}")
+            accepts.append(f"{keyword} saddr @{name} udp dport {{ {', '.join(udp)} }}")
+    # what is not accepted above is dropped (8500 also listens on loopback only)
+    drop_tcp = sorted({*tcp, str(PORTS["server"]), str(HTTP_PORT)})
+    return {"sets": sets, "accepts": accepts, "tcp_ports": drop_tcp, "udp_ports": udp}

@@ -85,8 +85,21 @@ class Digests:
             self._node[node.name] = d
         return d
 
-    def per_node(self, writer: str, node: Node, version: int | None, upstream: list[str]) -> str:
-        return digest(self._base, writer, self.node(node), version, upstream)
+    def per_node(
+        self,
+        writer: str,
+        node: Node,
+        version: int | None,
+        upstream: list[str],
+        tree: str | None = None,
+    ) -> str:
+        """`tree`: the digest of the tree the writer builds from when that is not the
+        node's NodeTree (a Consul package's: its Consul tree's NodeTree.digest())."""
+        if tree is None:
+            of_node = self.node(node)
+        else:
+            of_node = digest(node, portable(node.packages), node.images, "tree", tree)
+        return digest(self._base, writer, of_node, version, upstream)
 
     def whole(
         self,

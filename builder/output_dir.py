@@ -94,7 +94,7 @@ def marker(
     files: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Artifact:
     """The marker listing `artifacts` (merged over `previous` for single-file commands);
-    `packages` maps a package's path to (node, format, version), `files` a node to its
+    `packages` maps a package's path to (node, format, version), `files` a package's path to its
     tree's file digests (so the next run can say which files changed)."""
     import hashlib
 
@@ -109,8 +109,8 @@ def marker(
         if a.path in packages:
             node, fmt, version = packages[a.path]
             entry["package"] = {"node": node, "format": fmt, "version": version}
-            if files is not None and node in files:
-                entry["files"] = dict(sorted(files[node].items()))
+            if files is not None and a.path in files:
+                entry["files"] = dict(sorted(files[a.path].items()))
         entries[a.path] = entry
     body = {"made_by": _MADE_BY, "artifacts": dict(sorted(entries.items()))}
     return Artifact(MARKER, (json.dumps(body, indent=1) + "\n").encode(), secret=False)

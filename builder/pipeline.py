@@ -22,11 +22,12 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from builder import cluster as cluster_mod
-from builder import incremental, membership, output_dir, publish, report, rotation
+from builder import consul, incremental, membership, output_dir, publish, report, rotation
 from builder.apt_source import KEYRING_PATH
 from builder.errors import UserError
 from builder.model import Cluster, Node
@@ -41,7 +42,15 @@ from builder.writers import Artifact, BuildInputs, Keys, Output, Writer, all_wri
 PACKAGE_WRITERS = {"deb": "deb", "openbsd": "openbsd-pkg"}  # package format -> writer
 IMAGE_KINDS = tuple(kind for p in PROFILES.values() for kind in p.image_kinds)
 REPO_WRITERS = ("deb", "openbsd-pkg", "apt-repo", "pkg-repo")
-STATE_FORMAT = {"deb": "deb", "openbsd-pkg": "openbsd"}  # versions.json's format names
+CONSUL_WRITERS = {"deb": "consul-deb", "openbsd": "consul-openbsd-pkg"}  # [consul.agent] on
+# versions.json's format names
+STATE_FORMAT = {
+    "deb": "deb",
+    "openbsd-pkg": "openbsd",
+    "consul-deb": "consul-deb",
+    "consul-openbsd-pkg": "consul-openbsd",
+}
+CONSUL_FORMATS = frozenset(STATE_FORMAT[w] for w in CONSUL_WRITERS.values())
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -248,8 +257,11 @@ def _jobs(cluster: Cluster, request: Request, nodes: Sequence[Node]) -> tuple[Jo
             wanted[name] = writer(name).nodes(cluster)
     elif request.command == "package":
         for node in nodes:
-            name = _package_writer(node)
-            wanted[name] = (*wanted.get(name, ()), node)
+            names = [_package_writer(node)]
+            if consul.enabled(cluster):  # the node's Consul package comes with it
+                names.append(CONSUL_WRITERS[profile(node.os).package_format])
+            for name in names:
+                wanted[name] = (*wanted.get(name, ()), node)
     elif request.command == "image":
         assert request.kind is not None
         w = writer(request.kind)
@@ -276,6 +288,8 @@ def _skipped(cluster: Cluster) -> list[str]:
     """Formats a build leaves out for nodes of their OS, and the key that would add them."""
     out = []
     for w in all_writers():
+        if w.name in CONSUL_WRITERS.values() and not consul.enabled(cluster):
+            continue  # opt-in ([consul.agent]): nothing is missing without it
         reasons = [w.unfit(cluster, n) for n in cluster.nodes if n.os == w.os]
         for why in dict.fromkeys(r for r in reasons if r):
             count = reasons.count(why)
@@ -311,6 +325,8 @@ class _Secrets:
     current_certs: frozenset[str]  # nodes whose stored certificate still fits
     # Files a signing key rotation adds to every node tree of an OS (builder.rotation).
     trust: Mapping[str, tuple[NodeFile, ...]] = field(default_factory=dict)
+    # [consul.agent] on: each node's Consul secrets (None: read-only, not made yet)
+    consul: Mapping[str, consul.ConsulSecrets | None] = field(default_factory=dict)
 
 
 def _secrets(p: Plan, st: State, nodes: Sequence[Node]) -> _Secrets:
@@ -349,7 +365,12 @@ def _secrets(p: Plan, st: State, nodes: Sequence[Node]) -> _Secrets:
                 signify_pubs.append(NodeFile(path, pub, 0o644, "root", "wheel", "trust"))
         if signify_pubs:
             trust["openbsd"] = tuple(signify_pubs)
-    return _Secrets(ca, keys, current, trust)
+        made: dict[str, consul.ConsulSecrets | None] = {}
+        if consul.enabled(cluster):  # the Consul CA key stays in state/; certificates made once
+            now = datetime.now(UTC)
+            for n in nodes:
+                made[n.name] = consul.consul_secrets(st, cluster, n, now=now)
+    return _Secrets(ca, keys, current, trust, made)
 
 
 def _signify_public(st: State, name: str) -> bytes | None:
@@ -398,21 +419,33 @@ def _signify_pair(cluster: Cluster, st: State, name: str) -> tuple[bytes | None,
     return sec, pub
 
 
+def _package_writers(cluster: Cluster, node: Node) -> list[Writer]:
+    """The writers of the node's packages (Nomad's; Consul's when the agent is on)."""
+    names = [_package_writer(node)]
+    if consul.enabled(cluster):
+        names.append(CONSUL_WRITERS[profile(node.os).package_format])
+    return [writer(n) for n in names]
+
+
 def _known_versions(p: Plan, st: State) -> dict[tuple[str, str], int]:
     known = {}
     for node in p.cluster.nodes:
-        fmt = STATE_FORMAT[_package_writer(node)]
-        current = st.current_version(node.name, fmt)
-        if current is not None:
-            known[(node.name, fmt)] = current[0]
+        for w in _package_writers(p.cluster, node):
+            fmt = STATE_FORMAT[w.name]
+            current = st.current_version(node.name, fmt)
+            if current is not None:
+                known[(node.name, fmt)] = current[0]
     return known
 
 
 def _current_versions(p: Plan, st: State) -> dict[str, int]:
+    """Each package's version, by its writer's version_key (a node's Nomad package: the
+    node's name)."""
     versions = {}
     for node in p.cluster.nodes:
-        current = st.current_version(node.name, STATE_FORMAT[_package_writer(node)])
-        versions[node.name] = current[0] if current else 1
+        for w in _package_writers(p.cluster, node):
+            current = st.current_version(node.name, STATE_FORMAT[w.name])
+            versions[w.version_key(node.name)] = current[0] if current else 1
     return versions
 
 
@@ -432,12 +465,15 @@ class Result:
     timings: dict[str, float] = field(default_factory=dict)
     built: int = 0  # writer.build calls made
     reused: list[str] = field(default_factory=list)  # artifact paths taken from the last build
+    consul_trees: Mapping[str, NodeTree] = field(default_factory=dict)  # [consul.agent] on
 
 
 # Which benchmark stage a writer's time counts in.
 STAGES = {
     "deb": "packages",
     "openbsd-pkg": "packages",
+    "consul-deb": "packages",
+    "consul-openbsd-pkg": "packages",
     "apt-repo": "repositories",
     "pkg-repo": "repositories",
     "cloud-init": "seeds",
@@ -464,12 +500,17 @@ def execute(p: Plan) -> Result:
         with _timed(timings, "secrets"):
             secrets = _secrets(p, st, p.nodes)
             trees = _trees(p, st, secrets)
+        with _timed(timings, "render"):
+            consul_trees = _render_consul(p, secrets)
         mtime = p.source_date_epoch
         if mtime is None and secrets.ca is not None:
             mtime = int(inspect_cert(secrets.ca[1]).not_before.timestamp())
         assert mtime is not None
         previous = incremental.Previous.load(p.out_dir) if p.request.command == "build" else None
-        b = _Built(p, st, BuildInputs(p.cluster, mtime, secrets.keys, trees, dict(p.versions)))
+        inputs = BuildInputs(
+            p.cluster, mtime, secrets.keys, trees, dict(p.versions), consul_trees=consul_trees
+        )
+        b = _Built(p, st, inputs)
         b.previous = previous
         b.digests = incremental.Digests(p.cluster, secrets.keys, mtime, trees.key)
         with _timed(timings, "render"):
@@ -485,6 +526,7 @@ def execute(p: Plan) -> Result:
             published = _publish(p, b, trees, marker) if p.out_dir is not None else []
         changes.warnings = [*p.warnings, *st.warnings]
         result = Result(b.artifacts, published, events, changes.warnings, trees, changes)
+        result.consul_trees = consul_trees
     result.timings = timings
     result.built = b.built
     result.reused = sorted(previous.reused) if previous is not None else []
@@ -501,11 +543,11 @@ def _report(
 ) -> Report:
     """Each artifact new, changed or unchanged; a package with a new version, and why."""
     why = {}
-    for node, fmt, version in b.packages.values():
+    for path, (node, fmt, version) in b.packages.items():
         if p.known_versions.get((node, fmt)) not in (None, version):  # its tree was rendered
             before = output_dir.previous_files(previous, node, fmt)
-            files = report.tree_files(trees[node])
-            why[node] = report.package_reasons(node, before, files, events)
+            files = report.tree_files(_package_tree(b, trees, node, fmt))
+            why[path] = report.package_reasons(node, before, files, events)
     changes = report.artifact_changes(b.artifacts, previous, b.packages, p.known_versions, why)
     return Report(p.request.command, changes, events)
 
@@ -513,16 +555,23 @@ def _report(
 def _tree_files(
     b: _Built, trees: _Trees, previous: Mapping[str, Mapping[str, Any]] | None
 ) -> dict[str, dict[str, str]]:
-    """Each package's node's file digests for the marker: from its tree when this run
-    rendered it, else as the previous marker recorded them (the tree is unchanged)."""
+    """Each package's file digests for the marker, by the package's path: from its tree
+    when this run rendered it (a Consul tree always is), else as the previous marker
+    recorded them (the tree is unchanged)."""
     files: dict[str, dict[str, str]] = {}
-    for node, fmt, _ in b.packages.values():
+    for path, (node, fmt, _) in b.packages.items():
         recorded = output_dir.previous_files(previous, node, fmt)
-        if trees.rendered(node) or recorded is None:
-            files[node] = report.tree_files(trees[node])
+        if fmt in CONSUL_FORMATS or trees.rendered(node) or recorded is None:
+            files[path] = report.tree_files(_package_tree(b, trees, node, fmt))
         else:
-            files[node] = recorded
+            files[path] = recorded
     return files
+
+
+def _package_tree(b: _Built, trees: _Trees, node: str, fmt: str) -> NodeTree:
+    """The tree a package of format `fmt` is built from (a Consul package: the node's
+    Consul tree)."""
+    return b.inputs.consul_trees[node] if fmt in CONSUL_FORMATS else trees[node]
 
 
 class _Trees(Mapping[str, NodeTree]):
@@ -587,6 +636,19 @@ def _trees(p: Plan, st: State, secrets: _Secrets) -> _Trees:
     return _Trees(p.cluster, pairs, secrets.trust)
 
 
+def _render_consul(p: Plan, secrets: _Secrets) -> dict[str, NodeTree]:
+    """The Consul agent trees of the nodes the Consul package writers build for (small:
+    rendered eagerly; their digests are part of those packages' input digests)."""
+    wanted = {n.name: n for job in p.jobs if job.writer.name in CONSUL_WRITERS.values()
+              for n in job.nodes}  # fmt: skip
+    out = {}
+    for name, node in wanted.items():
+        made = secrets.consul.get(name)
+        assert made is not None, "a writable store makes the Consul secrets"
+        out[name] = consul.render_tree(p.cluster, node, made)
+    return out
+
+
 _Packages = dict[str, tuple[str, str, int]]  # package path -> (node, format, version)
 
 
@@ -644,7 +706,8 @@ class _Built:
             arts = self._versioned(w, job.nodes)
             for a in arts:
                 assert a.node is not None
-                self.packages[a.path] = (a.node, STATE_FORMAT[w.name], self.versions[a.node])
+                version = self.versions[w.version_key(a.node)]
+                self.packages[a.path] = (a.node, STATE_FORMAT[w.name], version)
         elif w.per_node or w.splits:
             arts = self._per_node(w, job.nodes)
             if w.splits:
@@ -726,15 +789,16 @@ class _Built:
         store recorded for that version, is reused."""
         assert self.digests is not None
         fmt = STATE_FORMAT[w.name]
-        versions, digests, st = self.versions, self.digests, self.st
-        wants = [digests.per_node(w.name, n, versions[n.name], []) for n in nodes]
+        versions, st = self.versions, self.st
+        vkeys = [w.version_key(n.name) for n in nodes]  # a node's Nomad package: its name
+        wants = [self._package_want(w, n, versions[k]) for n, k in zip(nodes, vkeys, strict=True)]
 
         def reuse(i: int) -> Artifact | None:
             current = st.current_version(nodes[i].name, fmt)
             if self.previous is None or current is None:
                 return None
             old = self.previous.take(w.name, nodes[i].name, wants[i])
-            if old is None or current != (versions[nodes[i].name], self.sha(old[0])):
+            if old is None or current != (versions[vkeys[i]], self.sha(old[0])):
                 return None
             self.previous.accept(old)
             return old[0]
@@ -754,24 +818,34 @@ class _Built:
             if reused[i] or (current is not None and current[1] == self.sha(artifact)):
                 continue
             if current is not None:  # changed: the next version, built again
-                versions[node.name] = current[0] + 1
+                versions[vkeys[i]] = current[0] + 1
                 changed.append(i)
         if changed:
             bumped = dataclasses.replace(self.inputs, versions={**versions})
             again = self._build_each(w, [nodes[i] for i in changed], bumped)
             for i, arts in zip(changed, again, strict=True):
                 found[i] = arts[0]
-                wants[i] = digests.per_node(w.name, nodes[i], versions[nodes[i].name], [])
+                wants[i] = self._package_want(w, nodes[i], versions[vkeys[i]])
         out: list[Artifact] = []
         for i, node in enumerate(nodes):
             artifact = found[i]
             assert artifact is not None
             if not reused[i]:
                 self.shas.pop(artifact.path, None)
-                st.set_version(node.name, fmt, versions[node.name], self.sha(artifact))
+                st.set_version(node.name, fmt, versions[vkeys[i]], self.sha(artifact))
             self._record(w, node.name, wants[i], [artifact])
             out.append(artifact)
         return out
+
+    def _package_want(self, w: Writer, node: Node, version: int) -> str:
+        """A package's input digest at `version`. A Consul package is built from the
+        node's Consul tree, not its Nomad tree: that tree's content digest stands in for
+        the Nomad tree's key (so a changed Consul tree is never reused)."""
+        assert self.digests is not None
+        if w.name in CONSUL_WRITERS.values():
+            tree = self.inputs.consul_trees[node.name].digest()
+            return self.digests.per_node(w.name, node, version, [], tree=tree)
+        return self.digests.per_node(w.name, node, version, [])
 
 
 def _digest(artifact: Artifact) -> str:
@@ -863,7 +937,8 @@ def _preview_packages(
         before = p.known_versions.get((node.name, fmt))
         status, why = _package_outlook(p, st, job, node, secrets, mtime, previous)
         after = 1 if before is None else before + (status == "changed")
-        path = job.writer.outputs(p.cluster, [node], {node.name: after})[0].path
+        key = job.writer.version_key(node.name)
+        path = job.writer.outputs(p.cluster, [node], {key: after})[0].path
         out.append(Change(path, node.name, status, before, after, why))
     return out
 
@@ -886,10 +961,21 @@ def _package_outlook(
         return "changed", report.package_reasons(node.name, {}, {}, pending)
     if mtime is None or not _keys_exist(p, secrets.keys):
         return "changed", ("a signing key is made first",)
-    tree = _with_trust(
-        render_tree(p.cluster, node, node_secrets(p.cluster, node, st)), secrets.trust
+    if job.writer.name in CONSUL_WRITERS.values():
+        made = secrets.consul.get(node.name)
+        if made is None:
+            return "changed", ("its Consul secrets are made first",)
+        tree = consul.render_tree(p.cluster, node, made)
+        trees: dict[str, NodeTree] = {}
+        consul_trees = {node.name: tree}
+    else:
+        tree = _with_trust(
+            render_tree(p.cluster, node, node_secrets(p.cluster, node, st)), secrets.trust
+        )
+        trees, consul_trees = {node.name: tree}, {}
+    inputs = BuildInputs(
+        p.cluster, mtime, secrets.keys, trees, p.versions, consul_trees=consul_trees
     )
-    inputs = BuildInputs(p.cluster, mtime, secrets.keys, {node.name: tree}, p.versions)
     artifact = job.writer.build(inputs, [node])[0]
     current = st.current_version(node.name, fmt)
     if current is not None and current[1] == _digest(artifact):

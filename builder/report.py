@@ -150,6 +150,6 @@ def artifact_changes(
             status = "unchanged"
         else:
             status = "changed"
-        why = package_why.get(node, ()) if status == "changed" else ()
+        why = package_why.get(a.path, ()) if status == "changed" else ()
         changes.append(Change(a.path, a.node, status, before, version, why))
     return changes

@@ -607,6 +607,9 @@ class State:
         with self._mutex:
             self._check_open()
             rel = self._blob_rel(name)
+            made = self._deferred_data(rel)
+            if made is not None:  # made earlier in this batch(): not on disk yet
+                return made
             public = mode == _PUBLIC_MODE
             raw, status = self._load(rel, lost_ok=public, fix_mode=not public)
             if raw is not None:
@@ -755,6 +758,13 @@ class State:
             return self._path(rel).read_bytes()
         except FileNotFoundError:
             return None
+
+    def _deferred_data(self, rel: str) -> bytes | None:
+        """The bytes a write deferred by batch() will give `rel`, if one is pending."""
+        for w in reversed(self._deferred or ()):
+            if w.rel == rel:
+                return w.data
+        return None
 
     def _read(self, rel: str) -> bytes | None:
         path = self._path(rel)

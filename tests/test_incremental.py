@@ -149,6 +149,56 @@ def test_version_moves_exactly_when_bytes_move(site: Path) -> None:
     assert versions(site) == moved
 
 
+# ---------------------------------------------------------------- Consul packages
+
+
+def consul_agent(site: Path, *lines: str) -> None:
+    """The site's cluster file with [consul.agent] enabled (and these lines in it)."""
+    text = mixed_text()
+    assert text.count("\n[packages]") == 1
+    table = "\n".join(["", "[consul.agent]", "enabled = true", *lines, "", "[packages]"])
+    (site / "cluster.toml").write_text(text.replace("\n[packages]", table, 1))
+
+
+def test_a_changed_consul_tree_moves_only_the_consul_packages(site: Path) -> None:
+    consul_agent(site)
+    first = build(site)
+    counters = versions(site)
+    consul_formats = {"consul-deb", "consul-openbsd"}
+    assert all(consul_formats & set(counters[n]) for n in (*SERVERS, *CLIENTS))
+    assert build(site).built == 0  # nothing changed: everything reused
+    before = marker(site)
+
+    consul_agent(site, "dns = true")  # only the Consul agent's tree sees it
+    again = build(site)
+
+    moved = versions(site)
+    for node, formats in counters.items():
+        for fmt, entry in formats.items():
+            step = 1 if fmt in consul_formats else 0
+            assert moved[node][fmt]["version"] == entry["version"] + step, (node, fmt)  # type: ignore[operator]
+    after = marker(site)
+    changed = {p for p in changed_paths(before, after) if p in after}
+    consul_paths = {p for p in changed if "/consul-config-" in p}
+    assert {after[p]["node"] for p in consul_paths} == {*SERVERS, *CLIENTS}
+    others = changed - consul_paths
+    assert all(p.startswith(("manifest.json", "SHA256SUMS")) for p in others), others
+    # each moved Consul package says why: its Consul tree's files (digests per package)
+    reasons = {c.path: c.reasons for c in again.report.changes if c.status == "changed"}
+    for path in consul_paths:
+        assert reasons.get(path), path
+        assert after[path]["files"], path
+        assert any("/etc/consul" in r for r in reasons[path]), reasons[path]
+    nomad = [p for p, e in after.items() if isinstance(e.get("package"), dict)]
+    assert all(after[p] == before[p] for p in nomad if "/consul-config-" not in p)
+
+    third = build(site)  # nothing new: everything reused, no second bump
+    assert third.built == 0
+    assert set(third.reused) == {a.path for a in again.artifacts}
+    assert versions(site) == moved
+    assert len(first.artifacts) == len(again.artifacts)
+
+
 # ---------------------------------------------------------------- templates
 
 

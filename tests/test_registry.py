@@ -29,9 +29,15 @@ def test_the_registry_lists_each_writer_once_after_what_it_needs() -> None:
             assert names.index(need) < names.index(w.name), (w.name, need)
 
 
+CONSUL = "\n[consul.agent]\nenabled = true\n\n[packages]"
+
+
+@pytest.mark.parametrize("consul", [False, True], ids=["nomad", "consul-agent"])
 @pytest.mark.parametrize("os_name", ["openbsd", "debian"])
-def test_declared_outputs_are_what_build_makes(tmp_path: Path, os_name: str) -> None:
+def test_declared_outputs_are_what_build_makes(tmp_path: Path, os_name: str, consul: bool) -> None:
     cluster = write_cluster(tmp_path, os_name)
+    if consul:
+        cluster.write_text(cluster.read_text().replace("\n[packages]", CONSUL, 1))
     if os_name == "debian":  # every Debian writer: autoinstall needs a password hash
         text = cluster.read_text().replace(
             "[images]\n", '[images]\npassword_hash = "$6$salt$' + "x" * 86 + '"\n', 1
@@ -48,6 +54,8 @@ def test_declared_outputs_are_what_build_makes(tmp_path: Path, os_name: str) -> 
         "openbsd": {"openbsd-pkg", "pkg-repo", "openbsd-autoinstall", "manifest"},
         "debian": {"deb", "apt-repo", "cloud-init", "autoinstall", "manifest"},
     }[os_name]
+    if consul:
+        expected |= {"openbsd": {"consul-openbsd-pkg"}, "debian": {"consul-deb"}}[os_name]
     assert ran == expected
     # every node's artifacts: each writer that applies made at least one for it
     for job in plan.jobs:

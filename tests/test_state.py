@@ -617,3 +617,19 @@ def test_closed_store_refuses_use(sdir: Path, clock: Clock) -> None:
     st.close()  # idempotent
     with pytest.raises(ValueError, match="closed"):
         st.gossip_key()
+
+
+def test_a_secret_made_inside_a_batch_is_made_once(sdir: Path, clock: Clock) -> None:
+    """Asked again before the batch commits, a secret is the one made, not a new one
+    (the Consul CA and gossip key are asked for once per node)."""
+    made = iter([b"first\n", b"second\n"])
+    with _open(sdir, clock) as st:
+        with st.batch():
+            assert st.secret("k.key", lambda: next(made)) == b"first\n"
+            assert st.secret("k.key", lambda: next(made)) == b"first\n"
+            assert st.public("k.pub", lambda: b"pub\n") == b"pub\n"
+            assert st.public("k.pub", lambda: b"other\n") == b"pub\n"
+        assert [e.what for e in st.events] == ["k.key", "k.pub"]
+    with _open(sdir, clock) as st:
+        assert st.secret("k.key", lambda: b"never\n") == b"first\n"
+        assert st.public("k.pub", lambda: b"never\n") == b"pub\n"

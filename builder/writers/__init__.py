@@ -72,8 +72,9 @@ class BuildInputs:
     mtime: int
     keys: Keys
     trees: Mapping[str, NodeTree]
-    versions: Mapping[str, int]  # node -> its package version
+    versions: Mapping[str, int]  # a writer's version_key(node) -> its package version
     built: Mapping[str, Sequence[Artifact]] = field(default_factory=dict)  # by writer name
+    consul_trees: Mapping[str, NodeTree] = field(default_factory=dict)  # [consul.agent] on
 
     def package_of(self, writer: str, node: Node) -> Artifact:
         """The artifact `writer` built for `node`."""
@@ -112,6 +113,11 @@ class Writer(ABC):
         """What would make these artifacts useless on the nodes, naming the cluster-file
         key that fixes it. Pure."""
         return []
+
+    def version_key(self, node: str) -> str:
+        """The key of the node's package version in `versions` (a package writer's; the
+        Nomad package's is the node's name)."""
+        return node
 
     def signing_keys(self, cluster: Cluster) -> frozenset[str]:
         """The signing keys `build` needs for this cluster."""
@@ -162,6 +168,9 @@ class Writer(ABC):
 REGISTRY: tuple[tuple[str, str], ...] = (
     ("deb", "builder.writers.deb:DebWriter"),
     ("openbsd-pkg", "builder.writers.openbsd_pkg:OpenBSDPackageWriter"),
+    # Consul agents ([consul.agent] enabled): beside their format's machinery
+    ("consul-deb", "builder.writers.deb:ConsulDebWriter"),
+    ("consul-openbsd-pkg", "builder.writers.openbsd_pkg:ConsulOpenBSDPackageWriter"),
     ("apt-repo", "builder.writers.apt_repo:AptRepoWriter"),
     ("pkg-repo", "builder.writers.pkg_repo:PkgRepoWriter"),
     ("cloud-init", "builder.writers.cloud_init:CloudInitWriter"),

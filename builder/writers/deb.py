@@ -47,7 +47,7 @@ from pathlib import PurePosixPath
 
 import jinja2
 
-from builder import elf
+from builder import consul, elf
 from builder.archive import TarEntry, ar, gzip_bytes, ustar
 from builder.data import template_environment
 from builder.errors import BuildError, UserError
@@ -58,6 +58,8 @@ from builder.writers import Artifact, BuildInputs, Output, Writer, bundled_binar
 __all__ = [
     "DIVERTED",
     "VIRTUAL",
+    "ConsulDebWriter",
+    "DebFlavour",
     "DebWriter",
     "build_deb",
     "deb_arch",
@@ -78,6 +80,41 @@ _UNIT_OK = re.compile(r"^[A-Za-z0-9:_.@-]+\Z")
 
 # ELF e_machine -> Debian architecture (little-endian unless noted).
 _ELF_MACHINES = {3: "i386", 40: "armhf", 62: "amd64", 183: "arm64", 243: "riscv64"}
+
+
+# ---------------------------------------------------------------- flavours
+
+
+@dataclass(frozen=True)
+class DebFlavour:
+    """What makes a configuration package Nomad's or Consul's: the product it configures,
+    its package name, the virtual package (one per host), the HashiCorp package it
+    depends on, and whether it diverts that package's conffile and re-runs its postinst
+    after that package's (a trigger on the HashiCorp binary)."""
+
+    product: str  # "Nomad", "Consul": descriptions and changelog
+    virtual: str
+    depends: tuple[str, ...] = ()  # besides adduser (and libc6 for a bundled ELF)
+    pre_depends: str = ""
+    conflicts: tuple[str, ...] = ()
+    divert: str | None = None  # the HashiCorp conffile diverted away (None: none)
+    trigger: str | None = None  # path whose change re-runs postinst ("triggered")
+    summary: str = ""  # the description's first paragraph (Nomad's: in control.j2)
+    role_text: str | None = None  # None: the node's Nomad role
+
+
+def nomad_flavour(node: Node) -> DebFlavour:
+    bundled = node.packages.bundle is not None
+    return DebFlavour(
+        product="Nomad",
+        virtual=VIRTUAL,
+        pre_depends=""
+        if bundled
+        else f"{HASHICORP_PACKAGE} (>= {node.packages.nomad_min_version})",
+        conflicts=(HASHICORP_PACKAGE,) if bundled else (),
+        divert=None if bundled else HASHICORP_CONFIG,
+        trigger=None if bundled else NOMAD_BINARY,
+    )
 
 
 # ---------------------------------------------------------------- names
@@ -207,14 +244,17 @@ def config_digest(tree: NodeTree) -> str:
     return h.hexdigest()
 
 
-def _changelog(pkg: str, version: str, node: Node, tree: NodeTree, mtime: int) -> bytes:
+def _changelog(
+    pkg: str, version: str, node: Node, tree: NodeTree, mtime: int, product: str, role_text: str
+) -> bytes:
     when = format_datetime(datetime.fromtimestamp(mtime, UTC))
     return _render(
         "changelog.j2",
+        product=product,
         package=pkg,
         version=version,
         node=node,
-        role_text=node.role_text,
+        role_text=role_text,
         digest=tree.digest()[:16],
         config_digest=config_digest(tree)[:16],
         maintainer=node.packages.maintainer,
@@ -242,7 +282,7 @@ class _Plan:
     package: str
     version: str
     arch: str
-    bundled: bool
+    triggered: bool  # re-run postinst when the HashiCorp binary changes
     payload: list[_Payload]
     dirs: list[str]
     conffiles: list[str]
@@ -261,7 +301,9 @@ def _bundle_facts(node: Node, tree: NodeTree) -> tuple[str, list[tuple[str, elf.
     return arch, facts
 
 
-def _context(node: Node, tree: NodeTree, pkg: str, ver: str, mtime: int) -> dict[str, object]:
+def _context(
+    node: Node, tree: NodeTree, pkg: str, ver: str, mtime: int, flavour: DebFlavour
+) -> dict[str, object]:
     """Template context shared by the control file, scripts and documentation."""
     svc = tree.service
     bundle = node.packages.bundle
@@ -274,24 +316,26 @@ def _context(node: Node, tree: NodeTree, pkg: str, ver: str, mtime: int) -> dict
         "service": svc,
         "account": svc.account,
         "unit": f"{svc.name}.service",
-        "role_text": node.role_text,
+        "role_text": flavour.role_text or node.role_text,
         "bundled": bundle is not None,
         "bundle_version": bundle.version if bundle else "",
-        "hashicorp_config": HASHICORP_CONFIG,
-        "diverted": DIVERTED,
+        "product": flavour.product,
+        "summary": flavour.summary,
+        "hashicorp_config": flavour.divert or "",
+        "diverted": f"{flavour.divert}.hashicorp" if flavour.divert else "",
         "maintainer": node.packages.maintainer,
         "min_version": node.packages.nomad_min_version,
-        "virtual": VIRTUAL,
+        "virtual": flavour.virtual,
         "binaries": [b.path for b in binaries if b.path.startswith(("/usr/bin/", "/usr/sbin/"))],
         "year": datetime.fromtimestamp(mtime, UTC).year,
     }
 
 
-def _plan(node: Node, tree: NodeTree, version: int, mtime: int) -> _Plan:
+def _plan(node: Node, tree: NodeTree, version: int, mtime: int, flavour: DebFlavour) -> _Plan:
     _check_tree(node, tree)
     pkg, ver = node.deb_package, deb_version(version)
     arch, facts = _bundle_facts(node, tree)
-    context = _context(node, tree, pkg, ver, mtime)
+    context = _context(node, tree, pkg, ver, mtime, flavour)
     payload = [_Payload(f.path, f.content, _shipped_mode(f)) for f in tree.files]
     context.update(
         odd_modes=[(p.path, p.mode) for p in payload if p.mode not in (0o644, 0o755)],
@@ -299,7 +343,10 @@ def _plan(node: Node, tree: NodeTree, version: int, mtime: int) -> _Plan:
         unstripped_binaries=[path for path, f in facts if f.symbols],
     )
     doc = f"/usr/share/doc/{pkg}"
-    changelog = gzip_bytes(_changelog(pkg, ver, node, tree, mtime), level=9)  # policy 12.7
+    changelog = gzip_bytes(  # policy 12.7
+        _changelog(pkg, ver, node, tree, mtime, flavour.product, str(context["role_text"])),
+        level=9,
+    )
     payload += [
         _Payload(f"{doc}/copyright", _render("copyright.j2", **context), 0o644),
         _Payload(f"{doc}/changelog.gz", changelog, 0o644),
@@ -312,12 +359,9 @@ def _plan(node: Node, tree: NodeTree, version: int, mtime: int) -> _Plan:
         raise BuildError(f"{node.name}: a NodeTree file collides with the package's own files")
     dirs = sorted({d for p in payload for d in _parents(p.path)}, key=_sort_key)
     conffiles = [p.path for p in payload if p.path.startswith("/etc/")]
-    bundled = node.packages.bundle is not None
-    fields = _control_fields(
-        tree, payload, dirs, conffiles, arch, bundled, facts, node.packages.nomad_min_version
-    )
+    fields = _control_fields(tree, payload, dirs, conffiles, arch, facts, flavour)
     context.update(fields)
-    return _Plan(pkg, ver, arch, bundled, payload, dirs, conffiles, context)
+    return _Plan(pkg, ver, arch, flavour.trigger is not None, payload, dirs, conffiles, context)
 
 
 def _control_fields(
@@ -326,10 +370,11 @@ def _control_fields(
     dirs: list[str],
     conffiles: list[str],
     arch: str,
-    bundled: bool,
     facts: list[tuple[str, elf.ElfTables]],
-    min_version: str,
+    flavour: DebFlavour,
 ) -> dict[str, object]:
+    libc = ["libc6"] if any(f.dynamic for _, f in facts) else []
+    conflicts = ", ".join([flavour.virtual, *flavour.conflicts])
     return {
         # postinst sets owner, group and mode of every NodeTree file (HashiCorp's
         # postinst chowns /etc/nomad.d recursively; the trigger runs ours again after
@@ -345,21 +390,21 @@ def _control_fields(
         "etc_dirs": [d for d in dirs if d.startswith("/etc/")],
         "data_dirs": list(tree.dirs),
         "conffiles": conffiles,
-        "trigger": not bundled,
-        "nomad_binary": NOMAD_BINARY,
+        "trigger": flavour.trigger is not None,
+        "nomad_binary": flavour.trigger or "",
         "installed_size": _installed_size(payload, dirs),
         "arch": arch,
         # A dynamically linked bundled binary needs the C library (no dpkg-shlibdeps
         # here: builds also run on OpenBSD and macOS).
-        "depends": ", ".join(["adduser"] + (["libc6"] if any(f.dynamic for _, f in facts) else [])),
-        "conflicts": ", ".join([VIRTUAL] + ([HASHICORP_PACKAGE] if bundled else [])),
-        "replaces": ", ".join([VIRTUAL] + ([HASHICORP_PACKAGE] if bundled else [])),
-        "provides": VIRTUAL,
+        "depends": ", ".join(["adduser", *libc, *flavour.depends]),
+        "conflicts": conflicts,
+        "replaces": conflicts,
+        "provides": flavour.virtual,
         # HashiCorp's package must be configured before our preinst diverts its
         # conffile: unpacked only, the conffile is still nomad.hcl.dpkg-new, which
         # our own unpack of the same path would overwrite (and HashiCorp's default
         # be lost). Hence Pre-Depends, not Depends.
-        "pre_depends": "" if bundled else f"{HASHICORP_PACKAGE} (>= {min_version})",
+        "pre_depends": flavour.pre_depends,
     }
 
 
@@ -388,8 +433,10 @@ def _control_tar(plan: _Plan, mtime: int) -> bytes:
         ("md5sums", md5sums, 0o644),
     ]
     for script in ("postinst", "postrm", "preinst", "prerm"):
+        if script == "preinst" and not plan.context["hashicorp_config"]:
+            continue  # its only work is the diversion
         members.append((script, _render(f"{script}.j2", **plan.context), 0o755))
-    if not plan.bundled:
+    if plan.triggered:
         members.append(("triggers", _render("triggers.j2", **plan.context), 0o644))
     members.sort()
     entries = [TarEntry("./", mode=0o755, mtime=mtime, type="dir")]
@@ -397,11 +444,16 @@ def _control_tar(plan: _Plan, mtime: int) -> bytes:
     return gzip_bytes(ustar(entries))
 
 
-def build_deb(node: Node, tree: NodeTree, *, version: int, mtime: int) -> Artifact:
-    """debian/<pkg>_<version>_<arch>.deb for one node (arch "all" unless an ELF is bundled)."""
+def build_deb(
+    node: Node, tree: NodeTree, *, version: int, mtime: int, flavour: DebFlavour | None = None
+) -> Artifact:
+    """debian/<pkg>_<version>_<arch>.deb for one node (arch "all" unless an ELF is bundled).
+
+    The package is named node.deb_package; `flavour` (default: Nomad's) says what it
+    configures and how it coexists with HashiCorp's package."""
     if mtime < 0:
         raise BuildError(f"mtime must not be negative: {mtime}")
-    plan = _plan(node, tree, version, mtime)
+    plan = _plan(node, tree, version, mtime, flavour or nomad_flavour(node))
     members = [
         ("debian-binary", b"2.0\n"),
         ("control.tar.gz", _control_tar(plan, mtime)),
@@ -470,5 +522,76 @@ class DebWriter(Writer):
     def build(self, inputs: BuildInputs, nodes: Sequence[Node]) -> list[Artifact]:
         return [
             build_deb(n, inputs.trees[n.name], version=inputs.versions[n.name], mtime=inputs.mtime)
+            for n in nodes
+        ]
+
+
+def consul_flavour(cluster: Cluster, node: Node) -> DebFlavour:
+    return DebFlavour(
+        product="Consul",
+        virtual="consul-config",
+        depends=("consul",),
+        # HashiCorp's consul postinst chowns /etc/consul.d: put our owners back after it
+        trigger="/usr/bin/consul",
+        role_text=consul.role_text(cluster, node),
+        summary=(
+            f"The HashiCorp Consul agent configuration of {node.fqdn} (Consul "
+            f"{consul.role_text(cluster, node)}), generated by nomad-build from its cluster "
+            "file: the agent configuration (with the cluster's gossip key), the Consul CA "
+            "certificate, this node's Consul certificate and private key, a drop-in that "
+            "runs HashiCorp's consul.service with only this configuration (its demo "
+            "/etc/consul.d/consul.hcl is left in place, unread), and an nftables snippet "
+            "that opens Consul's ports to the cluster's nodes only."
+        ),
+    )
+
+
+class ConsulDebWriter(Writer):
+    """A Debian node's Consul agent package, consul-config-<node> ([consul.agent] on)."""
+
+    name = "consul-deb"
+    os = "debian"
+
+    def unfit(self, cluster: Cluster, node: Node) -> str | None:
+        if not consul.enabled(cluster):
+            return "consul.agent.enabled is not true"
+        return None if node.os == "debian" else f"node {node.name} runs {node.os}, not Debian"
+
+    def version_key(self, node: str) -> str:
+        return consul.version_key(node)
+
+    def check(self, cluster: Cluster, node: Node) -> list[str]:
+        pkg = consul.package_node(node).deb_package
+        if not _PKG_OK.match(pkg):
+            return [
+                f"{cluster.source}: {node.key}.name: {pkg!r} is not a valid Debian package name"
+            ]
+        return []
+
+    def outputs(
+        self,
+        cluster: Cluster,
+        nodes: Sequence[Node],
+        versions: Mapping[str, int],
+        upstream: Sequence[Output] = (),
+    ) -> list[Output]:
+        return [
+            Output(
+                deb_path(consul.package_node(n), versions[self.version_key(n.name)], "all"),
+                n.name,
+                secret=True,
+            )
+            for n in nodes
+        ]
+
+    def build(self, inputs: BuildInputs, nodes: Sequence[Node]) -> list[Artifact]:
+        return [
+            build_deb(
+                consul.package_node(n),
+                inputs.consul_trees[n.name],
+                version=inputs.versions[self.version_key(n.name)],
+                mtime=inputs.mtime,
+                flavour=consul_flavour(inputs.cluster, n),
+            )
             for n in nodes
         ]

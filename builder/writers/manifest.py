@@ -16,7 +16,7 @@ from builder import signify
 from builder.model import Cluster, Node
 from builder.nodetree import NodeTree
 from builder.pki import inspect_cert
-from builder.writers import REGISTRY, Artifact, BuildInputs, Output, Writer
+from builder.writers import REGISTRY, Artifact, BuildInputs, Output, Writer, writer
 
 __all__ = ["MANIFEST", "SUMS", "SUMS_SIG", "ManifestWriter", "checksums"]
 
@@ -28,6 +28,8 @@ SCHEMA_VERSION = 1
 _KIND = {
     "deb": ("package", "deb"),
     "openbsd-pkg": ("package", "openbsd"),
+    "consul-deb": ("package", "consul-deb"),
+    "consul-openbsd-pkg": ("package", "consul-openbsd"),
     "apt-repo": ("repository", "apt"),
     "pkg-repo": ("repository", "openbsd"),
     "cloud-init": ("seed", "cloud-init"),
@@ -61,7 +63,8 @@ def manifest(inputs: BuildInputs) -> bytes:
     for name, _ in REGISTRY:
         kind, fmt = _KIND.get(name, ("other", name))
         for a in inputs.built.get(name, ()):
-            version = inputs.versions.get(a.node) if a.node and kind != "repository" else None
+            key = writer(name).version_key(a.node) if a.node else None
+            version = inputs.versions.get(key) if key and kind != "repository" else None
             entries.append(
                 {
                     "path": a.path,

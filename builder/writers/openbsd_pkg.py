@@ -32,12 +32,12 @@ import hashlib
 import re
 import textwrap
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 
 import jinja2
 
-from builder import elf, signify
+from builder import consul, elf, signify
 from builder.archive import TarEntry, gzip_bytes, ustar
 from builder.data import template_environment
 from builder.errors import BuildError, UserError
@@ -50,6 +50,8 @@ __all__ = [
     "EXAMPLES_DIR",
     "PORT_PKGPATH",
     "PORT_SAMPLES",
+    "ConsulOpenBSDPackageWriter",
+    "OpenBSDFlavour",
     "OpenBSDPackageWriter",
     "build_openbsd_pkg",
     "elf_arch",
@@ -81,6 +83,42 @@ _ELF_MACHINES = {
     183: "aarch64",
     243: "riscv64",
 }
+
+
+# ---------------------------------------------------------------- flavours
+
+
+@dataclass(frozen=True)
+class OpenBSDFlavour:
+    """What makes a configuration package Nomad's or Consul's: the product, where its
+    /etc examples live, the port it depends on (or the packages it conflicts with), the
+    port's @sample files it replaces while pristine, and the port's own rc.d script."""
+
+    product: str  # "Nomad", "Consul"
+    role_text: str
+    examples_dir: str
+    depend: str | None  # an @depend line's argument (None: none)
+    conflict: str | None = None  # an @conflict line's argument
+    port_samples: Mapping[str, str] = field(default_factory=dict)
+    port_script: str | None = None  # the port's rc.d script, not to be enabled as well
+    user_comment: str = "Nomad Agent"
+    port_line: str = ""  # +DESC: where the product itself comes from
+
+
+def nomad_flavour(node: Node) -> OpenBSDFlavour:
+    bundled = node.packages.bundle is not None
+    v = node.packages.nomad_min_version
+    return OpenBSDFlavour(
+        product="Nomad",
+        role_text=node.role_text,
+        examples_dir=EXAMPLES_DIR,
+        depend=None if bundled else f"{PORT_PKGPATH}:nomad->={v}:nomad-{v}",
+        # our binary is /usr/local/bin/nomad, the port's file
+        conflict="nomad-*" if bundled else None,
+        port_samples={} if bundled else PORT_SAMPLES,
+        port_script=None if bundled else "nomad",
+        port_line=f"Nomad itself comes from the {PORT_PKGPATH} port (nomad-{v} or newer).",
+    )
 
 
 # ---------------------------------------------------------------- names
@@ -223,7 +261,7 @@ def _render(name: str, **context: object) -> bytes:
 # ---------------------------------------------------------------- the writer
 
 
-def _check_tree(node: Node, tree: NodeTree) -> NodeFile:
+def _check_tree(node: Node, tree: NodeTree, examples_dir: str) -> NodeFile:
     if tree.os != "openbsd" or node.os != "openbsd":
         raise BuildError(f"{node.name}: an OpenBSD package needs an OpenBSD NodeTree")
     if tree.node != node.name:
@@ -242,32 +280,32 @@ def _check_tree(node: Node, tree: NodeTree) -> NodeFile:
         raise BuildError(f"{node.name}: a path appears twice in the NodeTree")
     for p in paths:
         _check_path(p)
-        if p.startswith(EXAMPLES_DIR + "/"):
+        if p.startswith(examples_dir + "/"):
             raise BuildError(f"{p}: collides with the package's own examples directory")
     if svc.account.extra_groups:
         raise BuildError(f"{node.name}: extra groups are not supported on OpenBSD")
     return script
 
 
-def _replace_port_sample(f: NodeFile) -> str:
+def _replace_port_sample(f: NodeFile, flavour: OpenBSDFlavour) -> str:
     """Shell for @exec-add: put our file in place of the port's untouched sample.
 
     Runs on first install only (not on pkg_add -u); an edited file is left alone.
     """
-    ours = EXAMPLES_DIR + f.path
+    ours = flavour.examples_dir + f.path
     return (
-        f"if cmp -s {f.path} {PORT_SAMPLES[f.path]}; then "
+        f"if cmp -s {f.path} {flavour.port_samples[f.path]}; then "
         f"install -o {f.owner} -g {f.group} -m {f.mode:o} {ours} {f.path}; fi"
     )
 
 
-def _notes_block(tree: NodeTree, port: bool) -> str:
+def _notes_block(tree: NodeTree, port_script: str | None) -> str:
     """tree.notes for +DISPLAY: wrapped paragraphs, each after a blank line."""
     notes = list(tree.notes)
-    if port:
+    if port_script is not None:
         notes.insert(
             0,
-            f"Do not also enable the port's rc.d script nomad: {tree.service.name} "
+            f"Do not also enable the port's rc.d script {port_script}: {tree.service.name} "
             "runs the agent with this configuration.",
         )
     out = ""
@@ -284,6 +322,7 @@ def _header(
     arch: str,
     context: dict[str, object],
     account: ServiceAccount,
+    flavour: OpenBSDFlavour,
 ) -> None:
     """@name, comments, +DESC/+DISPLAY, the dependency and the service account."""
     pl.add(
@@ -291,16 +330,16 @@ def _header(
         # pkg_add -u only replaces a package by one with a matching pkgpath;
         # ftp=no: it holds private keys, not for public mirrors.
         f"@comment pkgpath=nomad-build/{node.openbsd_stem} ftp=no",
-        f"@comment nomad-build: Nomad {node.role_text} configuration for {node.name}",
+        f"@comment nomad-build: {flavour.product} {flavour.role_text} configuration "
+        f"for {node.name}",
         f"@arch {arch}",
     )
     pl.special("+DESC", _render("+DESC.j2", **context))
     pl.special("+DISPLAY", _render("+DISPLAY.j2", **context))
-    min_version = node.packages.nomad_min_version
-    if node.packages.bundle is None:
-        pl.add(f"@depend {PORT_PKGPATH}:nomad->={min_version}:nomad-{min_version}")
-    else:
-        pl.add("@conflict nomad-*")  # our binary is /usr/local/bin/nomad, the port's file
+    if flavour.depend is not None:
+        pl.add(f"@depend {flavour.depend}")
+    if flavour.conflict is not None:
+        pl.add(f"@conflict {flavour.conflict}")
     if account.create:
         gid = "" if account.gid is None else str(account.gid)
         uid = "" if account.uid is None else str(account.uid)
@@ -309,12 +348,12 @@ def _header(
         home = _check_field(account.home, "home")
         pl.add(
             f"@newgroup {group}:{gid}",
-            f"@newuser {user}:{uid}:{group}:daemon:Nomad Agent:{home}:/sbin/nologin",
+            f"@newuser {user}:{uid}:{group}:daemon:{flavour.user_comment}:{home}:/sbin/nologin",
         )
     pl.add("@cwd /")
 
 
-def _etc_files(pl: _Plist, node: Node, etc: list[NodeFile], mtime: int) -> None:
+def _etc_files(pl: _Plist, etc: list[NodeFile], mtime: int, flavour: OpenBSDFlavour) -> None:
     """/etc: directories pkg_add must create, then example + @sample pairs."""
     parents: set[str] = set()
     for f in etc:
@@ -327,7 +366,7 @@ def _etc_files(pl: _Plist, node: Node, etc: list[NodeFile], mtime: int) -> None:
     for f in etc:
         pl.file(
             "",
-            _rel(EXAMPLES_DIR + f.path),
+            _rel(flavour.examples_dir + f.path),
             f.content,
             owner=f.owner,
             group=f.group,
@@ -335,11 +374,13 @@ def _etc_files(pl: _Plist, node: Node, etc: list[NodeFile], mtime: int) -> None:
             mtime=mtime,
             sample=f.path,
         )
-        if node.packages.bundle is None and f.path in PORT_SAMPLES:
-            pl.add(f"@exec-add {_replace_port_sample(f)}")
+        if f.path in flavour.port_samples:
+            pl.add(f"@exec-add {_replace_port_sample(f, flavour)}")
 
 
-def _payload(pl: _Plist, node: Node, tree: NodeTree, script: NodeFile, mtime: int) -> None:
+def _payload(
+    pl: _Plist, node: Node, tree: NodeTree, script: NodeFile, mtime: int, flavour: OpenBSDFlavour
+) -> None:
     """Plain files, /etc samples, the data dir, and the rc.d script with its rcctl lines."""
     etc = [f for f in tree.files if f.path.startswith("/etc/") and f is not script]
     for f in tree.files:  # outside /etc (the bundled binary): installed as they are
@@ -347,7 +388,7 @@ def _payload(pl: _Plist, node: Node, tree: NodeTree, script: NodeFile, mtime: in
             pl.file(
                 "", _rel(f.path), f.content, owner=f.owner, group=f.group, mode=f.mode, mtime=mtime
             )
-    _etc_files(pl, node, etc, mtime)
+    _etc_files(pl, etc, mtime, flavour)
     for d in tree.dirs:  # directories no file creates (the agent's data dir)
         pl.directory("dir", _rel(d.path), owner=d.owner, group=d.group, mode=d.mode)
     svc = tree.service
@@ -367,15 +408,15 @@ def _payload(pl: _Plist, node: Node, tree: NodeTree, script: NodeFile, mtime: in
     )
     # Older pkg_add moved the cwd to the @rcscript's directory; pkg_create re-states it.
     pl.add("@cwd /", f"@exec-add rcctl enable {svc.name}")
-    _reload_lines(pl, node, tree, {id(f) for f in etc})
+    _reload_lines(pl, node, tree, {id(f) for f in etc}, flavour.examples_dir)
 
 
-def _reload_lines(pl: _Plist, node: Node, tree: NodeTree, etc: set[int]) -> None:
+def _reload_lines(pl: _Plist, node: Node, tree: NodeTree, etc: set[int], examples_dir: str) -> None:
     """pkg_add -u of a running agent: reload it (SIGHUP, rc.d's rc_reload: Nomad re-reads
     its TLS certificates) when only certificates or keys changed, else restart it. The
     digest of the other files (as this package ships them) is kept in /var/db."""
     paths = [
-        EXAMPLES_DIR + f.path if id(f) in etc else f.path
+        examples_dir + f.path if id(f) in etc else f.path
         for f in tree.files
         if not f.is_tls and f.kind != "trust"
     ]
@@ -412,9 +453,13 @@ def build_openbsd_pkg(
     mtime: int,
     signing_key: bytes | None,
     key_name: str,
+    flavour: OpenBSDFlavour | None = None,
 ) -> Artifact:
-    """openbsd/<stem>-<version>.tgz for one node; signed unless signing_key is None."""
-    script = _check_tree(node, tree)
+    """openbsd/<stem>-<version>.tgz for one node; signed unless signing_key is None.
+
+    The stem is node.openbsd_stem; `flavour` (default: Nomad's) says what it configures."""
+    flavour = flavour or nomad_flavour(node)
+    script = _check_tree(node, tree, flavour.examples_dir)
     pkgname = package_name(node, version)
     if mtime < 0:
         raise BuildError(f"mtime must not be negative: {mtime}")
@@ -422,17 +467,19 @@ def build_openbsd_pkg(
     arch = package_arch(node, tree)
     context: dict[str, object] = {
         "node": node,
+        "product": flavour.product,
+        "port_line": flavour.port_line,
         "service": tree.service,
-        "role_text": node.role_text,
+        "role_text": flavour.role_text,
         "bundled": bundle is not None,
         "bundle_version": bundle.version if bundle else "",
         "arch": arch,
         "min_version": node.packages.nomad_min_version,
-        "notes_block": _notes_block(tree, port=bundle is None),
+        "notes_block": _notes_block(tree, flavour.port_script),
     }
     pl = _Plist()
-    _header(pl, node, pkgname, arch, context, tree.service.account)
-    _payload(pl, node, tree, script, mtime)
+    _header(pl, node, pkgname, arch, context, tree.service.account, flavour)
+    _payload(pl, node, tree, script, mtime, flavour)
     contents = ("\n".join(pl.lines) + "\n").encode()
     names = [m.name for m in pl.members]
     if len(set(names)) != len(names):
@@ -519,3 +566,71 @@ def _tar_entry(
         uname=owner,
         gname=group,
     )
+
+
+def consul_flavour(cluster: Cluster, node: Node) -> OpenBSDFlavour:
+    return OpenBSDFlavour(
+        product="Consul",
+        role_text=consul.role_text(cluster, node),
+        examples_dir="/usr/local/share/examples/consul-config",
+        depend="sysutils/consul:consul-*:consul-1.0",
+        port_script="consul",
+        user_comment="Consul Agent",
+        port_line="Consul itself comes from the sysutils/consul port.",
+    )
+
+
+class ConsulOpenBSDPackageWriter(Writer):
+    """An OpenBSD node's Consul agent package, consul-config-<stem> ([consul.agent] on)."""
+
+    name = "consul-openbsd-pkg"
+    os = "openbsd"
+    signing = frozenset({"signify"})
+
+    def unfit(self, cluster: Cluster, node: Node) -> str | None:
+        if not consul.enabled(cluster):
+            return "consul.agent.enabled is not true"
+        return None if node.os == "openbsd" else f"node {node.name} runs {node.os}, not OpenBSD"
+
+    def version_key(self, node: str) -> str:
+        return consul.version_key(node)
+
+    def check(self, cluster: Cluster, node: Node) -> list[str]:
+        stem = consul.package_node(node).openbsd_stem
+        if not _NAME_OK.match(stem):
+            return [
+                f"{cluster.source}: {node.key}.name: OpenBSD package stem {stem!r} has "
+                "unusable characters"
+            ]
+        return []
+
+    def outputs(
+        self,
+        cluster: Cluster,
+        nodes: Sequence[Node],
+        versions: Mapping[str, int],
+        upstream: Sequence[Output] = (),
+    ) -> list[Output]:
+        return [
+            Output(
+                package_path(consul.package_node(n), versions[self.version_key(n.name)]),
+                n.name,
+                secret=True,
+            )
+            for n in nodes
+        ]
+
+    def build(self, inputs: BuildInputs, nodes: Sequence[Node]) -> list[Artifact]:
+        keys = inputs.keys
+        return [
+            build_openbsd_pkg(
+                consul.package_node(n),
+                inputs.consul_trees[n.name],
+                version=inputs.versions[self.version_key(n.name)],
+                mtime=inputs.mtime,
+                signing_key=keys.signify_secret,
+                key_name=keys.signing_key_name,
+                flavour=consul_flavour(inputs.cluster, n),
+            )
+            for n in nodes
+        ]
