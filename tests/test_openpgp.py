@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,12 +33,30 @@ CLEARTEXT_CASES = {
 }
 
 
+_HOMES: set[Path] = set()  # every GNUPGHOME gpg ran in: its agent is stopped afterwards
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_gpg_agents() -> Iterator[None]:
+    """gpg starts a gpg-agent per GNUPGHOME that outlives it: stop each one."""
+    yield
+    for home in sorted(_HOMES):
+        subprocess.run(
+            ["gpgconf", "--homedir", str(home), "--kill", "all"],
+            capture_output=True,
+            env={"PATH": "/usr/bin:/bin"},
+            check=False,
+        )
+    _HOMES.clear()
+
+
 def _run(
     *args: str, input: bytes | None = None, home: Path | None = None
 ) -> subprocess.CompletedProcess[bytes]:
     env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}
     if home is not None:
         env["GNUPGHOME"] = str(home)
+        _HOMES.add(home)
     return subprocess.run(list(args), input=input, capture_output=True, env=env, check=False)
 
 
