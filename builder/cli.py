@@ -9,7 +9,6 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
 from typing import Any
 
@@ -19,60 +18,10 @@ import builder
 from builder import cli_lifecycle, pipeline
 from builder import consul as consul_mod
 from builder import report as report_mod
-from builder.errors import BuildError, UserError
+from builder.cli_common import CLUSTER_OPTION, FORCE_OPTION, OUT_OPTION, STATE_OPTION, handle_errors
+from builder.errors import UserError
 from builder.next_steps import next_steps
 from builder.report import Report
-
-CLUSTER_OPTION = click.option(
-    "-c",
-    "--cluster",
-    "cluster_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=Path("cluster.toml"),
-    show_default=True,
-    help="The cluster file.",
-)
-STATE_OPTION = click.option(
-    "--state",
-    "state_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Secrets store (CA, keys, versions). Default: state/ beside the cluster file.",
-)
-OUT_OPTION = click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("dist"),
-    show_default=True,
-    help="Where artifacts go (never the state directory; see --force).",
-)
-FORCE_OPTION = click.option(
-    "--force",
-    is_flag=True,
-    help="Write into an output directory nomad-build did not make (build replaces it whole).",
-)
-
-
-def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """User errors: one line, exit 2. Build failures: one line, exit 1. Never a traceback."""
-
-    @wraps(fn)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except UserError as e:
-            click.echo(f"nomad-build: {e}", err=True)
-            sys.exit(2)
-        except BuildError as e:
-            click.echo(f"nomad-build: build failed: {e}", err=True)
-            sys.exit(1)
-        except OSError as e:
-            where = f"{e.filename}: " if e.filename else ""
-            click.echo(f"nomad-build: {where}{e.strerror or e}", err=True)
-            sys.exit(1)
-
-    return run
 
 
 def _node_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
@@ -247,7 +196,7 @@ def _check_text(plan: pipeline.Plan, preview: Report) -> None:
     help="The output directory a build would replace (read, to compare).",
 )
 @_output_options
-@_errors
+@handle_errors
 def check(
     cluster_file: Path,
     state_dir: Path | None,
@@ -288,7 +237,7 @@ def check(
 )
 @FORCE_OPTION
 @WAIT_OPTION
-@_errors
+@handle_errors
 def render(
     cluster_file: Path,
     state_dir: Path | None,
@@ -336,7 +285,7 @@ def render(
 @FORCE_OPTION
 @WAIT_OPTION
 @_output_options
-@_errors
+@handle_errors
 def package(
     cluster_file: Path,
     state_dir: Path | None,
@@ -381,7 +330,7 @@ def package(
 @FORCE_OPTION
 @WAIT_OPTION
 @_output_options
-@_errors
+@handle_errors
 def image(
     cluster_file: Path,
     state_dir: Path | None,
@@ -421,7 +370,7 @@ def image(
 @FORCE_OPTION
 @WAIT_OPTION
 @_output_options
-@_errors
+@handle_errors
 def repo(
     cluster_file: Path,
     state_dir: Path | None,
@@ -449,7 +398,7 @@ def repo(
 @FORCE_OPTION
 @WAIT_OPTION
 @_output_options
-@_errors
+@handle_errors
 def build(
     cluster_file: Path,
     state_dir: Path | None,
@@ -472,7 +421,7 @@ def build(
     _run(request, as_json=as_json, quiet=quiet, strict=strict)
 
 
-cli_lifecycle.register(cli, _errors, CLUSTER_OPTION, STATE_OPTION)  # pki, state, audit
+cli_lifecycle.register(cli)  # pki, state, audit
 
 
 def main() -> None:
