@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
-from builder.errors import BuildError
+from builder.errors import BuildError, UserError
 
 if TYPE_CHECKING:
     from builder.model import Cluster, Node
@@ -205,6 +205,21 @@ def login_warning(cluster: Cluster, nodes: Sequence[Node]) -> list[str]:
             f"nobody can log in to a node installed from the seeds (admin {images.admin_user} "
             "is locked)"
         ]
+    return []
+
+
+def bundle_problems(
+    cluster: Cluster, node: Node, arch_of: Callable[[bytes, str], str]
+) -> list[str]:
+    """What a package format cannot take of the bundled binary (its `arch_of` refuses
+    with a UserError); [] without a bundle."""
+    bundle = node.packages.bundle
+    if bundle is None:
+        return []
+    try:
+        arch_of(bundle.binary.read_bytes(), f"{cluster.source}: packages.bundle.binary")
+    except UserError as e:
+        return [str(e)]
     return []
 
 

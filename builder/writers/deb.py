@@ -53,7 +53,14 @@ from builder.data import template_environment
 from builder.errors import BuildError, UserError
 from builder.model import Cluster, Node
 from builder.nodetree import NodeFile, NodeTree
-from builder.writers import Artifact, BuildInputs, Output, Writer, bundled_binaries
+from builder.writers import (
+    Artifact,
+    BuildInputs,
+    Output,
+    Writer,
+    bundle_problems,
+    bundled_binaries,
+)
 
 __all__ = [
     "DIVERTED",
@@ -499,13 +506,7 @@ class DebWriter(Writer):
                 f"{cluster.source}: {node.key}.name: {node.deb_package!r} is not a "
                 "valid Debian package name"
             )
-        bundle = node.packages.bundle
-        if bundle is not None:
-            try:
-                deb_arch(bundle.binary.read_bytes(), f"{cluster.source}: packages.bundle.binary")
-            except UserError as e:
-                problems.append(str(e))
-        return problems
+        return problems + bundle_problems(cluster, node, deb_arch)
 
     def outputs(
         self,

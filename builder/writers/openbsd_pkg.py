@@ -44,7 +44,14 @@ from builder.errors import BuildError, UserError
 from builder.model import Cluster, Node
 from builder.nodetree import NodeFile, NodeTree, ServiceAccount
 from builder.openbsd_names import KSH_IDENT, split_package_name
-from builder.writers import Artifact, BuildInputs, Output, Writer, bundled_binaries
+from builder.writers import (
+    Artifact,
+    BuildInputs,
+    Output,
+    Writer,
+    bundle_problems,
+    bundled_binaries,
+)
 
 __all__ = [
     "EXAMPLES_DIR",
@@ -514,13 +521,7 @@ class OpenBSDPackageWriter(Writer):
                 f"{cluster.source}: {node.key}.name: OpenBSD package stem "
                 f"{node.openbsd_stem!r} has unusable characters"
             )
-        bundle = node.packages.bundle
-        if bundle is not None:
-            try:
-                elf_arch(bundle.binary.read_bytes(), f"{cluster.source}: packages.bundle.binary")
-            except UserError as e:
-                problems.append(str(e))
-        return problems
+        return problems + bundle_problems(cluster, node, elf_arch)
 
     def outputs(
         self,
