@@ -40,6 +40,7 @@ __all__ = [
     "check_config",
     "consul_secrets",
     "enabled",
+    "min_version",
     "package_node",
     "render",
     "render_tree",
@@ -49,14 +50,16 @@ __all__ = [
 HTTP_PORT = 8500  # loopback only
 # Among the cluster's nodes: server RPC (tcp), LAN serf (tcp+udp), DNS (when enabled).
 PORTS = {"server": 8300, "serf_lan": 8301, "dns": 8600}
-CONFIG_DIRS = {"debian": "/etc/consul.d", "openbsd": "/etc/consul"}
+# Where HashiCorp's .deb and the sysutils/consul port keep them (docs/consul.md).
+CONFIG_DIRS = {"debian": "/etc/consul.d", "openbsd": "/etc/consul.d"}
 DATA_DIRS = {"debian": "/opt/consul", "openbsd": "/var/consul"}
 CONFIG_NAME = "nomad-build.json"  # loaded alone (-config-file), beside the package's demo
 
 
 @dataclass(frozen=True)
 class _OS:
-    """How each OS runs HashiCorp's Consul (its .deb; the sysutils/consul port)."""
+    """How each OS runs HashiCorp's Consul (its .deb; the sysutils/consul port), as
+    docs/consul.md records them from their sources."""
 
     binary: str
     service: str  # systemd unit (HashiCorp's, with our drop-in) / our rc.d script
@@ -66,8 +69,9 @@ class _OS:
     unit_group: str
     firewall_path: str
     firewall_template: str
-    user: str
+    account: ServiceAccount  # the one HashiCorp's preinst / the port's PLIST creates
     root_group: str
+    login_class: str | None = None  # the port's login class (rc.d's daemon_class)
 
 
 _OSES = {
@@ -80,7 +84,7 @@ _OSES = {
         unit_group="root",
         firewall_path="/etc/nftables.d/nomad-build-consul.nft",
         firewall_template="packaging/debian/consul-build.nft.j2",
-        user="consul",
+        account=ServiceAccount("consul", "consul", create=True, home=DATA_DIRS["debian"]),
         root_group="root",
     ),
     "openbsd": _OS(
@@ -90,12 +94,20 @@ _OSES = {
         unit_template="packaging/openbsd/consul-rc.d.j2",
         unit_mode=0o555,
         unit_group="bin",
-        firewall_path="/etc/consul/pf.anchor",
+        firewall_path=f"{CONFIG_DIRS['openbsd']}/pf.anchor",
         firewall_template="packaging/openbsd/consul-pf.anchor.j2",
-        user="_consul",
+        # the port's @newuser/@newgroup, field for field (pkg_add keeps an existing one)
+        account=ServiceAccount("_consul", "_consul", create=True, uid=773, gid=773),
         root_group="wheel",
+        login_class="consul",  # its pkg/consul.login: the daemon class has too few fds
     ),
 }
+
+
+def min_version() -> str:
+    """The oldest Consul that accepts every key we write (consul-schema.toml's
+    min_consul): the packages' dependency on HashiCorp's package / the port."""
+    return str(_schema()["min_consul"])
 
 
 def enabled(cluster: Cluster) -> bool:
@@ -292,7 +304,7 @@ def render_tree(cluster: Cluster, node: Node, made: ConsulSecrets) -> NodeTree:
     os = _OSES[node.os]
     conf_dir = CONFIG_DIRS[node.os]
     config_file = f"{conf_dir}/{CONFIG_NAME}"
-    account = ServiceAccount(user=os.user, group=os.user, create=True, home=DATA_DIRS[node.os])
+    account = os.account
     config = agent_config(cluster, node, gossip_key=made.gossip_key)
     tls = config["tls"]["defaults"]
     context = {
@@ -302,6 +314,7 @@ def render_tree(cluster: Cluster, node: Node, made: ConsulSecrets) -> NodeTree:
         "binary": os.binary,
         "config_file": config_file,
         "service_name": os.service,
+        "login_class": os.login_class,
         "dns": bool(cluster.consul.agent and cluster.consul.agent.dns),
         "path": os.firewall_path,
     }

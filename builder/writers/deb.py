@@ -531,7 +531,8 @@ def consul_flavour(cluster: Cluster, node: Node) -> DebFlavour:
     return DebFlavour(
         product="Consul",
         virtual="consul-config",
-        depends=("consul",),
+        # HashiCorp's package; older Consuls refuse keys the configuration has
+        depends=(f"consul (>= {consul.min_version()})",),
         # HashiCorp's consul postinst chowns /etc/consul.d: put our owners back after it
         trigger="/usr/bin/consul",
         role_text=consul.role_text(cluster, node),

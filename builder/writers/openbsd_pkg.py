@@ -569,15 +569,19 @@ def _tar_entry(
     )
 
 
+CONSUL_PORT = "sysutils/consul"  # its package consul-<Consul version>, rc.d "consul"
+
+
 def consul_flavour(cluster: Cluster, node: Node) -> OpenBSDFlavour:
+    v = consul.min_version()  # older Consuls refuse keys the configuration has
     return OpenBSDFlavour(
         product="Consul",
         role_text=consul.role_text(cluster, node),
         examples_dir="/usr/local/share/examples/consul-config",
-        depend="sysutils/consul:consul-*:consul-1.0",
+        depend=f"{CONSUL_PORT}:consul->={v}:consul-{v}",
         port_script="consul",
-        user_comment="Consul Agent",
-        port_line="Consul itself comes from the sysutils/consul port.",
+        user_comment="Consul Agent",  # the port's @newuser comment
+        port_line=f"Consul itself comes from the {CONSUL_PORT} port (consul-{v} or newer).",
     )
 
 
