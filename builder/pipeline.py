@@ -270,18 +270,21 @@ def _jobs(cluster: Cluster, request: Request, nodes: Sequence[Node]) -> tuple[Jo
             if why is not None:
                 raise UserError(f"{cluster.source}: {why}")
         wanted[w.name] = tuple(nodes)
-    _add_dependencies(wanted)
+    _add_dependencies(cluster, wanted)
     return tuple(Job(w, wanted[w.name]) for w in all_writers() if wanted.get(w.name))
 
 
-def _add_dependencies(wanted: dict[str, tuple[Node, ...]]) -> None:
-    """A writer's needs are built for (at least) the same nodes."""
+def _add_dependencies(cluster: Cluster, wanted: dict[str, tuple[Node, ...]]) -> None:
+    """A writer's needs are built for (at least) the same nodes, those they apply to."""
     for name in reversed([w.name for w in all_writers()]):
         for need in writer(name).needs if name in wanted else ():
-            have = wanted.get(need, ())
+            have, needed = wanted.get(need, ()), writer(need)
             names = {n.name for n in have}  # by name: comparing Node objects is quadratic
-            extra = tuple(n for n in wanted[name] if n.name not in names)
-            wanted[need] = have + extra
+            extra = tuple(
+                n for n in wanted[name] if n.name not in names and needed.unfit(cluster, n) is None
+            )
+            if have or extra:
+                wanted[need] = have + extra
 
 
 def _skipped(cluster: Cluster) -> list[str]:
@@ -717,7 +720,8 @@ class _Built:
         self.by_writer[w.name] = arts
 
     def _upstream(self, w: Writer, node: Node) -> list[str]:
-        return [self.sha(self.inputs.package_of(need, node)) for need in w.needs]
+        ran = [need for need in w.needs if need in self.by_writer]  # those that apply
+        return [self.sha(self.inputs.package_of(need, node)) for need in ran]
 
     def _record(self, w: Writer, node: str | None, want: str, arts: list[Artifact]) -> None:
         self.records[incremental.key(w.name, node)] = (want, [a.path for a in arts])

@@ -32,10 +32,12 @@ from builder.writers import Artifact, BuildInputs, Output, Writer, login_warning
 __all__ = [
     "DEB_DIR",
     "NetworkPlan",
+    "SeedPackage",
     "content_id",
     "deb_file_name",
     "keyring_file_name",
     "network_plan",
+    "node_packages",
     "render",
     "repository_keyring",
     "seed_iso",
@@ -209,19 +211,54 @@ def content_id(*parts: bytes) -> str:
 
 
 # ---------------------------------------------------------------- the seed
+@dataclass(frozen=True)
+class SeedPackage:
+    """A package a seed installs on the node, and the service its maintainer scripts start."""
+
+    artifact: Artifact  # debian/<name>_<version>_<arch>.deb, or an OpenBSD package
+    service: str  # nomad, consul (systemd units); nomad, consul_agent (rc.d scripts)
+
+
+def node_packages(
+    inputs: BuildInputs, node: Node, nomad_writer: str, consul_writer: str
+) -> list[SeedPackage]:
+    """The node's Nomad package and, with [consul.agent] on, its Consul agent package:
+    what its seed installs, in that order."""
+    out = [SeedPackage(inputs.package_of(nomad_writer, node), inputs.trees[node.name].service.name)]
+    consul = inputs.package_if_built(consul_writer, node)
+    if consul is not None:
+        out.append(SeedPackage(consul, inputs.consul_trees[node.name].service.name))
+    return out
+
+
 def user_context(
-    node: Node, tree: NodeTree, deb: Artifact, repo_keyring: bytes | None
+    node: Node,
+    tree: NodeTree,
+    deb: Artifact,
+    repo_keyring: bytes | None,
+    consul: SeedPackage | None = None,
 ) -> dict[str, Any]:
-    """What user-data (cloud-init and autoinstall) needs to say about the node."""
-    deb_name = deb_file_name(deb)
+    """What user-data (cloud-init and autoinstall) needs to say about the node. `consul`:
+    the node's Consul agent package ([consul.agent] on), installed beside its own."""
+    packages = [SeedPackage(deb, tree.service.name), *([consul] if consul else [])]
+    debs = []
+    for p in packages:
+        name = deb_file_name(p.artifact)
+        debs.append(
+            {
+                "package": name.split("_", 1)[0],
+                "file": name,
+                "path": f"{DEB_DIR}/{name}",
+                "data": p.artifact.data,
+                "service": p.service,
+            }
+        )
     ctx: dict[str, Any] = {
         "node": node,
         "service": tree.service,
         "domain": node.domain,
         "images": node.images,
-        "deb_name": deb_name,
-        "deb_path": f"{DEB_DIR}/{deb_name}",
-        "deb_data": deb.data,
+        "debs": debs,
         "repo": None,
         "nomad_apt": node.packages.nomad_apt,
         "resolv_conf": resolv_conf(node),
@@ -236,29 +273,33 @@ def user_context(
             "sources_path": SOURCES_FILE,
             "sources": repository_source(node, keyring_path).decode(),
         }
-    ctx["firstboot"] = firstboot(node, tree, deb_path=None if ctx["repo"] else ctx["deb_path"])
+    ctx["firstboot"] = firstboot(node, debs, embedded=ctx["repo"] is None)
     return ctx
 
 
-def firstboot(node: Node, tree: NodeTree, *, deb_path: str | None) -> dict[str, Any]:
-    """The first-boot service that installs the node's package, retrying until it is in:
-    its script, unit and pending-marker (images/firstboot/). deb_path: the embedded
-    package; None: the package by name from the repository."""
+def firstboot(node: Node, debs: Sequence[Mapping[str, Any]], *, embedded: bool) -> dict[str, Any]:
+    """The first-boot service that installs the node's packages in one apt-get run,
+    retrying until all are in: its script, unit and pending-marker (images/firstboot/).
+    embedded: the .debs the seed wrote under DEB_DIR; else the packages by name from
+    the repository."""
+    packages = [d["package"] for d in debs]
+    verb = "is" if len(packages) == 1 else "are"
+    not_yet = f"nomad-build: {' and '.join(packages)} {verb} NOT installed yet"
     ctx = {
+        "not_yet": not_yet,
         "node": node,
-        "service": tree.service,
+        "packages": packages,
+        "targets": [d["path"] if embedded else d["package"] for d in debs],
+        "embedded": embedded,
+        "services": [d["service"] for d in debs],
         "marker": INSTALL_PENDING,
         "script_path": FIRSTBOOT_SCRIPT,
-        "deb_path": deb_path,
         "first_pause": FIRSTBOOT_PAUSES[0],
         "max_pause": FIRSTBOOT_PAUSES[1],
     }
     return {
         "marker": INSTALL_PENDING,
-        "marker_text": (
-            f"nomad-build: {node.deb_package} is NOT installed yet (first boot pending)\n"
-            f"see: journalctl -u {FIRSTBOOT_UNIT}\n"
-        ),
+        "marker_text": f"{not_yet} (first boot pending)\nsee: journalctl -u {FIRSTBOOT_UNIT}\n",
         "script_path": FIRSTBOOT_SCRIPT,
         "script": render("images/firstboot/install.sh.j2", **ctx).decode(),
         "unit_name": FIRSTBOOT_UNIT,
@@ -298,10 +339,11 @@ def repository_keyring(inputs: BuildInputs) -> bytes | None:
 
 
 class DebianSeedWriter(Writer):
-    """What the Debian-family seed writers share: one ISO per node holding its .deb
-    (or the repository's source), checked for a NIC that takes a static address."""
+    """What the Debian-family seed writers share: one ISO per node holding its .deb and,
+    with [consul.agent] on, its Consul agent .deb (or the repository's source), checked
+    for a NIC that takes a static address."""
 
-    needs = ("deb",)
+    needs = ("deb", "consul-deb")
     os = "debian"
     file_name: str  # images/<node>/<file_name>
 
@@ -324,7 +366,8 @@ class DebianSeedWriter(Writer):
         if nodes and p.nomad_apt is None and p.bundle is None:
             out.append(
                 f"{cluster.source}: packages.nomad_apt: unset (and no packages.bundle): a stock "
-                "image has no source for HashiCorp's nomad, which the node's package needs"
+                "image has no source for HashiCorp's nomad (nor consul), which the node's "
+                "packages need"
             )
         return out
 
@@ -339,12 +382,20 @@ class DebianSeedWriter(Writer):
 
     def build(self, inputs: BuildInputs, nodes: Sequence[Node]) -> list[Artifact]:
         keyring = repository_keyring(inputs)
-        return [
-            self.seed(n, inputs.trees[n.name], inputs.package_of("deb", n), keyring, inputs.mtime)
-            for n in nodes
-        ]
+        out = []
+        for n in nodes:
+            nomad, *consul = node_packages(inputs, n, "deb", "consul-deb")
+            tree = inputs.trees[n.name]
+            out.append(self.seed(n, tree, nomad.artifact, keyring, inputs.mtime, *consul))
+        return out
 
     def seed(
-        self, node: Node, tree: NodeTree, deb: Artifact, keyring: bytes | None, mtime: int
+        self,
+        node: Node,
+        tree: NodeTree,
+        deb: Artifact,
+        keyring: bytes | None,
+        mtime: int,
+        consul: SeedPackage | None = None,
     ) -> Artifact:
         raise NotImplementedError

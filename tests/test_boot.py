@@ -4,15 +4,17 @@
    mmdebstrap from the machine's OWN apt sources (tests/debian_chroot.apt_sources:
    the files themselves go to mmdebstrap, no mirror host is written anywhere) with
    systemd, cloud-init, the cloud kernel and ifupdown -- what a Debian cloud image
-   has -- plus, standing in for HashiCorp's package (no Nomad binary can be had
-   here), the TEST-ONLY stand-in `nomad` package (tests/fake_nomad): its agent
-   checks what the real one needs and prints ``nomad-standin: OK …``. Test-only
+   has -- plus, standing in for HashiCorp's packages (no Nomad or Consul binary can
+   be had here), the TEST-ONLY stand-in `nomad` and `consul` packages
+   (tests/fake_nomad, tests/fake_consul): their agents check what the real ones
+   need and print ``nomad-standin: OK …`` / ``consul-standin: OK …``. Test-only
    additions: cloud-init looks for NoCloud only (no cloud metadata probing), the
    locale is preset, and a report unit prints cloud-init's status, the package,
-   the unit state, the addresses and the stand-in's line to the serial console,
+   the unit states, the addresses and the stand-ins' lines to the serial console,
    then powers off.
-2. A server node's seed is built by the real writers: render -> build_deb ->
-   build_cloud_init_seed, with a MAC and a static address, so the seed's
+2. A server node's seed is built by `nomad-build build` from a cluster with Consul
+   agents on ([consul.agent] enabled): the seed carries the node's nomad-config and
+   consul-config packages; the node has a MAC and a static address, so the seed's
    network-config (MAC match + set-name, ifupdown) is proved too.
 3. qemu-system-x86_64 with TCG (no KVM), direct kernel boot, the image as an
    overlay, the seed ISO as a second disk, a NIC with the node's MAC on an
@@ -34,21 +36,17 @@ from pathlib import Path
 
 import pytest
 
-from builder.cluster import load
-from builder.render import render_node
-from builder.state import State
-from builder.writers.cloud_init import build_cloud_init_seed
-from builder.writers.deb import build_deb
-
 from conftest import example_text, nomad_build
 from debian_chroot import apt_sources
+from fake_consul import build_fake_consul_deb
+from fake_consul import parse_standin_line as parse_consul_line
 from fake_nomad import build_fake_nomad_deb, parse_standin_line
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache" / "boot"
-LAYOUT = "3"  # bump when the way the image is made changes
+LAYOUT = "4"  # bump when the way the image is made changes
 SUITE = "bookworm"
 PACKAGES = (
     "systemd-sysv",
@@ -116,14 +114,20 @@ done
 say "cloud-init: $(cloud-init status 2>&1 | head -n 1)"
 cloud-init status --long 2>&1 | while read -r line; do say "cloud-init-long: $line"; done
 standin() { journalctl -u nomad.service -o cat --no-pager | grep '^nomad-standin: '; }
+consul_standin() { journalctl -u consul.service -o cat --no-pager | grep '^consul-standin: '; }
 i=0
-while [ $i -lt @WAIT@ ] && ! standin >/dev/null; do
+while [ $i -lt @WAIT@ ] && ! { standin && consul_standin; } >/dev/null; do
     sleep 1; i=$((i + 1))
 done
 sleep 1
 say "package: $(dpkg-query -W -f='${Package} ${Version} ${Status}' 'nomad-config-*' 2>&1)"
 say "enabled: $(systemctl is-enabled nomad.service 2>&1)"
 say "active: $(systemctl is-active nomad.service 2>&1)"
+say "consul-package: $(dpkg-query -W -f='${Package} ${Version} ${Status}' 'consul-config-*' 2>&1)"
+say "consul-enabled: $(systemctl is-enabled consul.service 2>&1)"
+say "consul-active: $(systemctl is-active consul.service 2>&1)"
+pid=$(systemctl show -p MainPID --value consul.service)
+say "consul-process: $(ps -o user=,group=,args= -p "$pid" 2>&1)"
 say "installer-enabled: $(systemctl is-enabled nomad-build-install.service 2>&1)"
 say "installer-active: $(systemctl is-active nomad-build-install.service 2>&1)"
 say "pending: $(test -e /var/lib/nomad-build/install-pending && echo yes || echo no)"
@@ -138,6 +142,7 @@ journalctl -t nomad-build-install -o cat --no-pager | while read -r line; do
     say "install-log: $line"
 done
 standin | while read -r line; do say "agent: $line"; done
+consul_standin | while read -r line; do say "consul-agent: $line"; done
 say "end"
 systemctl poweroff
 """
@@ -166,7 +171,7 @@ def _run(cmd: list[str], what: str, **kw) -> subprocess.CompletedProcess[str]:
     return proc
 
 
-def _cache_key(sources: list[Path], standin: bytes) -> str:
+def _cache_key(sources: list[Path], standins: list[bytes]) -> str:
     h = hashlib.sha256()
     version = _run([need("mmdebstrap"), "--version"], "mmdebstrap --version").stdout
     for part in (LAYOUT, SUITE, ",".join(PACKAGES), version, os.uname().machine):
@@ -175,7 +180,8 @@ def _cache_key(sources: list[Path], standin: bytes) -> str:
         h.update(str(src).encode() + b"\0" + src.read_bytes() + b"\0")
     for path, (text, mode) in sorted(TEST_FILES.items()):
         h.update(f"{path}\0{mode}\0{text}\0".encode())
-    h.update(standin)
+    for standin in standins:
+        h.update(standin + b"\0")
     return h.hexdigest()[:16]
 
 
@@ -184,10 +190,10 @@ def base_image(tmp: Path) -> tuple[Path, Path, Path]:
     if os.geteuid() != 0:
         pytest.fail("the boot image is built as root (mmdebstrap to a directory, chroot)")
     need("mke2fs")
-    standin = build_fake_nomad_deb(tmp / "standin")
+    standins = [build_fake_nomad_deb(tmp / "standin"), build_fake_consul_deb(tmp / "standin")]
     sources = apt_sources()
     CACHE.mkdir(parents=True, exist_ok=True)
-    done = CACHE / _cache_key(sources, standin.read_bytes())
+    done = CACHE / _cache_key(sources, [d.read_bytes() for d in standins])
     files = (done / "root.img", done / "vmlinuz", done / "initrd.img")
     if done.is_dir():
         return files
@@ -199,7 +205,7 @@ def base_image(tmp: Path) -> tuple[Path, Path, Path]:
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir()
         try:
-            _build(work, sources, standin)
+            _build(work, sources, standins)
             os.replace(work, done)
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -209,7 +215,7 @@ def base_image(tmp: Path) -> tuple[Path, Path, Path]:
     return files
 
 
-def _build(work: Path, sources: list[Path], standin: Path) -> None:
+def _build(work: Path, sources: list[Path], standins: list[Path]) -> None:
     root = work / "root"
     _run(
         [need("mmdebstrap"), "--quiet", "--variant=apt", f"--include={','.join(PACKAGES)}",
@@ -217,9 +223,12 @@ def _build(work: Path, sources: list[Path], standin: Path) -> None:
         "mmdebstrap",
     )  # fmt: skip
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive"}
-    shutil.copy(standin, root / "tmp" / standin.name)
-    _run(["chroot", str(root), "dpkg", "-i", f"/tmp/{standin.name}"], "stand-in install", env=env)
-    (root / "tmp" / standin.name).unlink()
+    for standin in standins:
+        shutil.copy(standin, root / "tmp" / standin.name)
+    inside = [f"/tmp/{d.name}" for d in standins]
+    _run(["chroot", str(root), "dpkg", "-i", *inside], "stand-ins install", env=env)
+    for standin in standins:
+        (root / "tmp" / standin.name).unlink()
     for rel, (text, mode) in TEST_FILES.items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -253,7 +262,8 @@ def _build(work: Path, sources: list[Path], standin: Path) -> None:
 
 
 def cluster_text(extra_packages: str = "") -> str:
-    """The example on Debian, NODE with a MAC, a static address and the cluster's DNS."""
+    """The example on Debian with Consul agents on, NODE with a MAC, a static address
+    and the cluster's DNS."""
     text = re.sub(
         r"^ssh_keys = .*$",
         f"ssh_keys = {json.dumps(list(KEYS))}",
@@ -263,6 +273,8 @@ def cluster_text(extra_packages: str = "") -> str:
     )
     if extra_packages:
         text = text.replace('maintainer = "', extra_packages + 'maintainer = "', 1)
+    assert text.count("\n[packages]\n") == 1
+    text = text.replace("\n[packages]\n", "\n[consul.agent]\nenabled = true\n\n[packages]\n")
     node_line = f'name = "{NODE}"\nrole = "server"\naddress = "{ADDRESS}"\n'
     assert node_line in text
     return text.replace(
@@ -272,16 +284,12 @@ def cluster_text(extra_packages: str = "") -> str:
     )
 
 
-def build_seed(tmp: Path) -> tuple[bytes, str, str]:
-    """(seed ISO, package name, service user) of NODE, through the real writers."""
+def build_seed(tmp: Path) -> bytes:
+    """NODE's seed (its packages embedded), made by `nomad-build build`."""
     (tmp / "cluster.toml").write_text(cluster_text())
-    cluster = load(tmp / "cluster.toml")
-    node = cluster.node(NODE)
-    with State.open(tmp / "state", create=True) as st:
-        tree = render_node(cluster, node, st)
-    deb = build_deb(node, tree, version=1, mtime=MTIME)
-    seed = build_cloud_init_seed(node, tree, deb=deb, repo_keyring=None, mtime=MTIME)
-    return seed.data, node.deb_package, tree.service.account.user
+    r = nomad_build(tmp, "build", "-c", "cluster.toml", env={"SOURCE_DATE_EPOCH": str(MTIME)})
+    assert r.returncode == 0, r.stdout + r.stderr
+    return (tmp / "dist" / "images" / NODE / "seed.iso").read_bytes()
 
 
 # ------------------------------------------------------------ the host side of the net
@@ -423,21 +431,21 @@ def boot(
 
 
 def test_debian_vm_becomes_the_node_from_its_seed(tmp_path: Path) -> None:
-    seed, package, user = build_seed(tmp_path)
+    seed = build_seed(tmp_path)
     fields, console, took = boot(tmp_path, seed, wait=120, timeout=BOOT_TIMEOUT)
 
     fqdn = f"{NODE}.intra.terror.ninja"
     assert f"nomad-build: cloud-init finished on {fqdn}" in console  # our final_message
     assert fields["cloud-init"] == ["status: done"], fields.get("cloud-init-long")
     (pkg,) = fields["package"]
-    assert re.fullmatch(rf"{package} \S+ install ok installed", pkg), pkg
+    assert re.fullmatch(rf"nomad-config-{NODE} 1 install ok installed", pkg), pkg
     assert fields["enabled"] == ["enabled"] and fields["active"] == ["active"], fields
-    # the first-boot installer: in on its first attempt, then out of the way
+    # the first-boot installer: both packages in on its first attempt, then out of the way
     assert fields["pending"] == ["no"], fields.get("install-log")
     assert fields["installer-enabled"] == ["disabled"], fields
     assert (
-        "nomad-build-install: installed on attempt 1; nomad.service: active"
-        in fields["install-log"]
+        "nomad-build-install: installed on attempt 1; nomad.service: active; "
+        "consul.service: active" in fields["install-log"]
     ), fields
     assert fields["hostname"] == [f"{NODE} {fqdn}"]
     assert fields["keys"] == [str(len(KEYS))]  # the admin user and its SSH keys
@@ -445,9 +453,30 @@ def test_debian_vm_becomes_the_node_from_its_seed(tmp_path: Path) -> None:
     agent = fields["agent"]
     assert agent, "the stand-in agent printed nothing:\n" + _tail(tmp_path / "serial.log")
     standin = parse_standin_line(agent[0])
-    assert standin["user"] == user == "nomad"
+    assert standin["user"] == "nomad"
     assert standin["server"] == "true"
+    _assert_consul_runs(fields)
     print(f"boot test: VM powered off after {took:.0f}s; agent: {agent[0]}")
+
+
+def _assert_consul_runs(fields: dict[str, list[str]]) -> None:
+    """consul-config-NODE is in, and HashiCorp's consul.service (the stand-in) runs the
+    shipped configuration as user consul: its OK line says what it checked."""
+    (pkg,) = fields["consul-package"]
+    assert re.fullmatch(rf"consul-config-{NODE} 1 install ok installed", pkg), pkg
+    assert fields["consul-enabled"] == ["enabled"], fields
+    assert fields["consul-active"] == ["active"], fields
+    (process,) = fields["consul-process"]
+    user, group, *argv = process.split()
+    assert (user, group) == ("consul", "consul"), process
+    assert argv[-2:] == ["agent", "-config-file=/etc/consul.d/nomad-build.json"], process
+    agent = fields.get("consul-agent")
+    assert agent, "the stand-in consul printed nothing"
+    standin = parse_consul_line(agent[0])
+    assert standin["user"] == "consul" and standin["server"] == "true", standin
+    assert standin["node_name"] == NODE and standin["tls"] == "true", standin
+    assert standin["encrypt"] == "true" and standin["data_dir"] == "/opt/consul", standin
+    assert standin["configs"] == "/etc/consul.d/nomad-build.json", standin
 
 
 @pytest.fixture(scope="module")
@@ -502,7 +531,7 @@ def test_first_boot_retries_until_the_repository_is_up(
     assert "next try in 5s" in failed[0] and "next try in 10s" in failed[1], failed
     (done,) = [x for x in log if x.startswith("installed on attempt ")]
     assert int(done.split()[3].rstrip(";")) == len(failed) + 1, log
-    assert done.endswith("nomad.service: active"), done
+    assert done.endswith("nomad.service: active; consul.service: active"), done
     assert "nomad-build-install: attempt 1 failed" in console  # on the console as it happens
     assert fields["cloud-init"] == ["status: done"], fields.get("cloud-init-long")
     (pkg,) = fields["package"]
@@ -512,6 +541,7 @@ def test_first_boot_retries_until_the_repository_is_up(
     assert fields["boots"] == ["1"]  # no reboot
     standin = parse_standin_line(fields["agent"][0])
     assert standin["server"] == "true"
+    _assert_consul_runs(fields)  # consul-config-NODE came from the repository too
 
 
 def test_the_guest_resolves_with_the_clusters_nameservers(

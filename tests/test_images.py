@@ -275,7 +275,7 @@ def test_user_data_embeds_the_package_and_installs_it(
         assert "is NOT installed yet" in marker["content"]
         assert script["path"] == "/usr/local/sbin/nomad-build-install"
         assert script["permissions"] == "0755"
-        assert f"target={wf['path']}\n" in script["content"]
+        assert f"\nset -- {wf['path']}\n" in script["content"]
         assert "apt-get install -y -q --no-install-recommends" in script["content"]
         assert "--force-confold" in script["content"]
         assert unit["path"] == "/etc/systemd/system/nomad-build-install.service"
@@ -341,7 +341,7 @@ def test_user_data_from_the_signed_repository(debian: Built, tmp_path: Path) -> 
         "/etc/systemd/system/nomad-build-install.service",
     }
     installer = by_path["/usr/local/sbin/nomad-build-install"]["content"]
-    assert f"target={node.deb_package}\n" in installer
+    assert f"\nset -- {node.deb_package}\n" in installer
     assert (
         base64.b64decode(by_path["/etc/apt/keyrings/nomad-build-archive-keyring.gpg"]["content"])
         == keyring
@@ -604,7 +604,7 @@ def test_autoinstall_user_data(
             "systemctl", "enable", "nomad-build-install.service",
         ]  # fmt: skip
         script = firstboot[1]["content"]
-        assert f"target={staged}\n" in script and "--force-confold" in script
+        assert f"\nset -- {staged}\n" in script and "--force-confold" in script
     net = yaml_doc(read_seed(autoinstall["bi-node-sbg-3"], tmp_path / "n3")["user-data"])
     eth1 = net["autoinstall"]["network"]["ethernets"]["eth1"]
     assert eth1["addresses"] == ["10.20.131.43/24"]
@@ -894,7 +894,7 @@ def test_site_sets(
         assert r.returncode == 0, r.stderr
         text = script.decode()
         assert text.startswith("#!/bin/ksh\n")
-        assert 'add="pkg_add -I $pkg"' in text and f"pkg=/var/nomad-build/{pkg_name}\n" in text
+        assert 'add="pkg_add -I $pkgs"' in text and f"pkgs=/var/nomad-build/{pkg_name}\n" in text
         service = openbsd.trees[node.name].service.name
         assert f"rcctl enable {service}" in text
         assert "-D unsigned" not in text  # signed: pkg_add checks it
@@ -953,8 +953,8 @@ def test_install_site_runs(openbsd: Built, bsd_tree: dict[str, Artifact], tmp_pa
     rcd = (root / "etc/rc.d/nomad_build_install").read_text()
     assert re.search(r'^daemon=".*/usr/local/libexec/nomad-build-install"$', rcd, re.M)
     retry = (root / "usr/local/libexec/nomad-build-install").read_text()
-    assert "\npkg=/var/nomad-build/nomad-config-bi-core-sbg_1-1.tgz\n" in retry
-    assert "if pkg_add -I $pkg >" in retry
+    assert "\npkgs=/var/nomad-build/nomad-config-bi-core-sbg_1-1.tgz\n" in retry
+    assert "if pkg_add -I $pkgs >" in retry
     svc = openbsd.trees[node.name].service.name
     assert f"rcctl enable {svc} && rcctl start {svc}" in retry
     for text in (rcd, retry):

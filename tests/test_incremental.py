@@ -179,10 +179,19 @@ def test_a_changed_consul_tree_moves_only_the_consul_packages(site: Path) -> Non
             assert moved[node][fmt]["version"] == entry["version"] + step, (node, fmt)  # type: ignore[operator]
     after = marker(site)
     changed = {p for p in changed_paths(before, after) if p in after}
-    consul_paths = {p for p in changed if "/consul-config-" in p}
+    consul_paths = {
+        p for p in changed if p.startswith(("debian/consul-config-", "openbsd/consul-config-"))
+    }
     assert {after[p]["node"] for p in consul_paths} == {*SERVERS, *CLIENTS}
     others = changed - consul_paths
-    assert all(p.startswith(("manifest.json", "SHA256SUMS")) for p in others), others
+    # what carries or lists them moved with them: every node's seed (images/<node>/,
+    # its OpenBSD site set), the repository and installer indexes, the build's manifest
+    carriers = ("images/", "openbsd-autoinstall/", "repo/", "manifest.json", "SHA256SUMS")
+    assert all(p.startswith(carriers) for p in others), others
+    seeds = ("images/", "openbsd-autoinstall/site78-")
+    assert {after[p]["node"] for p in others if p.startswith(seeds)} == {*SERVERS, *CLIENTS}
+    assert any(p.startswith("repo/debian/dists/") for p in others), others
+    assert "repo/openbsd/index.html" in others and "openbsd-autoinstall/SHA256" in others
     # each moved Consul package says why: its Consul tree's files (digests per package)
     reasons = {c.path: c.reasons for c in again.report.changes if c.status == "changed"}
     for path in consul_paths:

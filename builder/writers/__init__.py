@@ -83,6 +83,13 @@ class BuildInputs:
             raise BuildError(f"{node.name}: no {writer} artifact was built before it was needed")
         return found
 
+    def package_if_built(self, writer: str, node: Node) -> Artifact | None:
+        """The artifact `writer` built for `node`; None when `writer` did not run (a need
+        that does not apply to this cluster)."""
+        if writer not in self.built:
+            return None
+        return self.package_of(writer, node)
+
     def _by_node(self, writer: str) -> dict[str, Artifact]:
         # An index per writer's artifact list, made once (a scan per call is quadratic).
         arts = self.built.get(writer, ())
@@ -103,7 +110,9 @@ class Writer(ABC):
     """One output format. Subclasses set `name`, `needs`, `signing` and implement the rest."""
 
     name: ClassVar[str]
-    needs: ClassVar[tuple[str, ...]] = ()  # writers whose artifacts `build` consumes
+    # Writers whose artifacts `build` consumes. A need that applies to none of the nodes
+    # (consul-deb without [consul.agent]) does not run: `package_if_built` is then None.
+    needs: ClassVar[tuple[str, ...]] = ()
     signing: ClassVar[frozenset[str]] = frozenset()  # keys it needs: "apt", "signify"
     per_node: ClassVar[bool] = True  # build() may be called for any subset of its nodes
     reads_all: ClassVar[bool] = False  # build() reads every artifact built before it

@@ -9,7 +9,8 @@ access deliberately; the index files, keyring and .sources are public.
 
 Layout (Debian's "dists + pool" archive format, what apt-ftparchive writes):
 
-- ``pool/<component>/<prefix>/<package>/<file>.deb``: the packages, byte for
+- ``pool/<component>/<prefix>/<package>/<file>.deb``: the packages (each Debian
+  node's nomad-config-<node> and, with [consul.agent] on, consul-config-<node>), byte for
   byte (prefix: first letter, or "lib" + one letter for lib* names);
 - ``dists/<suite>/<component>/binary-<arch>/Packages`` and ``Packages.gz``:
   one stanza per package, its control fields (read from the .deb itself:
@@ -248,7 +249,7 @@ def _release(
             ("Date", _rfc2822(mtime)),
             ("Architectures", " ".join(architectures)),
             ("Components", component),
-            ("Description", "Per-node Nomad configuration packages made by nomad-build"),
+            ("Description", "Per-node Nomad and Consul configuration packages made by nomad-build"),
             ("Acquire-By-Hash", "no"),
         ]
     )
@@ -314,11 +315,12 @@ def build_apt_repo(
 
 
 class AptRepoWriter(Writer):
-    """The signed apt repository of every Debian node's package."""
+    """The signed apt repository of every Debian node's package (and its Consul agent
+    package, consul-config-<node>, when [consul.agent] is on)."""
 
     name = "apt-repo"
     os = "debian"
-    needs = ("deb",)
+    needs = ("deb", "consul-deb")
     signing = frozenset({"apt"})
     per_node = False
 
@@ -370,6 +372,8 @@ class AptRepoWriter(Writer):
 
     def build(self, inputs: BuildInputs, nodes: Sequence[Node]) -> list[Artifact]:
         debs = [inputs.package_of("deb", n) for n in nodes]
+        consul = [inputs.package_if_built("consul-deb", n) for n in nodes]
+        debs += [a for a in consul if a is not None]
         if not debs:
             return []
         p = inputs.cluster.packages

@@ -8,7 +8,8 @@ cloud_init.seed_iso), for the Ubuntu Server live installer (subiquity):
   from the cluster file -- never a plain password), SSH server with the admin
   keys, storage layout (LVM on the largest disk), timezone, network (netplan v2,
   the cloud-init seed's network plan) and late-commands that copy the node's
-  ``.deb`` (or the repository's source) and the first-boot installer
+  ``.deb`` (with [consul.agent] on, its ``consul-config-<node>`` .deb too) (or the
+  repository's source) and the first-boot installer
   (images/firstboot/: nomad-build-install.service, its script and the
   install-pending marker) into /target and enable the unit: the installed
   system's first boot installs the package, retrying until it is in;
@@ -31,6 +32,7 @@ from builder.nodetree import NodeTree
 from builder.seed import (
     DEB_DIR,
     DebianSeedWriter,
+    SeedPackage,
     content_id,
     network_plan,
     render,
@@ -51,13 +53,15 @@ def build_autoinstall_seed(
     deb: Artifact,
     repo_keyring: bytes | None,
     mtime: int,
+    consul: SeedPackage | None = None,
 ) -> Artifact:
     """images/<node>/autoinstall.iso: answers the Ubuntu Server installer for this node."""
     if tree.node != node.name or tree.os != "debian":
         raise BuildError(f"{node.name}: an autoinstall seed needs the node's Debian NodeTree")
     if not node.images.password_hash:
         raise BuildError(f"{node.name}: an autoinstall seed needs images.password_hash")
-    ctx = user_context(node, tree, deb, repo_keyring)
+    ctx = user_context(node, tree, deb, repo_keyring, consul)
+    delivered = [deb.data, *([consul.artifact.data] if consul else [])]
     plan = network_plan(node)
     network = b""
     if plan is not None:
@@ -71,7 +75,7 @@ def build_autoinstall_seed(
         layout=STORAGE_LAYOUT,
         network=network.decode(),
     )
-    iid = "nomad-build-autoinstall-" + node.name + "-" + content_id(user_data, deb.data)
+    iid = "nomad-build-autoinstall-" + node.name + "-" + content_id(user_data, *delivered)
     meta = render("images/cloud-init/meta-data.j2", node=node, instance_id=iid)
     iso = seed_iso([("user-data", user_data), ("meta-data", meta)], mtime=mtime)
     return Artifact(f"images/{node.name}/autoinstall.iso", iso, secret=True, node=node.name)
@@ -92,6 +96,14 @@ class AutoinstallWriter(DebianSeedWriter):
         )
 
     def seed(
-        self, node: Node, tree: NodeTree, deb: Artifact, keyring: bytes | None, mtime: int
+        self,
+        node: Node,
+        tree: NodeTree,
+        deb: Artifact,
+        keyring: bytes | None,
+        mtime: int,
+        consul: SeedPackage | None = None,
     ) -> Artifact:
-        return build_autoinstall_seed(node, tree, deb=deb, repo_keyring=keyring, mtime=mtime)
+        return build_autoinstall_seed(
+            node, tree, deb=deb, repo_keyring=keyring, mtime=mtime, consul=consul
+        )

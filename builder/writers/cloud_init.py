@@ -11,7 +11,9 @@ written in pure Python with pycdlib, holding:
   node's ``.deb``: from the signed apt repository when ``packages.repo_url``
   is set (the deb822 source and binary keyring at apt_repo's paths, by
   write_files -- no gpg needed in the image to dearmor a key, as cloud-init's
-  ``apt: sources`` would), else embedded (write_files, base64, 0600). Either
+  ``apt: sources`` would), else embedded (write_files, base64, 0600). With
+  [consul.agent] on, the node's ``consul-config-<node>`` comes the same way and
+  goes in by the same apt-get run (its Depends pulls HashiCorp's ``consul``). Either
   way a first-boot unit, ``nomad-build-install.service`` (images/firstboot/),
   installs it: runcmd enables and starts it without waiting; it retries with a
   growing pause (5 s doubling to 300 s) until apt-get has installed the
@@ -42,6 +44,7 @@ from builder.model import Node
 from builder.nodetree import NodeTree
 from builder.seed import (
     DebianSeedWriter,
+    SeedPackage,
     content_id,
     network_plan,
     render,
@@ -60,11 +63,13 @@ def build_cloud_init_seed(
     deb: Artifact,
     repo_keyring: bytes | None,
     mtime: int,
+    consul: SeedPackage | None = None,
 ) -> Artifact:
     """images/<node>/seed.iso: NoCloud seed that makes a Debian cloud image this node."""
     if tree.node != node.name or tree.os != "debian":
         raise BuildError(f"{node.name}: a cloud-init seed needs the node's Debian NodeTree")
-    ctx = user_context(node, tree, deb, repo_keyring)
+    ctx = user_context(node, tree, deb, repo_keyring, consul)
+    delivered = [deb.data, *([consul.artifact.data] if consul else [])]
     user_data = render("images/cloud-init/user-data.j2", **ctx)
     plan = network_plan(node)
     files: list[tuple[str, bytes]] = [("user-data", user_data)]
@@ -80,7 +85,7 @@ def build_cloud_init_seed(
                 ),
             )
         )
-    iid = "nomad-build-" + node.name + "-" + content_id(*(data for _, data in files), deb.data)
+    iid = "nomad-build-" + node.name + "-" + content_id(*(data for _, data in files), *delivered)
     files.append(
         ("meta-data", render("images/cloud-init/meta-data.j2", node=node, instance_id=iid))
     )
@@ -95,6 +100,14 @@ class CloudInitWriter(DebianSeedWriter):
     file_name = "seed.iso"
 
     def seed(
-        self, node: Node, tree: NodeTree, deb: Artifact, keyring: bytes | None, mtime: int
+        self,
+        node: Node,
+        tree: NodeTree,
+        deb: Artifact,
+        keyring: bytes | None,
+        mtime: int,
+        consul: SeedPackage | None = None,
     ) -> Artifact:
-        return build_cloud_init_seed(node, tree, deb=deb, repo_keyring=keyring, mtime=mtime)
+        return build_cloud_init_seed(
+            node, tree, deb=deb, repo_keyring=keyring, mtime=mtime, consul=consul
+        )

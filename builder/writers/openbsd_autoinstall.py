@@ -15,16 +15,17 @@ Everything lands flat in dist/openbsd-autoinstall/:
   disk and auto layout, sets over HTTP from ``images.openbsd_sets_url`` and
   ``Set name(s)`` adding the site set.
 - ``site<XY>-<hostname>.tgz``: the node's site set, a tar.gz rooted at ``/``
-  (extracted last): the node's signed package under /var/nomad-build/, the
+  (extracted last): the node's signed package under /var/nomad-build/ (with
+  [consul.agent] on, its consul-config-<stem> package beside it), the
   package signing public key as /etc/signify/<key_name>.pub (pkg_add -- signify
   -t pkg -- trusts /etc/signify/*-pkg.pub), and ``/install.site`` (0755), which
-  the installer runs chrooted into the new system: it pkg_adds the package
-  (signature verified; the nomad port comes from the mirror in
-  /etc/installurl), enables the agent and hands the admin user all its SSH
+  the installer runs chrooted into the new system: it pkg_adds the packages
+  in one run (signatures verified; the nomad and consul ports come from the
+  mirror in /etc/installurl), enables the agents and hands the admin user all its SSH
   keys and doas. When pkg_add cannot finish there (no route to a package
   mirror yet), it installs and enables /etc/rc.d/nomad_build_install, which
   retries from every boot with a growing pause (5 s doubling to 300 s) until
-  the package is in and the agent started, logging each attempt (syslog tag
+  every package is in and every agent started, logging each attempt (syslog tag
   nomad-build-install, and the console); /var/db/nomad-build/install-pending
   says why while it has not; then it disables itself.
 - ``index.txt`` and ``SHA256``: these go into the sets directory with the site
@@ -57,11 +58,12 @@ from typing import Any
 
 from builder import signify
 from builder.archive import TarEntry, gzip_bytes, ustar
+from builder.consul import package_node as consul_package_node
 from builder.errors import BuildError, UserError
 from builder.model import Cluster, Node
 from builder.nodetree import NodeTree
 from builder.openbsd_names import KSH_IDENT, package_file_name
-from builder.seed import FIRSTBOOT_PAUSES, render
+from builder.seed import FIRSTBOOT_PAUSES, SeedPackage, node_packages, render
 from builder.writers import Artifact, BuildInputs, Output, Writer, login_warning
 
 __all__ = [
@@ -180,11 +182,11 @@ def _network(node: Node) -> dict[str, Any]:
     return net
 
 
-def _check_package(node: Node, pkg: Artifact, pub_key: bytes) -> tuple[str, bool]:
-    """(file name, signed?) of the node's OpenBSD package; a signed one must verify."""
+def _check_package(node: Node, stem: str, pkg: Artifact, pub_key: bytes) -> tuple[str, bool]:
+    """(file name, signed?) of the node's OpenBSD package `stem`; a signed one must verify."""
     name = package_file_name(pkg.path)
-    if not name.startswith(node.openbsd_stem + "-"):
-        raise BuildError(f"{pkg.path} is not node {node.name}'s package ({node.openbsd_stem})")
+    if not name.startswith(stem + "-"):
+        raise BuildError(f"{pkg.path} is not node {node.name}'s package ({stem})")
     signed = len(pkg.data) > 3 and bool(pkg.data[3] & 0x10)  # gzip FCOMMENT: signify -z
     if signed:
         try:
@@ -196,23 +198,33 @@ def _check_package(node: Node, pkg: Artifact, pub_key: bytes) -> tuple[str, bool
 
 def _site_set(
     node: Node,
-    tree: NodeTree,
-    pkg: Artifact,
+    packages: Sequence[SeedPackage],
     *,
     pub_key: bytes,
     key_name: str,
     mtime: int,
 ) -> bytes:
-    pkg_name, signed = _check_package(node, pkg, pub_key)
-    svc = tree.service.name
-    if not KSH_IDENT.match(svc):
-        raise BuildError(f"{node.name}: service name {svc!r} is not an rc.d script name")
+    """The site set: the node's packages (its Nomad one first), the signing key and
+    /install.site, which pkg_adds them all in one run and enables their services."""
+    stems = [node.openbsd_stem, consul_package_node(node).openbsd_stem][: len(packages)]
+    checked = [
+        _check_package(node, stem, p.artifact, pub_key)
+        for stem, p in zip(stems, packages, strict=True)
+    ]
+    if len({signed for _, signed in checked}) != 1:
+        raise BuildError(f"{node.name}: its packages are not all signed, or all unsigned")
+    signed = checked[0][1]
+    services = [p.service for p in packages]
+    for svc in services:
+        if not KSH_IDENT.match(svc):
+            raise BuildError(f"{node.name}: service name {svc!r} is not an rc.d script name")
+    pkg_paths = [f"{PKG_DIR}/{name}" for name, _ in checked]
     install_site = render(
         "images/openbsd/install.site.j2",
         node=node,
         images=node.images,
-        service=svc,
-        pkg_path=f"{PKG_DIR}/{pkg_name}",
+        services=services,
+        pkg_paths=" ".join(pkg_paths),
         signed=signed,
         key_name=key_name,
         has_password=node.images.password_hash is not None,
@@ -237,7 +249,10 @@ def _site_set(
         entry(f"./etc/signify/{key_name}.pub", pub_key, 0o644),
         entry("./install.site", install_site, 0o755),
         entry("." + PKG_DIR, mode=0o700, kind="dir"),
-        entry(f".{PKG_DIR}/{pkg_name}", pkg.data, 0o600),
+    ]
+    entries += [
+        entry("." + path, p.artifact.data, 0o600)
+        for path, p in sorted(zip(pkg_paths, packages, strict=True), key=lambda x: x[0])
     ]
     return gzip_bytes(ustar(entries))
 
@@ -250,14 +265,16 @@ def _node_artifacts(
     pub_key: bytes,
     key_name: str,
     mtime: int,
+    consul: SeedPackage | None = None,
 ) -> tuple[Artifact, Artifact]:
-    """The node's response file and site set."""
+    """The node's response file and site set (`consul`: its Consul agent package too)."""
     if node.os != "openbsd" or tree.os != "openbsd" or tree.node != node.name:
         raise BuildError(f"{node.name}: OpenBSD autoinstall needs the node's OpenBSD tree")
     images = node.images
     scheme, server, directory, _ = split_sets_url(images.openbsd_sets_url or "")
     site = site_set_name(node)
-    site_set = _site_set(node, tree, pkg, pub_key=pub_key, key_name=key_name, mtime=mtime)
+    packages = [SeedPackage(pkg, tree.service.name), *([consul] if consul else [])]
+    site_set = _site_set(node, packages, pub_key=pub_key, key_name=key_name, mtime=mtime)
     conf = render(
         "images/openbsd/install.conf.j2",
         node=node,
@@ -284,14 +301,19 @@ def build_openbsd_autoinstall(
     pub_key: bytes,
     key_name: str,
     mtime: int,
+    consul: Mapping[str, SeedPackage] | None = None,
 ) -> list[Artifact]:
-    """openbsd-autoinstall/: response file + site set per node, index.txt, SHA256."""
+    """openbsd-autoinstall/: response file + site set per node, index.txt, SHA256.
+    `consul`: each node's Consul agent package, by node name ([consul.agent] on)."""
     if not items:
         return []
     _check_shared([n for n, _, _ in items], pub_key=pub_key, mtime=mtime)
     out: list[Artifact] = []
     for node, tree, pkg in sorted(items, key=lambda i: i[0].name):
-        out += _node_artifacts(node, tree, pkg, pub_key=pub_key, key_name=key_name, mtime=mtime)
+        agent = (consul or {}).get(node.name)
+        out += _node_artifacts(
+            node, tree, pkg, pub_key=pub_key, key_name=key_name, mtime=mtime, consul=agent
+        )
     return _with_index([n for n, _, _ in items], out)
 
 
@@ -330,7 +352,7 @@ class OpenBSDAutoinstallWriter(Writer):
 
     name = "openbsd-autoinstall"
     os = "openbsd"
-    needs = ("openbsd-pkg",)
+    needs = ("openbsd-pkg", "consul-openbsd-pkg")
     signing = frozenset({"signify"})
     per_node = False
 
@@ -372,12 +394,18 @@ class OpenBSDAutoinstallWriter(Writer):
 
     def build(self, inputs: BuildInputs, nodes: Sequence[Node]) -> list[Artifact]:
         assert inputs.keys.signify_public is not None
-        items = [(n, inputs.trees[n.name], inputs.package_of("openbsd-pkg", n)) for n in nodes]
+        items, consul = [], {}
+        for n in nodes:
+            nomad, *agent = node_packages(inputs, n, "openbsd-pkg", "consul-openbsd-pkg")
+            items.append((n, inputs.trees[n.name], nomad.artifact))
+            if agent:
+                consul[n.name] = agent[0]
         return build_openbsd_autoinstall(
             items,
             pub_key=inputs.keys.signify_public,
             key_name=inputs.keys.signing_key_name,
             mtime=inputs.mtime,
+            consul=consul,
         )
 
     # `build` split in two, so that an incremental run rebuilds only the changed nodes'
@@ -386,15 +414,16 @@ class OpenBSDAutoinstallWriter(Writer):
 
     def build_part(self, inputs: BuildInputs, node: Node) -> list[Artifact]:
         assert inputs.keys.signify_public is not None
-        pkg = inputs.package_of("openbsd-pkg", node)
+        nomad, *consul = node_packages(inputs, node, "openbsd-pkg", "consul-openbsd-pkg")
         return list(
             _node_artifacts(
                 node,
                 inputs.trees[node.name],
-                pkg,
+                nomad.artifact,
                 pub_key=inputs.keys.signify_public,
                 key_name=inputs.keys.signing_key_name,
                 mtime=inputs.mtime,
+                consul=consul[0] if consul else None,
             )
         )
 

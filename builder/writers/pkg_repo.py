@@ -1,6 +1,7 @@
 """The OpenBSD package directory: repo/openbsd/, usable as PKG_PATH or over HTTP.
 
-- the packages themselves (<stem>-<version>.tgz, signed);
+- the packages themselves (<stem>-<version>.tgz, signed): each node's
+  nomad-config package and, with [consul.agent] on, its consul-config one;
 - index.html: one ``<a href="<pkg>.tgz">`` per line, the form every pkg_add
   version's HTTP listing parser accepts (OpenBSD::PackageRepository
   get_http_list: ``<A\\s+HREF="(.*?\\.tgz)">``, line by line, case-insensitive;
@@ -84,11 +85,12 @@ def _index(names: list[str], extra: list[str]) -> bytes:
 
 
 class PkgRepoWriter(Writer):
-    """The OpenBSD package directory: every OpenBSD node's package, index and key."""
+    """The OpenBSD package directory: every OpenBSD node's package (and its Consul agent
+    package, consul-config-<stem>, when [consul.agent] is on), index and key."""
 
     name = "pkg-repo"
     os = "openbsd"
-    needs = ("openbsd-pkg",)
+    needs = ("openbsd-pkg", "consul-openbsd-pkg")
     signing = frozenset({"signify"})
     per_node = False
 
@@ -112,6 +114,8 @@ class PkgRepoWriter(Writer):
 
     def build(self, inputs: BuildInputs, nodes: Sequence[Node]) -> list[Artifact]:
         pkgs = [inputs.package_of("openbsd-pkg", n) for n in nodes]
+        consul = [inputs.package_if_built("consul-openbsd-pkg", n) for n in nodes]
+        pkgs += [a for a in consul if a is not None]
         if not pkgs:
             return []
         keys = inputs.keys
