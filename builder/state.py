@@ -133,6 +133,7 @@ class State:
     _closed: bool = False
     _deferred: list[_Write] | None = None  # inside batch(): writes committed at its end
     _planned: set[Event] = field(default_factory=set)  # read-only: events already listed
+    _tightened: set[str] = field(default_factory=set)  # directories checked by _tighten
 
     def __repr__(self) -> str:
         mode = "writable" if self.writable else "read-only"
@@ -782,11 +783,14 @@ class State:
         """Writable: take group/other bits off a sound file (if `file`) and its dirs."""
         if not self.writable:
             return
-        path = self._path(rel)
         if file:
-            atomic_io.tighten(path, _SECRET_MODE)
-        for parent in path.relative_to(self.directory).parents:  # down to the store itself
-            atomic_io.tighten(self.directory / parent, _DIR_MODE)
+            atomic_io.tighten(self._path(rel), _SECRET_MODE)
+        parents = rel.split("/")[:-1]
+        for depth in range(len(parents), -1, -1):  # down to the store itself
+            parent = "/".join(parents[:depth])
+            if parent not in self._tightened:  # once per run: thousands of files share them
+                self._tightened.add(parent)
+                atomic_io.tighten(self._path(parent) if parent else self.directory, _DIR_MODE)
 
     def _load(
         self, rel: str, *, lost_ok: bool = False, fix_mode: bool = True

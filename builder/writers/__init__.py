@@ -75,6 +75,9 @@ class BuildInputs:
     versions: Mapping[str, int]  # a writer's version_key(node) -> its package version
     built: Mapping[str, Sequence[Artifact]] = field(default_factory=dict)  # by writer name
     consul_trees: Mapping[str, NodeTree] = field(default_factory=dict)  # [consul.agent] on
+    # Each node's own certificate (PEM), the one its tree carries: known without
+    # rendering the tree (an incremental run renders only the nodes that changed).
+    certificates: Mapping[str, bytes] = field(default_factory=dict)
 
     def package_of(self, writer: str, node: Node) -> Artifact:
         """The artifact `writer` built for `node`."""
