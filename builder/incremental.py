@@ -25,7 +25,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from builder import data
+from builder import data, output_dir
 from builder.model import Cluster, Node, PackageSettings
 from builder.writers import Artifact, Keys
 
@@ -166,11 +166,8 @@ class Previous:
     def load(cls, out: Path | None) -> Previous | None:
         if out is None:
             return None
-        try:
-            body = json.loads((out / ".nomad-build.json").read_bytes())
-        except (OSError, ValueError):
-            return None
-        if not isinstance(body, dict) or body.get("made_by") != "nomad-build":
+        body = output_dir.marker_body(out)
+        if body is None:
             return None
         artifacts, inputs = body.get("artifacts"), body.get(INPUTS_KEY)
         if not isinstance(artifacts, dict) or not isinstance(inputs, dict):
@@ -221,6 +218,13 @@ class Previous:
                 return False
         mine = {k: {"digest": d, "paths": list(paths)} for k, (d, paths) in records.items()}
         return mine == self.inputs
+
+    def sha256(self, path: str) -> str:
+        """The sha256 the marker lists for a path take() returned (and verified)."""
+        entry = self.artifacts[path]
+        digest = entry.get("sha256")
+        assert isinstance(digest, str)
+        return digest
 
     def accept(self, artifacts: Iterable[Artifact]) -> None:
         """These taken artifacts are this run's: publishing keeps their files."""

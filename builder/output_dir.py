@@ -17,6 +17,7 @@ import os
 import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from builder.errors import UserError
 from builder.nodetree import NodeTree
@@ -64,14 +65,36 @@ def made_by_us(out: Path) -> bool:
 
 def read_marker(out: Path) -> dict[str, dict[str, object]] | None:
     """The artifacts a previous run published here, or None when nomad-build did not."""
-    try:
-        data = json.loads((out / MARKER).read_bytes())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or data.get("made_by") != _MADE_BY:
+    data = marker_body(out)
+    if data is None:
         return None
     artifacts = data.get("artifacts")
     return artifacts if isinstance(artifacts, dict) else {}
+
+
+def marker_body(out: Path) -> dict[str, Any] | None:
+    """The whole marker nomad-build left in `out`, or None. Parsed once per version of
+    the file (a run asks several times; a marker lists thousands of artifacts): the
+    result is shared, never to be changed by the caller."""
+    path = out / MARKER
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    stamp = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if _PARSED.get("stamp") != stamp:
+        try:
+            data = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            data = None
+        ours = isinstance(data, dict) and data.get("made_by") == _MADE_BY
+        _PARSED.clear()
+        _PARSED.update(stamp=stamp, body=data if ours else None)
+    body = _PARSED["body"]
+    return body if isinstance(body, dict) else None
+
+
+_PARSED: dict[str, Any] = {}  # the last marker parsed: {"stamp": ..., "body": ...}
 
 
 def published_versions(out: Path) -> dict[tuple[str, str], int]:

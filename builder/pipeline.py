@@ -719,7 +719,7 @@ class _Built:
 
     def job(self, job: Job) -> None:
         w = job.writer
-        self.inputs = dataclasses.replace(self.inputs, built=self.by_writer)
+        self.inputs = dataclasses.replace(self.inputs, built=self.by_writer, shas=self.shas)
         if w.name in STATE_FORMAT:
             arts = self._versioned(w, job.nodes)
             for a in arts:
@@ -745,9 +745,16 @@ class _Built:
             return None
         arts = self.previous.take(w.name, node, want)
         if arts is not None:
-            self.previous.accept(arts)
+            self._accept(arts)
             self._record(w, node, want, arts)
         return arts
+
+    def _accept(self, arts: list[Artifact]) -> None:
+        """Taken from the previous output: their sha256 is the one take() verified."""
+        assert self.previous is not None
+        self.previous.accept(arts)
+        for a in arts:
+            self.shas[a.path] = self.previous.sha256(a.path)
 
     def _build_each(
         self, w: Writer, nodes: Sequence[Node], inputs: BuildInputs | None = None
@@ -818,7 +825,7 @@ class _Built:
             old = self.previous.take(w.name, nodes[i].name, wants[i])
             if old is None or current != (versions[vkeys[i]], self.sha(old[0])):
                 return None
-            self.previous.accept(old)
+            self._accept(old)
             return old[0]
 
         found: list[Artifact | None] = [None] * len(nodes)

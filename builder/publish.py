@@ -110,20 +110,18 @@ def remove_tree(top: Path) -> None:
             if os.path.islink(os.path.join(dirpath, d)):
                 files.append(os.path.join(dirpath, d))
 
-    def quietly(fn: Callable[[str], None]) -> Callable[[str], None]:
-        def run(path: str) -> None:
-            with contextlib.suppress(OSError):
-                fn(path)
+    def quietly(fn: Callable[[str], None]) -> Callable[[list[str]], None]:
+        def run(paths: list[str]) -> None:
+            for path in paths:
+                with contextlib.suppress(OSError):
+                    fn(path)
 
         return run
 
-    def each(fn: Callable[[str], None], paths: list[str]) -> None:
+    def each(fn: Callable[[list[str]], None], paths: list[str]) -> None:
         # a chunk of paths per thread (a task per path costs more than the unlink)
-        if not paths:
-            return
-        size = -(-len(paths) // _REMOVE_THREADS)
-        chunks = [paths[i : i + size] for i in range(0, len(paths), size)]
-        list(pool.map(lambda chunk: [fn(p) for p in chunk], chunks))
+        size = max(1, -(-len(paths) // _REMOVE_THREADS))
+        list(pool.map(fn, [paths[i : i + size] for i in range(0, len(paths), size)]))
 
     with ThreadPoolExecutor(max_workers=_REMOVE_THREADS) as pool:
         each(quietly(os.unlink), files)

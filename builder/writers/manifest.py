@@ -112,11 +112,7 @@ class ManifestWriter(Writer):
     def build(self, inputs: BuildInputs, nodes: Sequence[Node]) -> list[Artifact]:
         keys = inputs.keys
         assert keys.signify_secret is not None
-        digests = {
-            a.path: hashlib.sha256(a.data).hexdigest()
-            for arts in inputs.built.values()
-            for a in arts
-        }
+        digests = {a.path: inputs.sha256(a) for arts in inputs.built.values() for a in arts}
         listed = manifest(inputs, digests)
         sums = checksums({**digests, MANIFEST: hashlib.sha256(listed).hexdigest()})
         return [
