@@ -561,7 +561,9 @@ def _report(
             before = newest.get((node, fmt))
             files = report.tree_files(_package_tree(b, trees, node, fmt))
             why[path] = report.package_reasons(node, before, files, events)
-    changes = report.artifact_changes(b.artifacts, previous, b.packages, p.known_versions, why)
+    changes = report.artifact_changes(
+        b.artifacts, previous, b.packages, p.known_versions, why, b.sha
+    )
     return Report(p.request.command, changes, events)
 
 
