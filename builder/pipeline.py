@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import hashlib
 import multiprocessing
 import os
@@ -184,8 +185,29 @@ class Plan:
         return [o for outs in by_writer.values() for o in outs]
 
 
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection during a run: it makes (almost) no cycles, and each
+    full collection walks every object alive, so with thousands of nodes alive the
+    collections alone grew faster than the cluster (measured: the 3,000-node run spent
+    several times the 1,000-node run's time in them). Reference counting still frees
+    everything; collections resume after the run."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def plan(request: Request) -> Plan:
     """Everything a run will do, checked; nothing written."""
+    with _collector_paused():
+        return _plan(request)
+
+
+def _plan(request: Request) -> Plan:
     start = time.perf_counter()
     cluster = cluster_mod.load(request.cluster_file)
     loaded = time.perf_counter()
@@ -501,6 +523,11 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
 def execute(p: Plan) -> Result:
     """Make the secrets, trees and artifacts of a clean plan and publish them; the store's
     lock is held until the output is in place."""
+    with _collector_paused():
+        return _execute(p)
+
+
+def _execute(p: Plan) -> Result:
     timings: dict[str, float] = dict(p.timings)
     with State.open(p.state_dir, create=True, wait=p.request.wait) as st:
         with _timed(timings, "secrets"):

@@ -227,7 +227,7 @@ class State:
         with self._mutex:
             if not (self.writable and self._versions_dirty and self._versions is not None):
                 return
-            data = (json.dumps(self._versions, indent=2, sort_keys=True) + "\n").encode()
+            data = _versions_json(self._versions)
             assert self._ledger is not None
             if _VERSIONS in self._ledger.entries:
                 atomic_io.write_atomic([(self._path(_VERSIONS), data, _SECRET_MODE)])
@@ -933,6 +933,15 @@ def _issued_facts(key: bytes, cert: bytes, ca_cert: bytes | None) -> dict[str, o
     if ca_cert is not None:
         facts["signer"] = ledger_sha256(ca_cert)
     return facts
+
+
+def _versions_json(versions: _Versions) -> bytes:
+    """versions.json: a node per line, each by the C encoder (thousands of nodes)."""
+    lines = ",\n".join(
+        f"  {json.dumps(node)}: {json.dumps(versions[node], sort_keys=True)}"
+        for node in sorted(versions)
+    )
+    return f"{{\n{lines}\n}}\n".encode() if lines else b"{}\n"
 
 
 def _versions_problem(raw: bytes) -> str | None:
