@@ -530,6 +530,9 @@ class State:
         with self._mutex:
             self._check_open()
             rel = self._node_rel(node, "cert.pem")
+            known = self._nodes.get(node)
+            if known is not None and known[2] is not None:  # node_cert() read it already
+                return self._inspect(rel, known[2][1])
             raw, _ = self._load(rel, fix_mode=False)
             return None if raw is None else self._inspect(rel, raw)
 
