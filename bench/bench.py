@@ -27,6 +27,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+# The builder of this checkout, whatever is installed (an editable install may point
+# at another worktree).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 HEADER = """\
 [cluster]
 name = "bench"

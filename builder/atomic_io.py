@@ -12,7 +12,10 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import fcntl
+import functools
 import os
 import re
 import secrets
@@ -30,6 +33,7 @@ __all__ = [
     "RunLock",
     "fsync_all",
     "fsync_dir",
+    "libc",
     "make_dirs",
     "make_dirs_many",
     "sweep_temps",
@@ -102,16 +106,53 @@ def fsync_dir(path: Path) -> None:
 _SYNC_THREADS = 32  # fsync releases the GIL; the journal commits concurrent syncs together
 
 
+_SYNCFS_FROM = 64  # this many paths or more: one syncfs per filesystem instead
+
+
 def fsync_all(paths: Iterable[Path]) -> None:
-    """fsync every file or directory in one pass (in parallel threads: one journal
-    commit for many files instead of one each; ~15x faster than a loop on ext4)."""
+    """Make every file or directory durable in one pass: for many, one syncfs(2) of each
+    filesystem they are on (one journal commit, whatever their number); for a few, fsync
+    each (in parallel threads: concurrent syncs share journal commits)."""
     unique = _unique(paths)
+    if len(unique) >= _SYNCFS_FROM and _syncfs_all(unique):
+        return
     if len(unique) <= 2:
         for p in unique:
             _fsync_path(p)
         return
     with ThreadPoolExecutor(max_workers=min(_SYNC_THREADS, len(unique))) as pool:
         list(pool.map(_fsync_path, unique))
+
+
+@functools.cache
+def libc() -> ctypes.CDLL | None:
+    """The C library this process already has (no `ldconfig -p` subprocess)."""
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        name = ctypes.util.find_library("c")
+        return ctypes.CDLL(name, use_errno=True) if name else None
+
+
+def _syncfs_all(paths: Sequence[Path]) -> bool:
+    """syncfs(2) once per filesystem the paths are on; False where there is none
+    (not Linux), and the caller fsyncs each path."""
+    lib = libc()
+    syncfs = getattr(lib, "syncfs", None) if lib is not None else None
+    if syncfs is None:
+        return False
+    one_per_device: dict[int, Path] = {}
+    for p in paths:
+        one_per_device.setdefault(os.lstat(p).st_dev, p)
+    for p in one_per_device.values():
+        fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if syncfs(fd) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"syncfs: {os.strerror(err)}", str(p))
+        finally:
+            os.close(fd)
+    return True
 
 
 def _fsync_path(path: Path) -> None:

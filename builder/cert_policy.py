@@ -15,6 +15,7 @@ CA policy (`ca_verdict`):
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -121,6 +122,7 @@ def permitted_diff(info: CertInfo, spec: CASpec) -> str | None:
     return _diff("permitted", set(info.permitted_dns), set(spec.permitted_dns), str.lower)
 
 
+@functools.lru_cache(maxsize=1 << 14)  # the same addresses, compared on every run
 def _ip_key(ip: str) -> object:
     try:
         return ipaddress.ip_address(ip)

@@ -25,7 +25,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from builder import data
+from builder import data, output_dir
 from builder.model import Cluster, Node, PackageSettings
 from builder.writers import Artifact, Keys
 
@@ -81,7 +81,7 @@ class Digests:
     def node(self, node: Node) -> str:
         d = self._node.get(node.name)
         if d is None:
-            d = digest(node, portable(node.packages), node.images, self._tree_key(node))
+            d = digest(node_digest(node), self._tree_key(node))
             self._node[node.name] = d
         return d
 
@@ -95,10 +95,7 @@ class Digests:
     ) -> str:
         """`tree`: the digest of the tree the writer builds from when that is not the
         node's NodeTree (a Consul package's: its Consul tree's NodeTree.digest())."""
-        if tree is None:
-            of_node = self.node(node)
-        else:
-            of_node = digest(node, portable(node.packages), node.images, "tree", tree)
+        of_node = self.node(node) if tree is None else digest(node_digest(node), "tree", tree)
         return digest(self._base, writer, of_node, version, upstream)
 
     def whole(
@@ -146,7 +143,23 @@ def render_base(cluster: Cluster) -> str:
 def tree_key(base: str, node: Node, secrets: object) -> str:
     """The digest of one node's render inputs (the bundled binary is in node.packages by
     its verified sha256)."""
-    return digest(base, node, portable(node.packages), node.images, secrets)
+    return digest(base, node_digest(node), secrets)
+
+
+def node_digest(node: Node) -> str:
+    """The digest of a node's model (its bundled binary by its verified sha256): asked
+    for by every writer of every node, computed once per node object."""
+    known = _NODE_DIGESTS.get(id(node))
+    if known is not None and known[0] is node:
+        return known[1]
+    d = digest(node, portable(node.packages), node.images)
+    if len(_NODE_DIGESTS) > 1 << 15:  # a long-lived process (the tests) sees many models
+        _NODE_DIGESTS.clear()
+    _NODE_DIGESTS[id(node)] = (node, d)  # the node is kept: its id is not reused
+    return d
+
+
+_NODE_DIGESTS: dict[int, tuple[Node, str]] = {}
 
 
 def key(writer: str, node: str | None) -> str:
@@ -166,11 +179,8 @@ class Previous:
     def load(cls, out: Path | None) -> Previous | None:
         if out is None:
             return None
-        try:
-            body = json.loads((out / ".nomad-build.json").read_bytes())
-        except (OSError, ValueError):
-            return None
-        if not isinstance(body, dict) or body.get("made_by") != "nomad-build":
+        body = output_dir.marker_body(out)
+        if body is None:
             return None
         artifacts, inputs = body.get("artifacts"), body.get(INPUTS_KEY)
         if not isinstance(artifacts, dict) or not isinstance(inputs, dict):
@@ -221,6 +231,13 @@ class Previous:
                 return False
         mine = {k: {"digest": d, "paths": list(paths)} for k, (d, paths) in records.items()}
         return mine == self.inputs
+
+    def sha256(self, path: str) -> str:
+        """The sha256 the marker lists for a path take() returned (and verified)."""
+        entry = self.artifacts[path]
+        digest = entry.get("sha256")
+        assert isinstance(digest, str)
+        return digest
 
     def accept(self, artifacts: Iterable[Artifact]) -> None:
         """These taken artifacts are this run's: publishing keeps their files."""

@@ -59,6 +59,11 @@ class Entry:
     created: str
     sha256: str | None
     pending: str | None = None  # in flight: the digest before, or _NONE
+    # What the store verified about exactly these bytes (a certificate's parsed fields,
+    # the key it pairs with, the CA that signed it: builder.state), so a run need not
+    # parse and verify every certificate again. Derived data: rewriting the file drops
+    # it; a run that lacks it computes it again.
+    facts: dict[str, Any] | None = None
 
 
 @dataclass
@@ -66,6 +71,7 @@ class Ledger:
     path: Path
     entries: dict[str, Entry]
     exists: bool
+    facts_added: bool = False  # add_facts() changed something since the last dump()
 
     @classmethod
     def load(cls, directory: Path) -> Ledger:
@@ -76,9 +82,13 @@ class Ledger:
             return cls(path, {}, exists=False)
         except OSError as e:
             raise UserError(f"{path}: unreadable ({e.strerror}); {restore_ledger()}") from None
-        entries = _parse(raw)
+        if _LAST_PARSED.get("raw") == raw:  # the plan read the same bytes a moment ago
+            entries: dict[str, Entry] | None = dict(_LAST_PARSED["entries"])
+        else:
+            entries = _parse(raw)
         if entries is None:
             raise UserError(f"{path}: damaged (not a nomad-build ledger); {restore_ledger()}")
+        _LAST_PARSED.update(raw=raw, entries=dict(entries))
         return cls(path, entries, exists=True)
 
     def status(self, rel: str, data: bytes | None) -> Status:
@@ -109,6 +119,26 @@ class Ledger:
             )
         return self.dump()
 
+    def facts(self, rel: str, digest: str) -> dict[str, Any]:
+        """The facts recorded for `rel` while it holds the bytes of sha256 `digest`."""
+        entry = self.entries.get(rel)
+        if entry is None or entry.sha256 != digest:
+            return {}
+        return entry.facts or {}
+
+    def add_facts(self, rel: str, digest: str, facts: dict[str, Any]) -> bool:
+        """Record facts about `rel`'s bytes (sha256 `digest`); False (nothing recorded)
+        when the ledger does not describe exactly those bytes. Persisted with the
+        ledger's next write."""
+        entry = self.entries.get(rel)
+        if entry is None or entry.sha256 != digest:  # (pending: they describe the new bytes)
+            return False
+        merged = {**(entry.facts or {}), **facts}
+        if merged != entry.facts:
+            self.entries[rel] = replace(entry, facts=merged)
+            self.facts_added = True
+        return True
+
     def finish(self, rels: list[str]) -> bytes:
         """The files landed: drop their `pending`; returns the ledger's new bytes."""
         for rel in rels:
@@ -121,8 +151,20 @@ class Ledger:
             files[rel] = {"created": e.created, "sha256": e.sha256}
             if e.pending is not None:
                 files[rel]["pending"] = None if e.pending == _NONE else e.pending
-        body = {"format": FORMAT, "files": files, "check": self_check(files)}
-        return (json.dumps(body, indent=2) + "\n").encode()
+            if e.facts:
+                files[rel]["facts"] = e.facts
+        self.facts_added = False
+        # one file per line by the C encoder (the pure-Python indenting one is slow
+        # for thousands of entries); still JSON, still diffable
+        lines = ",\n".join(f"  {json.dumps(rel)}: {json.dumps(files[rel])}" for rel in files)
+        listed = f"{{\n{lines}\n }}" if lines else "{}"
+        return (
+            f'{{\n "format": {FORMAT},\n "files": {listed},\n "check": "{self_check(files)}"\n}}\n'
+        ).encode()
+
+
+# The last ledger parsed in this process (Entry objects are immutable: sharing is safe).
+_LAST_PARSED: dict[str, Any] = {}
 
 
 def restore_ledger() -> str:
@@ -175,4 +217,5 @@ def _entry(e: object) -> Entry | None:
         if p is not None and not _is_digest(p):
             return None
         pending = _NONE if p is None else p
-    return Entry(created=e["created"], sha256=digest, pending=pending)
+    facts = e.get("facts")  # derived data: anything else than a table is ignored
+    return Entry(e["created"], digest, pending, facts if isinstance(facts, dict) else None)

@@ -19,6 +19,8 @@ cluster file's servers:
 
 from __future__ import annotations
 
+import os
+
 from builder.errors import UserError
 from builder.model import Cluster
 from builder.state import State
@@ -31,18 +33,20 @@ def quorum(n: int) -> int:
 def previous_servers(cluster: Cluster, st: State) -> set[str]:
     """Nodes whose stored certificate is a server's for this region and whose package
     was built (a node only rendered, or not built yet, was never deployed)."""
-    nodes_dir = st.directory / "nodes"
-    if not nodes_dir.is_dir():
+    try:
+        names = sorted(e.name for e in os.scandir(st.directory / "nodes") if e.is_dir())
+    except FileNotFoundError:
         return set()
     out = set()
     wanted = f"server.{cluster.region}.nomad"
-    for d in sorted(nodes_dir.iterdir()):
-        if not d.is_dir() or not (d / "cert.pem").exists():
+    for name in names:
+        if not any(st.current_version(name, fmt) for fmt in ("deb", "openbsd")):
+            continue  # never built: never deployed
+        if not os.path.exists(f"{st.directory}/nodes/{name}/cert.pem"):
             continue
-        info = st.cert_info(d.name)
-        built = any(st.current_version(d.name, fmt) for fmt in ("deb", "openbsd"))
-        if info is not None and wanted in info.dns_names and built:
-            out.add(d.name)
+        info = st.cert_info(name)
+        if info is not None and wanted in info.dns_names:
+            out.add(name)
     return out
 
 

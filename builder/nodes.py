@@ -49,6 +49,8 @@ def _layer(
 def _check_nomad_schema(r: Reader, layer: dict[str, Any], where: str, min_version: str) -> None:
     """telemetry and extra hold Nomad configuration: only keys every Nomad release from
     nomad_min_version on knows, and none that nomad-build writes itself."""
+    if not layer.get("telemetry") and not layer.get("extra"):
+        return  # nothing of Nomad's own here (most nodes)
     telemetry = {"telemetry": layer.get("telemetry", {})}
     problems = nomad_schema.check_config(telemetry, where=where, min_version=min_version)
     extra = layer.get("extra", {})

@@ -17,6 +17,7 @@ import os
 import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from builder.errors import UserError
 from builder.nodetree import NodeTree
@@ -64,14 +65,36 @@ def made_by_us(out: Path) -> bool:
 
 def read_marker(out: Path) -> dict[str, dict[str, object]] | None:
     """The artifacts a previous run published here, or None when nomad-build did not."""
-    try:
-        data = json.loads((out / MARKER).read_bytes())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or data.get("made_by") != _MADE_BY:
+    data = marker_body(out)
+    if data is None:
         return None
     artifacts = data.get("artifacts")
     return artifacts if isinstance(artifacts, dict) else {}
+
+
+def marker_body(out: Path) -> dict[str, Any] | None:
+    """The whole marker nomad-build left in `out`, or None. Parsed once per version of
+    the file (a run asks several times; a marker lists thousands of artifacts): the
+    result is shared, never to be changed by the caller."""
+    path = out / MARKER
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    stamp = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if _PARSED.get("stamp") != stamp:
+        try:
+            data = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            data = None
+        ours = isinstance(data, dict) and data.get("made_by") == _MADE_BY
+        _PARSED.clear()
+        _PARSED.update(stamp=stamp, body=data if ours else None)
+    body = _PARSED["body"]
+    return body if isinstance(body, dict) else None
+
+
+_PARSED: dict[str, Any] = {}  # the last marker parsed: {"stamp": ..., "body": ...}
 
 
 def published_versions(out: Path) -> dict[tuple[str, str], int]:
@@ -92,16 +115,19 @@ def marker(
     packages: Mapping[str, tuple[str, str, int]],
     previous: Mapping[str, Mapping[str, object]] | None = None,
     files: Mapping[str, Mapping[str, str]] | None = None,
+    digests: Mapping[str, str] | None = None,
 ) -> Artifact:
     """The marker listing `artifacts` (merged over `previous` for single-file commands);
     `packages` maps a package's path to (node, format, version), `files` a package's path to its
-    tree's file digests (so the next run can say which files changed)."""
+    tree's file digests (so the next run can say which files changed), `digests` an
+    artifact's path to its sha256 where the caller knows it already."""
     import hashlib
 
     entries: dict[str, dict[str, object]] = {k: dict(v) for k, v in (previous or {}).items()}
     for a in artifacts:
+        known = digests.get(a.path) if digests is not None else None
         entry: dict[str, object] = {
-            "sha256": hashlib.sha256(a.data).hexdigest(),
+            "sha256": known or hashlib.sha256(a.data).hexdigest(),
             "size": len(a.data),
             "secret": a.secret,
             "node": a.node,
@@ -112,8 +138,11 @@ def marker(
             if files is not None and a.path in files:
                 entry["files"] = dict(sorted(files[a.path].items()))
         entries[a.path] = entry
-    body = {"made_by": _MADE_BY, "artifacts": dict(sorted(entries.items()))}
-    return Artifact(MARKER, (json.dumps(body, indent=1) + "\n").encode(), secret=False)
+    # one artifact per line, each by the C encoder (a marker lists thousands)
+    listed = ",\n".join(f"  {json.dumps(k)}: {json.dumps(entries[k])}" for k in sorted(entries))
+    body = f"{{\n  {listed.lstrip()}\n }}" if listed else "{}"
+    text = f'{{\n "made_by": {json.dumps(_MADE_BY)},\n "artifacts": {body}\n}}\n'
+    return Artifact(MARKER, text.encode(), secret=False)
 
 
 def set_aside(out: Path) -> None:
@@ -151,17 +180,20 @@ def write_root(out: Path, tree: NodeTree) -> list[Path]:
     return paths
 
 
-def previous_files(
-    previous: Mapping[str, Mapping[str, object]] | None, node: str, fmt: str
-) -> dict[str, str] | None:
-    """The file digests recorded with the node's newest published package, if any."""
-    best: tuple[int, dict[str, str]] | None = None
+def newest_files(
+    previous: Mapping[str, Mapping[str, object]] | None,
+) -> dict[tuple[str, str], dict[str, str]]:
+    """(node, format) -> the file digests recorded with its newest published package:
+    one pass over the marker (asked per node, a scan each would be quadratic)."""
+    best: dict[tuple[str, str], tuple[int, Mapping[str, object]]] = {}
     for entry in (previous or {}).values():
         package, files = entry.get("package"), entry.get("files")
         if not isinstance(package, dict) or not isinstance(files, dict):
             continue
-        if package.get("node") == node and package.get("format") == fmt:
-            version = package.get("version")
-            if isinstance(version, int) and (best is None or version > best[0]):
-                best = (version, {str(k): str(v) for k, v in files.items()})
-    return None if best is None else best[1]
+        node, fmt, version = package.get("node"), package.get("format"), package.get("version")
+        if not (isinstance(node, str) and isinstance(fmt, str) and isinstance(version, int)):
+            continue
+        have = best.get((node, fmt))
+        if have is None or version > have[0]:
+            best[(node, fmt)] = (version, files)
+    return {k: {str(p): str(d) for p, d in files.items()} for k, (_, files) in best.items()}

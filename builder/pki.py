@@ -223,10 +223,72 @@ _MEMO = 1 << 14
 
 def inspect_cert(cert_pem: bytes) -> CertInfo:
     """Parse the facts the store and `check` care about. Raises ValueError on bad PEM."""
-    return _inspect_cert(bytes(cert_pem))
+    pem = bytes(cert_pem)
+    info = _INFO.get(pem)
+    if info is None:
+        info = _inspect_cert(pem)
+        remember_cert_info(pem, info)
+    return info
 
 
-@functools.lru_cache(maxsize=_MEMO)
+_INFO: dict[bytes, CertInfo] = {}
+
+
+def cached_cert_info(cert_pem: bytes) -> CertInfo | None:
+    """What inspect_cert(cert_pem) returned before in this process, if anything."""
+    return _INFO.get(bytes(cert_pem))
+
+
+def remember_cert_info(cert_pem: bytes, info: CertInfo) -> None:
+    """What inspect_cert(cert_pem) returns, known from elsewhere (the store's ledger)."""
+    if len(_INFO) >= _MEMO:
+        _INFO.clear()
+    _INFO[bytes(cert_pem)] = info
+
+
+def cert_info_facts(info: CertInfo) -> dict[str, object]:
+    """CertInfo as JSON values (for the store's ledger)."""
+    return {
+        "cn": info.subject_cn,
+        "dns": list(info.dns_names),
+        "ips": list(info.ip_addresses),
+        "not_before": info.not_before.isoformat(),
+        "not_after": info.not_after.isoformat(),
+        "serial": str(info.serial),
+        "ca": info.is_ca,
+        "permitted": list(info.permitted_dns),
+    }
+
+
+def cert_info_from_facts(facts: object) -> CertInfo | None:
+    """cert_info_facts() read back; None when `facts` is not what it wrote."""
+    if not isinstance(facts, dict):
+        return None
+    try:
+        strings = [facts["cn"], facts["not_before"], facts["not_after"], facts["serial"]]
+        lists = [facts["dns"], facts["ips"], facts["permitted"]]
+        if not all(isinstance(v, str) for v in strings) or not isinstance(facts["ca"], bool):
+            return None
+        if not all(isinstance(v, list) and all(isinstance(x, str) for x in v) for v in lists):
+            return None
+        before = datetime.fromisoformat(facts["not_before"])
+        after = datetime.fromisoformat(facts["not_after"])
+        if before.tzinfo is None or after.tzinfo is None:
+            return None
+        return CertInfo(
+            subject_cn=facts["cn"],
+            dns_names=tuple(facts["dns"]),
+            ip_addresses=tuple(facts["ips"]),
+            not_before=before,
+            not_after=after,
+            serial=int(facts["serial"]),
+            is_ca=facts["ca"],
+            permitted_dns=tuple(facts["permitted"]),
+        )
+    except (KeyError, ValueError):
+        return None
+
+
 def _inspect_cert(cert_pem: bytes) -> CertInfo:
     cert = x509.load_pem_x509_certificate(cert_pem)
     cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
-import functools
 import os
 import shutil
 import tempfile
@@ -112,17 +110,23 @@ def remove_tree(top: Path) -> None:
             if os.path.islink(os.path.join(dirpath, d)):
                 files.append(os.path.join(dirpath, d))
 
-    def quietly(fn: Callable[[str], None]) -> Callable[[str], None]:
-        def run(path: str) -> None:
-            with contextlib.suppress(OSError):
-                fn(path)
+    def quietly(fn: Callable[[str], None]) -> Callable[[list[str]], None]:
+        def run(paths: list[str]) -> None:
+            for path in paths:
+                with contextlib.suppress(OSError):
+                    fn(path)
 
         return run
 
+    def each(fn: Callable[[list[str]], None], paths: list[str]) -> None:
+        # a chunk of paths per thread (a task per path costs more than the unlink)
+        size = max(1, -(-len(paths) // _REMOVE_THREADS))
+        list(pool.map(fn, [paths[i : i + size] for i in range(0, len(paths), size)]))
+
     with ThreadPoolExecutor(max_workers=_REMOVE_THREADS) as pool:
-        list(pool.map(quietly(os.unlink), files))
+        each(quietly(os.unlink), files)
         for depth in sorted(levels, reverse=True):  # children before parents
-            list(pool.map(quietly(os.rmdir), levels[depth]))
+            each(quietly(os.rmdir), levels[depth])
     shutil.rmtree(top, ignore_errors=True)  # whatever is left (normally nothing)
 
 
@@ -169,20 +173,11 @@ def _swap(new: Path, out: Path) -> None:
     os.rename(new, out)
 
 
-@functools.cache
-def _libc() -> ctypes.CDLL | None:
-    try:  # the C library this process already has (no `ldconfig -p` subprocess)
-        return ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        name = ctypes.util.find_library("c")
-        return ctypes.CDLL(name, use_errno=True) if name else None
-
-
 def _exchange(a: Path, b: Path) -> bool:
-    libc = _libc()
-    if libc is None:
+    lib = atomic_io.libc()
+    if lib is None:
         return False
-    renameat2 = getattr(libc, "renameat2", None)
+    renameat2 = getattr(lib, "renameat2", None)
     if renameat2 is None:
         return False
     rc = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)

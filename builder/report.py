@@ -8,7 +8,7 @@ directory's marker) and the store's events; reads and writes nothing.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -123,9 +123,11 @@ def artifact_changes(
     packages: Mapping[str, tuple[str, str, int]],
     versions_before: Mapping[tuple[str, str], int],
     package_why: Mapping[str, tuple[str, ...]],
+    sha256: Callable[[Artifact], str],
 ) -> list[Change]:
     """Each artifact against what the previous run published at the same path (packages:
-    against the node's previous package, whose path carried the old version)."""
+    against the node's previous package, whose path carried the old version); `sha256`
+    gives an artifact's digest (the pipeline knows most already)."""
     previous = previous or {}
     bumped = {
         node
@@ -134,7 +136,7 @@ def artifact_changes(
     }
     changes = []
     for a in artifacts:
-        digest = hashlib.sha256(a.data).hexdigest()
+        digest = sha256(a)
         old = previous.get(a.path)
         status = "new" if old is None else "unchanged" if old.get("sha256") == digest else "changed"
         if a.path not in packages:

@@ -49,6 +49,7 @@ from builder.cert_policy import (
 )
 from builder.errors import UserError
 from builder.ledger import LEDGER_NAME, Ledger, Status, restore_ledger
+from builder.ledger import sha256 as ledger_sha256
 
 __all__ = ["CASpec", "CertSpec", "Event", "State"]
 
@@ -85,6 +86,7 @@ class _Write:
     mode: int
     old: bytes | None  # what the file held before (None: nothing)
     digest: bool = True  # the ledger keeps its sha256 (else only that it exists)
+    facts: dict[str, object] | None = None  # what is known about data (ledger.Entry.facts)
 
 
 def _utcnow() -> datetime:
@@ -133,6 +135,8 @@ class State:
     _closed: bool = False
     _deferred: list[_Write] | None = None  # inside batch(): writes committed at its end
     _planned: set[Event] = field(default_factory=set)  # read-only: events already listed
+    _tightened: set[str] = field(default_factory=set)  # directories checked by _tighten
+    _bundle: tuple[bytes | None] | None = None  # ca_bundle(), read once
 
     def __repr__(self) -> str:
         mode = "writable" if self.writable else "read-only"
@@ -223,7 +227,7 @@ class State:
         with self._mutex:
             if not (self.writable and self._versions_dirty and self._versions is not None):
                 return
-            data = (json.dumps(self._versions, indent=2, sort_keys=True) + "\n").encode()
+            data = _versions_json(self._versions)
             assert self._ledger is not None
             if _VERSIONS in self._ledger.entries:
                 atomic_io.write_atomic([(self._path(_VERSIONS), data, _SECRET_MODE)])
@@ -237,11 +241,18 @@ class State:
                 return
             try:
                 self.flush()
+                self._write_facts()
             finally:
                 self._closed = True
                 if self._run_lock is not None:
                     self._run_lock.release()
                     self._run_lock = None
+
+    def _write_facts(self) -> None:
+        """Persist facts learnt since the ledger was last written (one write per run)."""
+        ledger = self._ledger
+        if self.writable and ledger is not None and ledger.facts_added:
+            atomic_io.write_atomic([(ledger.path, ledger.dump(), _SECRET_MODE)])
 
     def __enter__(self) -> State:
         return self
@@ -361,10 +372,12 @@ class State:
             now=self.clock(),
         )
         old_key, old_cert = self._peek(_CA_KEY), self._peek(_CA_CERT)
+        self._bundle = None
+        facts = _issued_facts(key, cert, None)
         self._commit(
             [
                 _Write(_CA_KEY, key, _SECRET_MODE, old_key),
-                _Write(_CA_CERT, cert, _SECRET_MODE, old_cert),
+                _Write(_CA_CERT, cert, _SECRET_MODE, old_cert, facts=facts),
             ]
         )
         return key, cert
@@ -457,7 +470,7 @@ class State:
     ) -> str | None:
         info = self._inspect(cert_rel, cert)
         ca_end = pki.inspect_cert(ca[1]).not_after if ca is not None else None
-        signed = ca is not None and pki.cert_signed_by(cert, ca[1])
+        signed = ca is not None and self._signed_by(cert_rel, cert, ca[1])
         reasons = cert_problems(
             info, spec, signed_by_ca=signed, ca_not_after=ca_end, now=self.clock()
         )
@@ -487,10 +500,11 @@ class State:
     ) -> tuple[bytes, bytes]:
         assert ca is not None
         new_key, new_cert = self._sign(spec, ca, None)
+        facts = _issued_facts(new_key, new_cert, ca[1])
         self._commit(
             [
                 _Write(key_rel, new_key, _SECRET_MODE, old_key),
-                _Write(cert_rel, new_cert, _SECRET_MODE, old_cert),
+                _Write(cert_rel, new_cert, _SECRET_MODE, old_cert, facts=facts),
             ]
         )
         return new_key, new_cert
@@ -516,6 +530,9 @@ class State:
         with self._mutex:
             self._check_open()
             rel = self._node_rel(node, "cert.pem")
+            known = self._nodes.get(node)
+            if known is not None and known[2] is not None:  # node_cert() read it already
+                return self._inspect(rel, known[2][1])
             raw, _ = self._load(rel, fix_mode=False)
             return None if raw is None else self._inspect(rel, raw)
 
@@ -654,6 +671,7 @@ class State:
                 writes.append(_Write(rel, data, mode, self._peek(rel), digest=secret))
             self._commit(writes)
             self._ca = None
+            self._bundle = None
             self._nodes.clear()
             self._gossip = None
 
@@ -671,6 +689,7 @@ class State:
             for rel in rels:
                 self._path(rel).unlink(missing_ok=True)
             self._ca = None
+            self._bundle = None
             self._nodes.clear()
             self._gossip = None
 
@@ -689,7 +708,8 @@ class State:
             self._check_issue(spec, ca)
             keep = None if rekey or key is None else key
             new_key, new_cert = self._sign(spec, ca, keep)
-            writes = [_Write(cert_rel, new_cert, _SECRET_MODE, cert)]
+            facts = _issued_facts(new_key, new_cert, ca[1])
+            writes = [_Write(cert_rel, new_cert, _SECRET_MODE, cert, facts=facts)]
             if keep is None:
                 writes.insert(0, _Write(key_rel, new_key, _SECRET_MODE, key))
             self._commit(writes)
@@ -703,13 +723,18 @@ class State:
         `pki rotate-ca` is under way (ca/next.pem, then ca/previous.pem). None: no CA yet."""
         with self._mutex:
             self._check_open()
+            if self._bundle is not None:
+                return self._bundle[0]
             parts = []
             for rel in (_CA_CERT, "ca/next.pem", "ca/previous.pem"):
                 raw, status = self._load(rel, fix_mode=False)
                 if raw is not None:
                     self._settle(rel, raw, status)
                     parts.append(raw if raw.endswith(b"\n") else raw + b"\n")
-            return b"".join(parts) or None
+            bundle = b"".join(parts) or None
+            if bundle is not None:  # (a CA made later in this run is read then)
+                self._bundle = (bundle,)
+            return bundle
 
     # ---------------------------------------------------------------- internals
 
@@ -767,9 +792,9 @@ class State:
         return None
 
     def _read(self, rel: str) -> bytes | None:
-        path = self._path(rel)
         try:
-            data = path.read_bytes()
+            with open(f"{self.directory}/{rel}", "rb") as f:  # a str: thousands of reads
+                data = f.read()
         except FileNotFoundError:
             return None
         except IsADirectoryError:
@@ -782,11 +807,14 @@ class State:
         """Writable: take group/other bits off a sound file (if `file`) and its dirs."""
         if not self.writable:
             return
-        path = self._path(rel)
         if file:
-            atomic_io.tighten(path, _SECRET_MODE)
-        for parent in path.relative_to(self.directory).parents:  # down to the store itself
-            atomic_io.tighten(self.directory / parent, _DIR_MODE)
+            atomic_io.tighten(self._path(rel), _SECRET_MODE)
+        parents = rel.split("/")[:-1]
+        for depth in range(len(parents), -1, -1):  # down to the store itself
+            parent = "/".join(parents[:depth])
+            if parent not in self._tightened:  # once per run: thousands of files share them
+                self._tightened.add(parent)
+                atomic_io.tighten(self._path(parent) if parent else self.directory, _DIR_MODE)
 
     def _load(
         self, rel: str, *, lost_ok: bool = False, fix_mode: bool = True
@@ -840,22 +868,83 @@ class State:
             self.directory, [self._path(w.rel).parent for w in writes], _DIR_MODE
         )
         atomic_io.write_atomic([(self._path(w.rel), w.data, w.mode) for w in writes])
+        for w in writes:
+            if w.facts:
+                ledger.add_facts(w.rel, ledger_sha256(w.data), w.facts)
         blob = ledger.finish([w.rel for w in writes])
         atomic_io.write_atomic([(ledger.path, blob, _SECRET_MODE)])
 
+    # Parsing and verifying certificates is most of what a run that changes nothing does.
+    # What was verified about a file's exact bytes is recorded in its ledger entry
+    # (ledger.Entry.facts) and trusted as long as the file holds those bytes.
+
     def _inspect(self, rel: str, cert: bytes) -> pki.CertInfo:
+        info = pki.cached_cert_info(cert)
+        if info is not None:
+            return info
+        digest = ledger_sha256(cert)
+        info = pki.cert_info_from_facts(self._facts(rel, digest).get("cert"))
+        if info is not None:
+            pki.remember_cert_info(cert, info)
+            return info
         try:
-            return pki.inspect_cert(cert)
+            info = pki.inspect_cert(cert)
         except ValueError as e:
             raise self._refuse(rel, f"not a valid PEM certificate ({e})") from None
+        self._learn(rel, digest, {"cert": pki.cert_info_facts(info)})
+        return info
 
     def _check_pair(self, key_rel: str, key: bytes, cert_rel: str, cert: bytes) -> None:
+        digest, key_digest = ledger_sha256(cert), ledger_sha256(key)
+        if self._facts(cert_rel, digest).get("key") == key_digest:
+            return
         try:
             ok = pki.key_matches_cert(key, cert)
         except (ValueError, TypeError) as e:
             raise self._refuse(key_rel, f"not a valid PEM private key ({e})") from None
         if not ok:
             raise self._refuse(key_rel, f"does not belong to {self._path(cert_rel)}")
+        self._learn(cert_rel, digest, {"key": key_digest})
+
+    def _signed_by(self, cert_rel: str, cert: bytes, ca_cert: bytes) -> bool:
+        digest, ca_digest = ledger_sha256(cert), ledger_sha256(ca_cert)
+        if self._facts(cert_rel, digest).get("signer") == ca_digest:
+            return True
+        signed = pki.cert_signed_by(cert, ca_cert)
+        if signed:
+            self._learn(cert_rel, digest, {"signer": ca_digest})
+        return signed
+
+    def _facts(self, rel: str, digest: str) -> dict[str, object]:
+        assert self._ledger is not None
+        return self._ledger.facts(rel, digest)
+
+    def _learn(self, rel: str, digest: str, facts: dict[str, object]) -> None:
+        """Record facts verified about rel's bytes (written with the ledger's next write,
+        or at close; a read-only store keeps them in memory)."""
+        assert self._ledger is not None
+        self._ledger.add_facts(rel, digest, facts)
+
+
+def _issued_facts(key: bytes, cert: bytes, ca_cert: bytes | None) -> dict[str, object]:
+    """What the store knows about a certificate it just made: its fields, its key, and
+    (a leaf) the CA that signed it."""
+    facts: dict[str, object] = {
+        "cert": pki.cert_info_facts(pki.inspect_cert(cert)),
+        "key": ledger_sha256(key),
+    }
+    if ca_cert is not None:
+        facts["signer"] = ledger_sha256(ca_cert)
+    return facts
+
+
+def _versions_json(versions: _Versions) -> bytes:
+    """versions.json: a node per line, each by the C encoder (thousands of nodes)."""
+    lines = ",\n".join(
+        f"  {json.dumps(node)}: {json.dumps(versions[node], sort_keys=True)}"
+        for node in sorted(versions)
+    )
+    return f"{{\n{lines}\n}}\n".encode() if lines else b"{}\n"
 
 
 def _versions_problem(raw: bytes) -> str | None:

@@ -12,6 +12,8 @@ over as a built artifact. Adding a format = one module + one line in REGISTRY.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -75,6 +77,15 @@ class BuildInputs:
     versions: Mapping[str, int]  # a writer's version_key(node) -> its package version
     built: Mapping[str, Sequence[Artifact]] = field(default_factory=dict)  # by writer name
     consul_trees: Mapping[str, NodeTree] = field(default_factory=dict)  # [consul.agent] on
+    # Each node's own certificate (PEM), the one its tree carries: known without
+    # rendering the tree (an incremental run renders only the nodes that changed).
+    certificates: Mapping[str, bytes] = field(default_factory=dict)
+    # sha256 of artifacts in `built`, by path, where the pipeline knows it already
+    shas: Mapping[str, str] = field(default_factory=dict)
+
+    def sha256(self, artifact: Artifact) -> str:
+        known = self.shas.get(artifact.path)
+        return known if known is not None else hashlib.sha256(artifact.data).hexdigest()
 
     def package_of(self, writer: str, node: Node) -> Artifact:
         """The artifact `writer` built for `node`."""
@@ -189,6 +200,7 @@ REGISTRY: tuple[tuple[str, str], ...] = (
 )
 
 
+@functools.cache  # writers hold no state: one instance each (asked thousands of times)
 def writer(name: str) -> Writer:
     """The registered writer called `name`."""
     for registered, target in REGISTRY:

@@ -14,7 +14,6 @@ from collections.abc import Mapping, Sequence
 
 from builder import signify
 from builder.model import Cluster, Node
-from builder.nodetree import NodeTree
 from builder.pki import inspect_cert
 from builder.writers import REGISTRY, Artifact, BuildInputs, Output, Writer, writer
 
@@ -38,19 +37,23 @@ _KIND = {
 }
 
 
-def checksums(files: Sequence[tuple[str, bytes]]) -> bytes:
-    """BSD-style `SHA256 (path) = hex` lines, sorted: what `sha256 -r`-less signify -C reads."""
-    return "".join(
-        f"SHA256 ({path}) = {hashlib.sha256(data).hexdigest()}\n" for path, data in sorted(files)
-    ).encode()
+def checksums(digests: Mapping[str, str]) -> bytes:
+    """BSD-style `SHA256 (path) = hex` lines, sorted: what `sha256 -r`-less signify -C
+    reads; `digests`: path -> sha256 hex."""
+    return "".join(f"SHA256 ({path}) = {digests[path]}\n" for path in sorted(digests)).encode()
 
 
-def _certificate(tree: NodeTree) -> dict[str, object]:
-    """The node's own certificate: the tree's one PEM certificate that is not a CA."""
-    certs = [f.content for f in tree.files if f.content.startswith(b"-----BEGIN CERTIFICATE")]
-    info = next(i for i in map(inspect_cert, certs) if not i.is_ca)
+def _lines(items: Sequence[object]) -> str:
+    """A JSON array, one item per line (each written by the C encoder: thousands)."""
+    if not items:
+        return "[]"
+    return "[\n  " + ",\n  ".join(json.dumps(i, sort_keys=True) for i in items) + "\n ]"
+
+
+def _certificate(node: str, pem: bytes) -> dict[str, object]:
+    info = inspect_cert(pem)
     return {
-        "node": tree.node,
+        "node": node,
         "common_name": info.subject_cn,
         "dns_names": list(info.dns_names),
         "ip_addresses": list(info.ip_addresses),
@@ -58,7 +61,7 @@ def _certificate(tree: NodeTree) -> dict[str, object]:
     }
 
 
-def manifest(inputs: BuildInputs) -> bytes:
+def manifest(inputs: BuildInputs, digests: Mapping[str, str]) -> bytes:
     entries = []
     for name, _ in REGISTRY:
         kind, fmt = _KIND.get(name, ("other", name))
@@ -73,17 +76,16 @@ def manifest(inputs: BuildInputs) -> bytes:
                     "format": fmt,
                     "version": version if a.path.endswith((".deb", ".tgz")) else None,
                     "size": len(a.data),
-                    "sha256": hashlib.sha256(a.data).hexdigest(),
+                    "sha256": digests[a.path],
                     "secret": a.secret,
                 }
             )
-    body = {
-        "schema": SCHEMA_VERSION,
-        "cluster": inputs.cluster.name,
-        "artifacts": sorted(entries, key=lambda e: str(e["path"])),
-        "certificates": [_certificate(inputs.trees[n]) for n in sorted(inputs.trees)],
-    }
-    return (json.dumps(body, indent=1, sort_keys=True) + "\n").encode()
+    entries.sort(key=lambda e: str(e["path"]))
+    certificates = [_certificate(n, inputs.certificates[n]) for n in sorted(inputs.trees)]
+    return (
+        f'{{\n "artifacts": {_lines(entries)},\n "certificates": {_lines(certificates)},\n'
+        f' "cluster": {json.dumps(inputs.cluster.name)},\n "schema": {SCHEMA_VERSION}\n}}\n'
+    ).encode()
 
 
 class ManifestWriter(Writer):
@@ -110,9 +112,9 @@ class ManifestWriter(Writer):
     def build(self, inputs: BuildInputs, nodes: Sequence[Node]) -> list[Artifact]:
         keys = inputs.keys
         assert keys.signify_secret is not None
-        listed = manifest(inputs)
-        files = [(a.path, a.data) for arts in inputs.built.values() for a in arts]
-        sums = checksums([*files, (MANIFEST, listed)])
+        digests = {a.path: inputs.sha256(a) for arts in inputs.built.values() for a in arts}
+        listed = manifest(inputs, digests)
+        sums = checksums({**digests, MANIFEST: hashlib.sha256(listed).hexdigest()})
         return [
             Artifact(MANIFEST, listed, secret=False),
             Artifact(SUMS, sums, secret=False),
