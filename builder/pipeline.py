@@ -186,24 +186,23 @@ class Plan:
 
 
 @contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """No cyclic garbage collection during a run: it makes (almost) no cycles, and each
-    full collection walks every object alive, so with thousands of nodes alive the
-    collections alone grew faster than the cluster (measured: the 3,000-node run spent
-    several times the 1,000-node run's time in them). Reference counting still frees
-    everything; collections resume after the run."""
-    was_enabled = gc.isenabled()
-    gc.disable()
+def _fewer_collections() -> Iterator[None]:
+    """Cyclic garbage collection far less often during a run: it makes few cycles, and
+    each collection walks the objects alive, so with thousands of nodes alive the default
+    thresholds (a collection per 700 allocations) cost more the bigger the cluster
+    (measured at 3,000 nodes: 0.4 s of 6.8 s; collecting never at all cost 65 MB of peak
+    RSS more, collecting this rarely costs nothing and keeps the RSS)."""
+    before = gc.get_threshold()
+    gc.set_threshold(50_000, 20, 100)
     try:
         yield
     finally:
-        if was_enabled:
-            gc.enable()
+        gc.set_threshold(*before)
 
 
 def plan(request: Request) -> Plan:
     """Everything a run will do, checked; nothing written."""
-    with _collector_paused():
+    with _fewer_collections():
         return _plan(request)
 
 
@@ -526,7 +525,7 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
 def execute(p: Plan) -> Result:
     """Make the secrets, trees and artifacts of a clean plan and publish them; the store's
     lock is held until the output is in place."""
-    with _collector_paused():
+    with _fewer_collections():
         return _execute(p)
 
 

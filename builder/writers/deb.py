@@ -43,7 +43,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from functools import cache
-from pathlib import PurePosixPath
 
 import jinja2
 
@@ -274,12 +273,19 @@ def _installed_size(payload: list[_Payload], dirs: list[str]) -> int:
     return sum((len(p.data) + 1023) // 1024 for p in payload) + len(dirs)
 
 
+# Package paths are absolute and normalized (NodeTree checks them); plain string
+# operations, not PurePosixPath: these run for every member of every package.
+
+
 def _parents(path: str) -> list[str]:
-    return [str(p) for p in PurePosixPath(path).parents if str(p) != "/"]
+    """'/etc/nomad.d/tls/x' -> ['/etc/nomad.d/tls', '/etc/nomad.d', '/etc']."""
+    parts = path.split("/")[1:-1]
+    return ["/" + "/".join(parts[:i]) for i in range(len(parts), 0, -1)]
 
 
 def _sort_key(path: str) -> tuple[str, ...]:
-    return PurePosixPath(path).parts
+    """Path order, component by component (as PurePosixPath(path).parts sorts)."""
+    return tuple(path.split("/"))
 
 
 @dataclass(frozen=True)
