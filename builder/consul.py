@@ -229,9 +229,15 @@ def consul_secrets(st: State, cluster: Cluster, node: Node) -> ConsulSecrets | N
     the CA and gossip key created once (the CA refused when expired, warned about near
     its end), the node certificate re-issued when its names, its CA or its end call for
     it. None read-only when something would be created or re-issued."""
+    files = cert_files(node.name)
+    if files.key in (CONSUL_CA.key, GOSSIP_KEY):  # the flat layout's two shared names
+        raise UserError(
+            f"{cluster.source}: nodes: {node.name!r} cannot run a Consul agent: its Consul "
+            f"key would be the state's {files.key}; rename the node"
+        )
     ca = st.ca(ca_spec(cluster), CONSUL_CA)
     gossip = gossip_key(st)
-    pair = st.node_cert(node.name, cert_spec(cluster, node), ca, cert_files(node.name))
+    pair = st.node_cert(node.name, cert_spec(cluster, node), ca, files)
     if ca is None or gossip is None or pair is None:
         return None
     return ConsulSecrets(ca[1], gossip, pair[0], pair[1])

@@ -23,15 +23,20 @@ Gossip (`pki rotate-gossip`, then `pki rotate-gossip --finish`):
   the new key current (gossip.key; the old one kept in gossip-history/<n>.key), so the
   `encrypt` of server packages built from then on, used only by a freshly bootstrapped
   server, carries the key the cluster now uses.
+  `--consul` does the same for the Consul agents' LAN pool ([consul.agent] on; every
+  agent, clients too, holds that key): `consul keyring -install/-use/-remove`, files
+  consul-gossip.key, consul-gossip/next.key, consul-gossip/history/<n>.key, record
+  "consul_gossip"; after --finish every node's Consul package carries the new key.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
 
-from builder import pki
+from builder import consul, pki
 from builder.errors import UserError
 from builder.model import Cluster
 from builder.render import ca_spec, cert_spec
@@ -60,8 +65,8 @@ def _save(st: State, data: dict[str, Any]) -> None:
 
 
 def status(st: State) -> dict[str, Any]:
-    """{"ca": {"stage": n, "of": 3, "next": "..."} | None, "gossip", "apt_key",
-    "openbsd_key": the same (the signing keys' also name the new "key")}."""
+    """{"ca": {"stage": n, "of": 3, "next": "..."} | None, "gossip", "consul_gossip",
+    "apt_key", "openbsd_key": the same (the signing keys' also name the new "key")}."""
     data = _record(st)
     out: dict[str, Any] = {"ca": None, "gossip": None}
     out["apt_key"] = signing_status(data, "apt_key")
@@ -69,14 +74,17 @@ def status(st: State) -> dict[str, Any]:
     if "ca" in data:
         stage = data["ca"]["stage"]
         out["ca"] = {"stage": stage, "of": 3, "since": data["ca"]["since"], "next": _CA_NEXT[stage]}
-    if "gossip" in data:
-        out["gossip"] = {
-            "stage": 1,
-            "of": 2,
-            "since": data["gossip"]["since"],
-            "next": "run the keyring install/use/remove sequence on the servers, then "
-            "`nomad-build pki rotate-gossip --finish`",
-        }
+    for pool in (NOMAD_GOSSIP, CONSUL_GOSSIP):
+        rec = data.get(pool.record)
+        out[pool.record] = None
+        if rec is not None:
+            out[pool.record] = {
+                "stage": 1,
+                "of": 2,
+                "since": rec["since"],
+                "next": f"run the keyring install/use/remove sequence on {pool.run_on}, "
+                f"then `nomad-build {pool.command} --finish`",
+            }
     return out
 
 
@@ -176,55 +184,111 @@ def rotate_ca(cluster: Cluster, st: State) -> list[str]:
     return [f"CA rotation stage {stage} of 3: {_CA_NEXT[stage]}"]
 
 
-def gossip_commands(new: str, old: str) -> list[str]:
+@dataclass(frozen=True)
+class GossipPool:
+    """A gossip pool whose key `pki rotate-gossip` rotates: Nomad's servers', or (with
+    [consul.agent] on, `--consul`) every Consul agent's LAN pool."""
+
+    record: str  # its entry in rotation.json
+    current: str  # store files: the key in use, the next one, the old ones
+    next: str
+    history: str
+    command: str  # as messages and --json name it
+    tool: str  # the keyring command, before install/use/remove
+    run_on: str
+    finished: str
+
+
+NOMAD_GOSSIP = GossipPool(
+    record="gossip",
+    current="gossip.key",
+    next="gossip-next.key",
+    history="gossip-history",
+    command="pki rotate-gossip",
+    tool="nomad operator gossip keyring {verb} {key}",
+    run_on="one server",
+    finished="gossip key rotated: build and roll out the servers (their `encrypt` now "
+    "carries the new key, used only when a server is bootstrapped afresh)",
+)
+# Consul keeps its keyring in <data_dir>/serf/local.keyring and, like Nomad, ignores a
+# changed `encrypt` once that exists: the running pool changes keys with `consul keyring`.
+CONSUL_GOSSIP = GossipPool(
+    record="consul_gossip",
+    current=consul.GOSSIP_KEY,
+    next="consul-gossip/next.key",  # in a directory: never a node's consul-<node>.key
+    history="consul-gossip/history",
+    command="pki rotate-gossip --consul",
+    tool="consul keyring -{verb}={key}",
+    run_on="one Consul server",
+    finished="Consul gossip key rotated: build and roll out every node (every Consul "
+    "agent's `encrypt` now carries the new key, used only by an agent started afresh)",
+)
+
+
+def gossip_commands(pool: GossipPool, new: str, old: str) -> list[str]:
     return [
-        f"nomad operator gossip keyring install {new}",
-        f"nomad operator gossip keyring use {new}",
-        f"nomad operator gossip keyring remove {old}",
+        pool.tool.format(verb="install", key=new),
+        pool.tool.format(verb="use", key=new),
+        pool.tool.format(verb="remove", key=old),
     ]
 
 
-def rotate_gossip(cluster: Cluster, st: State, *, finish: bool) -> tuple[list[str], list[str]]:
+def _gossip_key(cluster: Cluster, st: State, pool: GossipPool) -> str:
+    """The pool's current key (refused when the cluster has no such pool)."""
+    if pool is CONSUL_GOSSIP:
+        if not consul.enabled(cluster):
+            raise UserError(
+                f"{cluster.source}: {pool.command}: consul.agent.enabled is not true, so "
+                "there is no Consul gossip key"
+            )
+        key = consul.gossip_key(st)
+    else:
+        if not cluster.servers:
+            raise UserError(f"{pool.command}: this cluster has no servers")
+        key = st.gossip_key()
+    assert key is not None  # a writable store makes it
+    return key
+
+
+def rotate_gossip(
+    cluster: Cluster, st: State, *, finish: bool, pool: GossipPool = NOMAD_GOSSIP
+) -> tuple[list[str], list[str]]:
     """(commands to run on one server, what comes next). Start, or `finish`."""
-    if not cluster.servers:
-        raise UserError("pki rotate-gossip: this cluster has no servers")
     data = _record(st)
-    old = st.gossip_key()
-    assert old is not None
-    rec = data.get("gossip")
+    old = _gossip_key(cluster, st, pool)
+    rec = data.get(pool.record)
     if finish:
         if rec is None:
-            raise UserError("pki rotate-gossip --finish: no rotation under way; start one first")
-        raw = st.read_file("gossip-next.key")
+            raise UserError(f"{pool.command} --finish: no rotation under way; start one first")
+        raw = st.read_file(pool.next)
         if raw is None:
-            raise UserError(f"{st.directory}/gossip-next.key: missing; restore it from your backup")
-        n = len([e for e in data.get("history", []) if e.get("kind") == "gossip"]) + 1
+            raise UserError(f"{st.directory}/{pool.next}: missing; restore it from your backup")
+        n = len([e for e in data.get("history", []) if e.get("kind") == pool.record]) + 1
         st.write_files(
-            {f"gossip-history/{n}.key": ((old + "\n").encode(), True), "gossip.key": (raw, True)}
+            {f"{pool.history}/{n}.key": ((old + "\n").encode(), True), pool.current: (raw, True)}
         )
-        st.remove_files(["gossip-next.key"])
-        del data["gossip"]
-        data.setdefault("history", []).append({"kind": "gossip", "finished": _stamp(st)})
+        st.remove_files([pool.next])
+        del data[pool.record]
+        data.setdefault("history", []).append({"kind": pool.record, "finished": _stamp(st)})
         _save(st, data)
-        st.events.append(Event("rotated", "gossip key", "pki rotate-gossip --finish"))
-        return [], [
-            "gossip key rotated: build and roll out the servers (their `encrypt` now carries "
-            "the new key, used only when a server is bootstrapped afresh)"
-        ]
+        what = "gossip key" if pool is NOMAD_GOSSIP else "Consul gossip key"
+        st.events.append(Event("rotated", what, f"{pool.command} --finish"))
+        return [], [pool.finished]
     if rec is None:
         new = pki.generate_gossip_key()
-        st.write_files({"gossip-next.key": ((new + "\n").encode(), True)})
-        data["gossip"] = {"since": _stamp(st)}
+        st.write_files({pool.next: ((new + "\n").encode(), True)})
+        data[pool.record] = {"since": _stamp(st)}
         _save(st, data)
-        st.events.append(Event("created", "gossip key (next)", "pki rotate-gossip"))
+        what = "gossip key (next)" if pool is NOMAD_GOSSIP else "Consul gossip key (next)"
+        st.events.append(Event("created", what, pool.command))
     else:
-        raw = st.read_file("gossip-next.key")
+        raw = st.read_file(pool.next)
         if raw is None:
-            raise UserError(f"{st.directory}/gossip-next.key: missing; restore it from your backup")
+            raise UserError(f"{st.directory}/{pool.next}: missing; restore it from your backup")
         new = raw.decode().strip()
-    return gossip_commands(new, old), [
-        "run these on one server (with a management token if ACLs are on); the keyring "
-        "change reaches every server through gossip; then `nomad-build pki rotate-gossip "
+    return gossip_commands(pool, new, old), [
+        f"run these on {pool.run_on} (with a management token if ACLs are on); the keyring "
+        f"change reaches every member through gossip; then `nomad-build {pool.command} "
         "--finish`"
     ]
 
