@@ -15,9 +15,9 @@ from typing import Any
 import click
 
 from builder import audit as audit_mod
+from builder import authority, lifecycle, pipeline, rotation
 from builder import backup as backup_mod
 from builder import cluster as cluster_mod
-from builder import lifecycle, pipeline, rotation
 from builder.cli_common import CLUSTER_OPTION, STATE_OPTION, handle_errors
 from builder.errors import UserError
 from builder.state import Event, State
@@ -214,9 +214,17 @@ def pki_cli_cert(
 @pki.command("rotate-ca")
 @CLUSTER_OPTION
 @STATE_OPTION
+@click.option(
+    "--consul",
+    "consul_ca",
+    is_flag=True,
+    help="The Consul CA ([consul.agent] on) instead of the cluster (Nomad) CA.",
+)
 @JSON_OPTION
 @handle_errors
-def pki_rotate_ca(cluster_file: Path, state_dir: Path | None, as_json: bool) -> None:
+def pki_rotate_ca(
+    cluster_file: Path, state_dir: Path | None, consul_ca: bool, as_json: bool
+) -> None:
     """Replace the CA in three rolled-out stages (run once per stage).
 
     \b
@@ -224,12 +232,14 @@ def pki_rotate_ca(cluster_file: Path, state_dir: Path | None, as_json: bool) -> 
       nomad-build pki rotate-ca -c examples/bi-sbg.toml
     """
     cluster = cluster_mod.load(cluster_file)
+    auth = authority.CONSUL if consul_ca else authority.NOMAD
     with State.open(_state_dir(cluster_file, state_dir), create=True) as st:
-        lines = rotation.rotate_ca(cluster, st)
+        lines = rotation.rotate_ca(cluster, st, auth)
         events, warnings = list(st.events), list(st.warnings)
-        stage = rotation.status(st)["ca"]
+        stage = rotation.status(st)[auth.record]
     if as_json:
-        _print_json({"schema": 1, "command": "pki rotate-ca", "status": stage, "next": lines})
+        command = "pki rotate-ca --consul" if consul_ca else "pki rotate-ca"
+        _print_json({"schema": 1, "command": command, "status": stage, "next": lines})
     else:
         _events(events, warnings)
         for line in lines:

@@ -170,7 +170,7 @@ class ConsulSecrets:
 
 
 # Where the state keeps them (flat names, beside Nomad's ca/ and nodes/).
-CONSUL_CA = CAFiles("consul-ca.key", "consul-ca.pem", "Consul CA")
+CONSUL_CA = CAFiles("consul-ca.key", "consul-ca.pem", "Consul CA", "consul-ca")
 GOSSIP_KEY = "consul-gossip.key"
 ROTATE_CA = "`nomad-build pki rotate-ca --consul`"
 
@@ -240,7 +240,10 @@ def consul_secrets(st: State, cluster: Cluster, node: Node) -> ConsulSecrets | N
     pair = st.node_cert(node.name, cert_spec(cluster, node), ca, files)
     if ca is None or gossip is None or pair is None:
         return None
-    return ConsulSecrets(ca[1], gossip, pair[0], pair[1])
+    # Only the CA *certificate* travels: both generations while `pki rotate-ca --consul`
+    # is under way.
+    bundle = st.ca_bundle(CONSUL_CA) or ca[1]
+    return ConsulSecrets(bundle, gossip, pair[0], pair[1])
 
 
 def agent_config(cluster: Cluster, node: Node, *, gossip_key: str) -> dict[str, Any]:

@@ -19,11 +19,12 @@ from typing import Any
 
 from builder import cluster as cluster_mod
 from builder import consul, output_dir, pki, rotation
-from builder.cert_policy import CASpec, CertSpec, ca_verdict, cert_problems
+from builder.authority import CONSUL, NOMAD, Authority, authorities
+from builder.cert_policy import ca_verdict, cert_problems
 from builder.errors import UserError
 from builder.model import Cluster, Node
-from builder.render import ca_spec, cert_spec
-from builder.state import NOMAD_CA, CAFiles, CertFiles, Event, State
+from builder.render import ca_spec
+from builder.state import NOMAD_CA, CAFiles, Event, State
 
 STATUS_FORMAT = 1
 # Worst first: a node's state is the worst that applies.
@@ -41,47 +42,6 @@ def _load(cluster_file: Path, state_dir: Path | None) -> tuple[Cluster, Path]:
 
 def _iso(d: datetime) -> str:
     return d.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-# ---------------------------------------------------------------- authorities
-
-
-@dataclass(frozen=True)
-class Authority:
-    """One CA and the node certificates it signs: Nomad's (the cluster CA) or, with
-    [consul.agent] on, Consul's. Both follow the same policy (builder.cert_policy)."""
-
-    name: str  # "nomad" | "consul" (pki renew --only)
-    title: str  # how the text output names its CA: "CA", "Consul CA"
-    ca_files: CAFiles
-    ca_spec: Callable[[Cluster], CASpec]
-    cert_spec: Callable[[Cluster, Node], CertSpec]
-    cert_files: Callable[[State, str], CertFiles]
-    role: Callable[[Cluster, Node], str]
-
-
-NOMAD = Authority(
-    "nomad",
-    "CA",
-    NOMAD_CA,
-    ca_spec,
-    cert_spec,
-    lambda st, node: st.nomad_cert_files(node),
-    lambda cluster, node: node.role,
-)
-CONSUL = Authority(
-    "consul",
-    "Consul CA",
-    consul.CONSUL_CA,
-    consul.ca_spec,
-    consul.cert_spec,
-    lambda st, node: consul.cert_files(node),
-    consul.role_text,
-)
-
-
-def authorities(cluster: Cluster) -> tuple[Authority, ...]:
-    return (NOMAD, CONSUL) if consul.enabled(cluster) else (NOMAD,)
 
 
 # ---------------------------------------------------------------- status

@@ -37,13 +37,12 @@ from datetime import UTC
 from typing import Any
 
 from builder import consul, pki
+from builder.authority import CONSUL, NOMAD, Authority, authorities
 from builder.errors import UserError
 from builder.model import Cluster
-from builder.render import ca_spec, cert_spec
 from builder.state import Event, State
 
 RECORD = "rotation.json"
-_FORMATS = {"debian": "deb", "openbsd": "openbsd"}
 
 
 def _record(st: State) -> dict[str, Any]:
@@ -65,15 +64,14 @@ def _save(st: State, data: dict[str, Any]) -> None:
 
 
 def status(st: State) -> dict[str, Any]:
-    """{"ca": {"stage": n, "of": 3, "next": "..."} | None, "gossip", "consul_gossip",
-    "apt_key", "openbsd_key": the same (the signing keys' also name the new "key")}."""
+    """{"ca": {"stage": n, "of": 3, "next": "..."} | None, "consul_ca", "gossip",
+    "consul_gossip", "apt_key", "openbsd_key": the same (the signing keys' also name the
+    new "key")}."""
     data = _record(st)
-    out: dict[str, Any] = {"ca": None, "gossip": None}
+    out: dict[str, Any] = {"ca": _ca_status(data, NOMAD), "consul_ca": _ca_status(data, CONSUL)}
+    out["gossip"] = None
     out["apt_key"] = signing_status(data, "apt_key")
     out["openbsd_key"] = signing_status(data, "openbsd_key")
-    if "ca" in data:
-        stage = data["ca"]["stage"]
-        out["ca"] = {"stage": stage, "of": 3, "since": data["ca"]["since"], "next": _CA_NEXT[stage]}
     for pool in (NOMAD_GOSSIP, CONSUL_GOSSIP):
         rec = data.get(pool.record)
         out[pool.record] = None
@@ -88,100 +86,144 @@ def status(st: State) -> dict[str, Any]:
     return out
 
 
-_CA_NEXT = {
-    1: "build and roll out every node (they now trust both CAs), then run "
-    "`nomad-build pki rotate-ca` again",
-    2: "build and roll out every node (certificates from the new CA), then run "
-    "`nomad-build pki rotate-ca` again",
-}
+def _ca_next(auth: Authority, stage: int) -> str:
+    nodes = "every node" if auth is NOMAD else "every node's Consul package"
+    what = ["they now trust both CAs", "certificates from the new CA"][stage - 1]
+    return f"build and roll out {nodes} ({what}), then run {auth.rotate} again"
 
 
-def _package_digests(cluster: Cluster, st: State) -> dict[str, str | None]:
+def _ca_status(data: dict[str, Any], auth: Authority) -> dict[str, Any] | None:
+    rec = data.get(auth.record)
+    if rec is None:
+        return None
+    stage = rec["stage"]
+    return {"stage": stage, "of": 3, "since": rec["since"], "next": _ca_next(auth, stage)}
+
+
+def _package_digests(cluster: Cluster, st: State, auth: Authority = NOMAD) -> dict[str, str | None]:
+    """Each node's package digest, of the package carrying `auth`'s files."""
     out: dict[str, str | None] = {}
     for node in cluster.nodes:
-        cur = st.current_version(node.name, _FORMATS[node.os])
+        cur = st.current_version(node.name, auth.formats[node.os])
         out[node.name] = cur[1] if cur is not None else None
     return out
 
 
-def _require_rebuilt(cluster: Cluster, st: State, rec: dict[str, Any]) -> None:
-    now = _package_digests(cluster, st)
+def _require_rebuilt(cluster: Cluster, st: State, rec: dict[str, Any], auth: Authority) -> None:
+    now = _package_digests(cluster, st, auth)
     behind = [n for n, d in now.items() if d is None or d == rec["packages"].get(n)]
     if behind:
         raise UserError(
-            f"pki rotate-ca: stage {rec['stage']} is not rolled out: no new package was built "
+            f"{_command(auth)}: stage {rec['stage']} is not rolled out: no new package was built "
             f"for {', '.join(behind)} since it began; run `nomad-build build`, install the "
             "packages on every node, then run this again"
         )
+
+
+def _command(auth: Authority) -> str:
+    """'pki rotate-ca', 'pki rotate-ca --consul': as messages and records name it."""
+    return auth.rotate.strip("`").removeprefix("nomad-build ")
 
 
 def _stamp(st: State) -> str:
     return st.clock().astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def rotate_ca(cluster: Cluster, st: State) -> list[str]:
-    """Advance the CA rotation by one stage; returns the lines saying what comes next."""
+def rotate_ca(cluster: Cluster, st: State, auth: Authority = NOMAD) -> list[str]:
+    """Advance the rotation of `auth`'s CA (the cluster CA, or with [consul.agent] on the
+    Consul CA) by one stage; returns the lines saying what comes next."""
+    if auth not in authorities(cluster):
+        raise UserError(
+            f"{cluster.source}: {_command(auth)}: consul.agent.enabled is not true, "
+            "so there is no Consul CA"
+        )
     data = _record(st)
-    rec = data.get("ca")
-    spec = ca_spec(cluster)
-    ca = st.ca(spec)
+    rec = data.get(auth.record)
+    ca = st.ca(auth.ca_spec(cluster), auth.ca_files)
     assert ca is not None
     if rec is None:
-        generation = len([e for e in data.get("history", []) if e.get("kind") == "ca"]) + 2
-        key, cert = pki.create_ca(
-            common_name=f"{spec.common_name} G{generation}",
-            permitted_dns=spec.permitted_dns,
-            days=spec.days,
-            now=st.clock(),
-        )
-        st.write_files({"ca/next.key": (key, True), "ca/next.pem": (cert, True)})
-        stage = 1
-        st.events.append(Event("created", "CA (next generation)", "pki rotate-ca stage 1"))
+        stage = _ca_begin(cluster, st, data, auth)
     elif rec["stage"] == 1:
-        _require_rebuilt(cluster, st, rec)
-        nkey, ncert = st.read_file("ca/next.key"), st.read_file("ca/next.pem")
-        if nkey is None or ncert is None:
-            raise UserError(f"{st.directory}/ca/next.key: missing; restore it from your backup")
-        st.write_files(
-            {
-                "ca/previous.key": (ca[0], True),
-                "ca/previous.pem": (ca[1], True),
-                "ca/ca.key": (nkey, True),
-                "ca/ca.pem": (ncert, True),
-            }
-        )
-        st.remove_files(["ca/next.key", "ca/next.pem"])
-        new_ca = (nkey, ncert)
-        for node in cluster.nodes:
-            if st.cert_info(node.name) is not None:
-                st.reissue_node_cert(
-                    node.name,
-                    cert_spec(cluster, node),
-                    new_ca,
-                    rekey=False,
-                    reason="pki rotate-ca stage 2: signed by the new CA",
-                )
+        _require_rebuilt(cluster, st, rec, auth)
+        _ca_switch(cluster, st, auth, ca)
         stage = 2
     else:
-        _require_rebuilt(cluster, st, rec)
-        old = st.read_file("ca/previous.pem")
-        old_key = st.read_file("ca/previous.key")
-        if old is not None and old_key is not None:
-            serial = f"{pki.inspect_cert(old).serial:x}"
-            archive = f"ca/archive/{serial}"
-            st.write_files({f"{archive}.pem": (old, True), f"{archive}.key": (old_key, True)})
-        st.remove_files(["ca/previous.key", "ca/previous.pem"])
-        del data["ca"]
-        data.setdefault("history", []).append({"kind": "ca", "finished": _stamp(st)})
+        _require_rebuilt(cluster, st, rec, auth)
+        _ca_archive(st, auth)
+        del data[auth.record]
+        data.setdefault("history", []).append({"kind": auth.record, "finished": _stamp(st)})
         _save(st, data)
-        st.events.append(Event("archived", "old CA", "pki rotate-ca stage 3"))
+        st.events.append(Event("archived", f"old {auth.title}", f"{_command(auth)} stage 3"))
         return [
-            "CA rotation done: the old CA is archived in the state and no longer trusted; "
-            "build and roll out every node"
+            f"{auth.title} rotation done: the old {auth.title} is archived in the state and "
+            "no longer trusted; build and roll out every node"
         ]
-    data["ca"] = {"stage": stage, "since": _stamp(st), "packages": _package_digests(cluster, st)}
+    data[auth.record] = {
+        "stage": stage,
+        "since": _stamp(st),
+        "packages": _package_digests(cluster, st, auth),
+    }
     _save(st, data)
-    return [f"CA rotation stage {stage} of 3: {_CA_NEXT[stage]}"]
+    return [f"{auth.title} rotation stage {stage} of 3: {_ca_next(auth, stage)}"]
+
+
+def _ca_begin(cluster: Cluster, st: State, data: dict[str, Any], auth: Authority) -> int:
+    """Stage 1: the next generation, which every node is sent to trust beside the old."""
+    spec = auth.ca_spec(cluster)
+    generation = len([e for e in data.get("history", []) if e.get("kind") == auth.record]) + 2
+    key, cert = pki.create_ca(
+        common_name=f"{spec.common_name} G{generation}",
+        permitted_dns=spec.permitted_dns,
+        days=spec.days,
+        now=st.clock(),
+    )
+    staging = auth.ca_files.staging
+    st.write_files({f"{staging}/next.key": (key, True), f"{staging}/next.pem": (cert, True)})
+    what = f"{auth.title} (next generation)"
+    st.events.append(Event("created", what, f"{_command(auth)} stage 1"))
+    return 1
+
+
+def _ca_switch(cluster: Cluster, st: State, auth: Authority, ca: tuple[bytes, bytes]) -> None:
+    """Stage 2: the next generation becomes current and signs every node certificate."""
+    files = auth.ca_files
+    nkey = st.read_file(f"{files.staging}/next.key")
+    ncert = st.read_file(f"{files.staging}/next.pem")
+    if nkey is None or ncert is None:
+        raise UserError(
+            f"{st.directory}/{files.staging}/next.key: missing; restore it from your backup"
+        )
+    st.write_files(
+        {
+            f"{files.staging}/previous.key": (ca[0], True),
+            f"{files.staging}/previous.pem": (ca[1], True),
+            files.key: (nkey, True),
+            files.cert: (ncert, True),
+        }
+    )
+    st.remove_files([f"{files.staging}/next.key", f"{files.staging}/next.pem"])
+    for node in cluster.nodes:
+        where = auth.cert_files(st, node.name)
+        if st.cert_info(node.name, where) is not None:
+            st.reissue_node_cert(
+                node.name,
+                auth.cert_spec(cluster, node),
+                (nkey, ncert),
+                rekey=False,
+                reason=f"{_command(auth)} stage 2: signed by the new CA",
+                files=where,
+            )
+
+
+def _ca_archive(st: State, auth: Authority) -> None:
+    """Stage 3: the old generation leaves the bundle, kept in <staging>/archive/."""
+    staging = auth.ca_files.staging
+    old = st.read_file(f"{staging}/previous.pem")
+    old_key = st.read_file(f"{staging}/previous.key")
+    if old is not None and old_key is not None:
+        archive = f"{staging}/archive/{pki.inspect_cert(old).serial:x}"
+        st.write_files({f"{archive}.pem": (old, True), f"{archive}.key": (old_key, True)})
+    st.remove_files([f"{staging}/previous.key", f"{staging}/previous.pem"])
 
 
 @dataclass(frozen=True)

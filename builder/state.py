@@ -79,6 +79,8 @@ class CAFiles:
     key: str
     cert: str
     what: str  # how events name it: "CA", "Consul CA"
+    # where a rotation keeps the other generation (next.*, previous.*) and the archive
+    staging: str
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,7 @@ class CertFiles:
     ca: CAFiles
 
 
-NOMAD_CA = CAFiles(_CA_KEY, _CA_CERT, "CA")
+NOMAD_CA = CAFiles(_CA_KEY, _CA_CERT, "CA", "ca")
 
 
 @dataclass(frozen=True)
@@ -764,15 +766,16 @@ class State:
             self._nodes[files.cert] = (spec, ca[1], (new_key, new_cert))
             return new_key, new_cert
 
-    def ca_bundle(self) -> bytes | None:
+    def ca_bundle(self, files: CAFiles = NOMAD_CA) -> bytes | None:
         """What nodes trust: the CA certificate, plus the other generation while a
-        `pki rotate-ca` is under way (ca/next.pem, then ca/previous.pem). None: no CA yet."""
+        `pki rotate-ca` is under way (ca/next.pem, then ca/previous.pem; another CA's in
+        its `staging` directory). None: no CA yet."""
         with self._mutex:
             self._check_open()
             if self._bundle is not None:
                 return self._bundle[0]
             parts = []
-            for rel in (_CA_CERT, "ca/next.pem", "ca/previous.pem"):
+            for rel in (files.cert, f"{files.staging}/next.pem", f"{files.staging}/previous.pem"):
                 raw, status = self._load(rel, fix_mode=False)
                 if raw is not None:
                     self._settle(rel, raw, status)

@@ -19,6 +19,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+from test_lifecycle import _handshake
 
 from builder import consul, pki
 from builder.cluster import load
@@ -238,7 +239,11 @@ def test_status_without_consul_and_only_consul_refused(tmp_path: Path) -> None:
     rc, data = _status(tmp_path)
     assert rc == 0 and data["consul"] is None and data["rotations"]["consul_gossip"] is None
     assert "Consul" not in nomad_build(tmp_path, "pki", "status", "-c", "cluster.toml").stdout
-    for args in (["renew", "--only", "consul"], ["rotate-gossip", "--consul"]):
+    for args in (
+        ["renew", "--only", "consul"],
+        ["rotate-gossip", "--consul"],
+        ["rotate-ca", "--consul"],
+    ):
         proc = nomad_build(tmp_path, "pki", *args, "-c", "cluster.toml")
         assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
         assert "consul.agent.enabled is not true" in proc.stderr
@@ -387,3 +392,106 @@ def pki_b64(key: str) -> bytes:
     import base64
 
     return base64.b64decode(key, validate=True)
+
+
+# ---------------------------------------------------------------- rotate-ca --consul
+
+
+def _consul_ca_file(tmp_path: Path, node: str) -> bytes:
+    """The Consul CA file node's newest built Consul package installs (dpkg-deb reads it)."""
+    debs = sorted(
+        (tmp_path / "dist/debian").glob(f"consul-config-{node}_*_all.deb"),
+        key=lambda p: int(p.name.split("_")[1]),
+    )
+    raw = subprocess.run(
+        ["dpkg-deb", "--fsys-tarfile", str(debs[-1])], capture_output=True, check=True
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        f = tar.extractfile("./etc/consul.d/tls/consul-agent-ca.pem")
+        assert f is not None
+        return f.read()
+
+
+def _consul_pair(tmp_path: Path, node: str) -> tuple[bytes, bytes]:
+    state = tmp_path / "state"
+    return (state / f"consul-{node}.key").read_bytes(), (state / f"consul-{node}.pem").read_bytes()
+
+
+def _deb_versions(tmp_path: Path) -> dict[tuple[str, str], int]:
+    data = json.loads((tmp_path / "state/versions.json").read_text())
+    return {(n, f): e["version"] for n, fmts in data.items() for f, e in fmts.items()}
+
+
+def test_rotate_consul_ca_three_stages_with_real_handshakes(tmp_path: Path) -> None:
+    _consul_cluster(tmp_path, "debian")
+    ok(nomad_build(tmp_path, "build", "-c", "cluster.toml"))
+    state = tmp_path / "state"
+    old_ca = (state / "consul-ca.pem").read_bytes()
+    nomad_ca, nomad_certs = (
+        (state / "ca/ca.pem").read_bytes(),
+        _serials(tmp_path, "nodes/{}/cert.pem"),
+    )
+    old_srv, old_cli = (
+        _consul_pair(tmp_path, "bi-core-sbg-1"),
+        _consul_pair(tmp_path, "bi-node-sbg-1"),
+    )
+    assert _consul_ca_file(tmp_path, "bi-core-sbg-1") == old_ca
+    rotate = ("pki", "rotate-ca", "--consul", "-c", "cluster.toml")
+    sname = "server.bi-sbg.consul"
+
+    one = nomad_build(tmp_path, *rotate)
+    ok(one)
+    assert one.stdout.startswith("Consul CA rotation stage 1 of 3: build and roll out every")
+    early = nomad_build(tmp_path, *rotate)
+    assert (
+        early.returncode == 2
+        and "pki rotate-ca --consul: stage 1 is not rolled out" in early.stderr
+    )
+    rc, data = _status(tmp_path)
+    assert rc == 1 and data["rotations"]["consul_ca"]["stage"] == 1
+    assert data["rotations"]["ca"] is None
+    new_ca = (state / "consul-ca/next.pem").read_bytes()
+    before = _deb_versions(tmp_path)
+    ok(nomad_build(tmp_path, "build", "-c", "cluster.toml"))
+    after = _deb_versions(tmp_path)
+    # only the Consul packages change: they ship the bundle
+    assert {k for k in after if after[k] != before[k]} == {(n, "consul-deb") for n in NODES}
+    bundle1 = _consul_ca_file(tmp_path, "bi-core-sbg-1")
+    assert bundle1 == old_ca + new_ca
+    assert _handshake(tmp_path, old_srv, bundle1, old_cli, bundle1, sname)
+
+    two = nomad_build(tmp_path, *rotate)
+    ok(two)
+    assert "stage 2 of 3" in two.stdout
+    assert two.stderr.count("reissued: Consul certificate") == 6
+    assert "reissued: certificate" not in two.stderr  # Nomad's are not the Consul CA's
+    assert (state / "consul-ca.pem").read_bytes() == new_ca
+    new_srv, new_cli = (
+        _consul_pair(tmp_path, "bi-core-sbg-1"),
+        _consul_pair(tmp_path, "bi-node-sbg-1"),
+    )
+    assert pki.cert_signed_by(new_srv[1], new_ca) and new_srv[0] == old_srv[0]
+    ok(nomad_build(tmp_path, "build", "-c", "cluster.toml"))
+    bundle2 = _consul_ca_file(tmp_path, "bi-core-sbg-1")
+    assert bundle2 == new_ca + old_ca
+    # mid-rollout: upgraded and not-yet-upgraded agents talk, both ways
+    assert _handshake(tmp_path, new_srv, bundle2, old_cli, bundle1, sname)
+    assert _handshake(tmp_path, old_srv, bundle1, new_cli, bundle2, sname)
+
+    three = nomad_build(tmp_path, *rotate)
+    ok(three)
+    assert three.stdout.startswith("Consul CA rotation done")
+    archived = list((state / "consul-ca/archive").glob("*.pem"))
+    assert [p.read_bytes() for p in archived] == [old_ca]
+    ok(nomad_build(tmp_path, "build", "-c", "cluster.toml"))
+    bundle3 = _consul_ca_file(tmp_path, "bi-core-sbg-1")
+    assert bundle3 == new_ca
+    assert _handshake(tmp_path, new_srv, bundle3, new_cli, bundle3, sname)
+    assert not _handshake(tmp_path, old_srv, bundle1, new_cli, bundle3, sname)  # old CA untrusted
+    # the cluster CA and Nomad's certificates never moved
+    assert (state / "ca/ca.pem").read_bytes() == nomad_ca
+    assert _serials(tmp_path, "nodes/{}/cert.pem") == nomad_certs
+    rc, data = _status(tmp_path)
+    assert rc == 0 and data["rotations"]["consul_ca"] is None
+    rc, report = _audit(tmp_path)  # the archived Consul CA key is known, and in no artifact
+    assert rc == 0, [f for f in report["findings"] if f["violation"]]
