@@ -15,6 +15,9 @@ CA (`pki rotate-ca`, run three times):
      Roll out every node.
   A step is refused until every node's package has been rebuilt since the previous
   step (versions.json shows a new package digest), so no node is left behind.
+  `pki rotate-ca --consul` ([consul.agent] on) rotates the Consul CA the same way
+  (builder.authority.CONSUL): consul-ca/next.*, consul-ca/previous.*,
+  consul-ca/archive/, record "consul_ca", waiting on the Consul packages.
 
 Gossip (`pki rotate-gossip`, then `pki rotate-gossip --finish`):
   Nomad ignores a changed `encrypt` once <data_dir>/server/serf.keyring exists, so the
