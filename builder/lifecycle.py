@@ -2,8 +2,9 @@
 
 Everything goes through the secrets store (builder.state); the decisions about a stored
 certificate come from builder.cert_policy. Nomad's certificates and (with [consul.agent]
-on) Consul's are handled alike, each through its builder.authority.Authority. `status()` is read-only; the others open the
-store for writing (and hold its lock) only after the same checks.
+on) Consul's are handled alike, each through its builder.authority.Authority.
+`status()` is read-only; the others open the store for writing (and hold its lock) only
+after the same checks.
 
 `pki status --json` follows docs/output.schema.json (schema 1, shared by every --json
 document): adding a field is compatible, renaming or removing one bumps "schema".
