@@ -495,3 +495,62 @@ def test_rotate_consul_ca_three_stages_with_real_handshakes(tmp_path: Path) -> N
     assert rc == 0 and data["rotations"]["consul_ca"] is None
     rc, report = _audit(tmp_path)  # the archived Consul CA key is known, and in no artifact
     assert rc == 0, [f for f in report["findings"] if f["violation"]]
+
+
+# ---------------------------------------------------------------- the store
+
+
+def test_a_store_made_before_the_policy_is_used_as_it_is(tmp_path: Path) -> None:
+    """consul-ca.pem was once a public file (0644, only its existence in the ledger),
+    the CA named `Consul Agent CA <random>`: it still fits, nothing is re-issued."""
+    path = _consul_cluster(tmp_path)
+    cluster = load(path)
+    ca = pki.create_ca(
+        common_name="Consul Agent CA 123456789",
+        permitted_dns=consul.domain_names(cluster),
+        days=1825,
+        now=T0,
+    )
+    with State.open(tmp_path / "state", create=True, clock=lambda: T0) as st:
+        st.secret("consul-ca.key", lambda: ca[0])
+        st.public("consul-ca.pem", lambda: ca[1])
+        st.secret("consul-gossip.key", lambda: pki.generate_gossip_key().encode() + b"\n")
+        for node in cluster.nodes:
+            cn, dns, ips = consul.cert_names(cluster, node)
+            key, cert = pki.issue_cert(
+                ca_key_pem=ca[0], ca_cert_pem=ca[1], common_name=cn, dns_names=dns,
+                ip_addresses=ips, days=365, now=T0, backdate=timedelta(minutes=5),
+            )  # fmt: skip
+            st.secret(f"consul-{node.name}.key", lambda key=key: key)
+            st.secret(f"consul-{node.name}.pem", lambda cert=cert: cert)
+    assert (tmp_path / "state/consul-ca.pem").stat().st_mode & 0o777 == 0o644
+    made, st = _secrets(cluster, tmp_path / "state", T0 + timedelta(days=1))
+    assert st.events == [] and st.warnings == []
+    assert all(m is not None and m.ca_cert == ca[1] for m in made.values())
+    assert (tmp_path / "state/consul-ca.pem").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize(
+    "rel", ["consul-ca.key", "consul-ca.pem", "consul-gossip.key", "consul-bi-node-sbg-1.key"]
+)
+def test_a_lost_or_changed_consul_secret_is_refused(tmp_path: Path, rel: str) -> None:
+    _consul_cluster(tmp_path)
+    ok(nomad_build(tmp_path, "pki", "renew", "-c", "cluster.toml"))
+    state = tmp_path / "state"
+    before = {p: p.read_bytes() for p in state.rglob("*") if p.is_file()}
+    for damage in ("lost", "changed"):
+        if damage == "lost":
+            data = (state / rel).read_bytes()
+            (state / rel).unlink()
+        else:
+            (state / rel).write_bytes(data[:1] + bytes([data[1] ^ 1]) + data[2:])
+        commands = [["check"], ["pki", "renew"], ["build"]]
+        if rel.startswith("consul-ca."):  # what pki status shows (as for Nomad's: no keys)
+            commands.append(["pki", "status"])
+        for command in commands:
+            proc = nomad_build(tmp_path, *command, "-c", "cluster.toml")
+            assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+            assert f"state/{rel}: " in proc.stderr and "restore it from your backup" in proc.stderr
+        assert not (tmp_path / "dist").exists()
+    (state / rel).write_bytes(data)
+    assert {p: p.read_bytes() for p in state.rglob("*") if p.is_file()} == before
