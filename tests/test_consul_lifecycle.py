@@ -8,6 +8,7 @@ checked with openssl; real builds, opened by the audit."""
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import json
@@ -521,8 +522,8 @@ def test_a_store_made_before_the_policy_is_used_as_it_is(tmp_path: Path) -> None
                 ca_key_pem=ca[0], ca_cert_pem=ca[1], common_name=cn, dns_names=dns,
                 ip_addresses=ips, days=365, now=T0, backdate=timedelta(minutes=5),
             )  # fmt: skip
-            st.secret(f"consul-{node.name}.key", lambda key=key: key)
-            st.secret(f"consul-{node.name}.pem", lambda cert=cert: cert)
+            st.secret(f"consul-{node.name}.key", functools.partial(bytes, key))
+            st.secret(f"consul-{node.name}.pem", functools.partial(bytes, cert))
     assert (tmp_path / "state/consul-ca.pem").stat().st_mode & 0o777 == 0o644
     made, st = _secrets(cluster, tmp_path / "state", T0 + timedelta(days=1))
     assert st.events == [] and st.warnings == []
