@@ -9,6 +9,9 @@ Layout (dirs 0700, files 0600 unless made with `public()`):
     <dir>/nodes/<node>/key.pem       a node's key ...
     <dir>/nodes/<node>/cert.pem      ... and its certificate
     <dir>/versions.json              package version per (node, format)
+    <dir>/consul-ca.{key,pem}        [consul.agent] on: the Consul CA (builder.consul) ...
+    <dir>/consul-<node>.{key,pem}    ... and each node's Consul pair, through ca(files=)
+                                     and node_cert(files=) under the same policy
     <dir>/<name>                     other secrets / public keys (secret(), public())
 
 Only a secret that never existed is created. One the ledger knows and that is now
