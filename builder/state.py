@@ -163,7 +163,7 @@ class State:
     _deferred: list[_Write] | None = None  # inside batch(): writes committed at its end
     _planned: set[Event] = field(default_factory=set)  # read-only: events already listed
     _tightened: set[str] = field(default_factory=set)  # directories checked by _tighten
-    _bundle: tuple[bytes | None] | None = None  # ca_bundle(), read once
+    _bundle: dict[CAFiles, bytes] = field(default_factory=dict)  # ca_bundle(), read once
 
     def __repr__(self) -> str:
         mode = "writable" if self.writable else "read-only"
@@ -402,7 +402,7 @@ class State:
             now=self.clock(),
         )
         old_key, old_cert = self._peek(files.key), self._peek(files.cert)
-        self._bundle = None
+        self._bundle.pop(files, None)
         facts = _issued_facts(key, cert, None)
         self._commit(
             [
@@ -713,7 +713,7 @@ class State:
                 writes.append(_Write(rel, data, mode, self._peek(rel), digest=secret))
             self._commit(writes)
             self._ca.clear()
-            self._bundle = None
+            self._bundle.clear()
             self._nodes.clear()
             self._gossip = None
 
@@ -731,7 +731,7 @@ class State:
             for rel in rels:
                 self._path(rel).unlink(missing_ok=True)
             self._ca.clear()
-            self._bundle = None
+            self._bundle.clear()
             self._nodes.clear()
             self._gossip = None
 
@@ -775,8 +775,8 @@ class State:
         its `staging` directory). None: no CA yet."""
         with self._mutex:
             self._check_open()
-            if self._bundle is not None:
-                return self._bundle[0]
+            if files in self._bundle:
+                return self._bundle[files]
             parts = []
             for rel in (files.cert, f"{files.staging}/next.pem", f"{files.staging}/previous.pem"):
                 raw, status = self._load(rel, fix_mode=False)
@@ -785,7 +785,7 @@ class State:
                     parts.append(raw if raw.endswith(b"\n") else raw + b"\n")
             bundle = b"".join(parts) or None
             if bundle is not None:  # (a CA made later in this run is read then)
-                self._bundle = (bundle,)
+                self._bundle[files] = bundle
             return bundle
 
     # ---------------------------------------------------------------- internals
