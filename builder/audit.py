@@ -6,10 +6,14 @@ base64 `write_files` of cloud-init user-data. Each leaf file is searched for the
 secrets the state holds (CA keys of every generation, the apt and signify secret keys,
 node keys, gossip keys, operator keys) and for any private key block at all.
 
-An artifact belongs to the nodes whose certificate it carries. Violations (exit 1):
-a CA or signing secret anywhere, an operator key anywhere, an unidentified private
-key, a node key in an artifact that is not that node's alone, a gossip key in an
-artifact of a node that is not a server, a secret whose file mode lets others read it.
+An artifact belongs to the nodes whose certificate (Nomad's or Consul's) it carries.
+Violations (exit 1): a CA (Nomad's or Consul's) or signing secret anywhere, an operator
+key anywhere, an unidentified private key, a node key (Nomad's or Consul's) in an
+artifact that is not that node's alone, a Nomad gossip key in an artifact of a node that
+is not a server, a Consul gossip key in an artifact that is no Consul agent's (every
+Consul agent, clients too, shares the LAN gossip key; an artifact is a Consul agent's
+when it carries that node's Consul certificate), a secret whose file mode lets others
+read it.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any
 import pycdlib
 
 from builder import cluster as cluster_mod
+from builder import consul
 from builder.errors import UserError
 from builder.model import Cluster
 from builder.state import State
@@ -40,7 +45,9 @@ _SIGNIFY_SECRET = re.compile(rb"untrusted comment: [^\n]*secret key\n")
 
 @dataclass(frozen=True)
 class Secret:
-    kind: str  # ca-key | apt-key | signify-key | node-key | gossip-key | operator-key
+    # ca-key | apt-key | signify-key | node-key | gossip-key | operator-key |
+    # consul-ca-key | consul-node-key | consul-gossip-key
+    kind: str
     label: str  # "node key bi-core-sbg-1"
     node: str | None
     needles: tuple[bytes, ...]
@@ -87,17 +94,52 @@ def _pem_needles(pem: bytes) -> tuple[bytes, ...]:
     return (_squash(m.group(2)),) if m else (_squash(pem),)
 
 
-def _known_secrets(st: State, cluster: Cluster) -> tuple[list[Secret], dict[str, bytes]]:
-    """Every secret the state holds, and each node's certificate (to attribute artifacts)."""
+_CONSUL_NODE = re.compile(r"consul-(?P<node>[^/]+)\.(?P<ext>key|pem)")
+
+
+def _consul_secret(st: State, rel: str, certs: dict[str, bytes]) -> Secret | None:
+    """A Consul secret of the store (consul-*), or None; a node's Consul certificate goes
+    into `certs` (Consul agent artifacts are recognised by it)."""
+    parts = rel.split("/")
+    if rel == consul.CONSUL_CA.key or (parts[0] == "consul-ca" and rel.endswith(".key")):
+        raw = st.read_file(rel)
+        return Secret("consul-ca-key", f"Consul CA key ({rel})", None, _pem_needles(raw or b""))
+    if rel == consul.GOSSIP_KEY or (parts[0] == "consul-gossip" and rel.endswith(".key")):
+        raw = st.read_file(rel)
+        return Secret(
+            "consul-gossip-key", f"Consul gossip key ({rel})", None, ((raw or b"").strip(),)
+        )
+    m = _CONSUL_NODE.fullmatch(rel)
+    if m is None or rel == consul.CONSUL_CA.cert:
+        return None
+    node, raw = m["node"], st.read_file(rel)
+    if not raw:
+        return None
+    if m["ext"] == "pem":
+        certs[node] = _pem_needles(raw)[0]
+        return None
+    return Secret("consul-node-key", f"Consul key {node}", node, _pem_needles(raw))
+
+
+def _known_secrets(
+    st: State, cluster: Cluster
+) -> tuple[list[Secret], dict[str, bytes], dict[str, bytes]]:
+    """Every secret the state holds, and each node's certificate, Nomad's and Consul's
+    (to attribute artifacts)."""
     out: list[Secret] = []
     certs: dict[str, bytes] = {}
+    consul_certs: dict[str, bytes] = {}
     root = st.directory
     for path in sorted(root.rglob("*")):
         if not path.is_file() or path.name.startswith("."):
             continue
         rel = path.relative_to(root).as_posix()
         parts = rel.split("/")
-        if parts[0] == "ca" and rel.endswith(".key"):
+        if rel.startswith("consul-"):
+            found = _consul_secret(st, rel, consul_certs)
+            if found is not None and any(found.needles):
+                out.append(found)
+        elif parts[0] == "ca" and rel.endswith(".key"):
             raw = st.read_file(rel)
             if raw:
                 out.append(Secret("ca-key", f"CA key ({rel})", None, _pem_needles(raw)))
@@ -124,7 +166,7 @@ def _known_secrets(st: State, cluster: Cluster) -> tuple[list[Secret], dict[str,
             raw = st.read_file(rel)
             if raw:
                 out.append(Secret("gossip-key", f"gossip key ({rel})", None, (raw.strip(),)))
-    return out, certs
+    return out, certs, consul_certs
 
 
 # ---------------------------------------------------------------- opening containers
@@ -248,17 +290,34 @@ def _attribute(leaves: list[Leaf], certs: dict[str, bytes]) -> set[str]:
     return owners
 
 
-def _violation(secret: Secret, owners: set[str], cluster: Cluster, mode: int | None) -> str | None:
-    if secret.kind in ("ca-key", "apt-key", "signify-key", "operator-key"):
+@dataclass(frozen=True)
+class Owners:
+    """Whose artifact it is: the nodes whose Nomad / Consul certificate it carries."""
+
+    nomad: set[str]
+    consul: set[str]
+
+
+_NEVER = ("ca-key", "consul-ca-key", "apt-key", "signify-key", "operator-key")
+
+
+def _violation(secret: Secret, owned: Owners, cluster: Cluster, mode: int | None) -> str | None:
+    owners = owned.nomad | owned.consul
+    if secret.kind in _NEVER:
         return f"a {secret.label} never belongs in an artifact"
-    if secret.kind == "node-key" and owners != {secret.node}:
+    if secret.kind in ("node-key", "consul-node-key") and owners != {secret.node}:
         whose = ", ".join(sorted(owners)) or "no node"
-        return f"node key of {secret.node} in an artifact of {whose}"
+        what = "node key" if secret.kind == "node-key" else "Consul key"
+        return f"{what} of {secret.node} in an artifact of {whose}"
+    if secret.kind == "consul-gossip-key" and not (consul.enabled(cluster) and owned.consul):
+        whose = ", ".join(sorted(owners)) or "no node"
+        return f"Consul gossip key in an artifact of {whose} that is no Consul agent's"
     if secret.kind == "gossip-key":
         names = {n.name: n for n in cluster.nodes}
         clients = sorted(o for o in owners if o in names and not names[o].is_server)
-        if clients or not owners:
-            return f"gossip key in an artifact of {', '.join(clients) or 'no node'} (not a server)"
+        if clients or not owned.nomad:  # a Consul package is no place for it either
+            whose = ", ".join(clients) or "no Nomad agent"
+            return f"gossip key in an artifact of {whose} (not a server)"
     if mode is not None and mode & 0o004:
         return f"readable by others (mode {_mode(mode)})"
     return None
@@ -269,14 +328,14 @@ def audit(directory: Path, cluster_file: Path, state_dir: Path | None) -> Report
         raise UserError(f"{directory}: not a directory (the output of a build, e.g. dist/)")
     cluster = cluster_mod.load(cluster_file)
     with State.open(state_dir or cluster.source.parent / "state", create=False) as st:
-        secrets, certs = _known_secrets(st, cluster)
+        secrets, certs, consul_certs = _known_secrets(st, cluster)
     report = Report(str(directory))
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
         rel = path.relative_to(directory).as_posix()
         report.artifacts += 1
         disk_mode = path.stat().st_mode & 0o7777
         leaves = list(_open("", path.read_bytes(), None, None))
-        owners = _attribute(leaves, certs)
+        owners = Owners(_attribute(leaves, certs), _attribute(leaves, consul_certs))
         for leaf in leaves:
             squashed = _squash(leaf.data)
             known = False

@@ -48,6 +48,8 @@ class CASpec:
     # None: not known to the caller, only expiry itself is checked.
     cert_days: int | None = None
     renew_before: timedelta = timedelta(0)
+    # The deliberate command that replaces this CA, as messages name it.
+    rotate: str = ROTATE_CA
 
 
 @dataclass(frozen=True)
@@ -87,21 +89,21 @@ def ca_verdict(info: CertInfo, spec: CASpec, now: datetime) -> tuple[str | None,
     if end <= now:
         return (
             f"the CA expired on {_day(end)}: nodes no longer trust anything it signed; "
-            f"replace it deliberately with {ROTATE_CA}",
+            f"replace it deliberately with {spec.rotate}",
             None,
         )
     if spec.cert_days is not None and now + timedelta(days=spec.cert_days) > end:
         return (
             f"the CA expires on {_day(end)}, before a certificate issued now would "
             f"({spec.cert_days} days, until {_day(now + timedelta(days=spec.cert_days))}); "
-            f"lower pki.cert_days or rotate the CA with {ROTATE_CA}",
+            f"lower pki.cert_days or rotate the CA with {spec.rotate}",
             None,
         )
     if end - now < ca_notice(spec):
         last = end - timedelta(days=spec.cert_days or 0)
         return None, (
             f"the CA expires on {_day(end)} ({(end - now).days} days left); rotate it "
-            f"with {ROTATE_CA} before {_day(last)}, when it can no longer sign "
+            f"with {spec.rotate} before {_day(last)}, when it can no longer sign "
             "a full-length node certificate"
         )
     return None, None
@@ -172,13 +174,16 @@ def cert_problems(
     return reasons
 
 
-def issue_problem(now: datetime, days: int, ca_not_after: datetime) -> str | None:
-    """Why a `days`-day certificate may not be issued now under a CA ending then, or None."""
+def issue_problem(
+    now: datetime, days: int, ca_not_after: datetime, rotate: str | None = None
+) -> str | None:
+    """Why a `days`-day certificate may not be issued now under a CA ending then, or None;
+    `rotate`: the command that replaces that CA (default: the cluster CA's)."""
     end = now + timedelta(days=days)
     if end <= ca_not_after:
         return None
     return (
         f"a {days}-day certificate issued now would end {_day(end)}, after the CA "
         f"(which expires {_day(ca_not_after)}); node certificates never outlive their CA: "
-        f"lower pki.cert_days or rotate the CA with {ROTATE_CA}"
+        f"lower pki.cert_days or rotate the CA with {rotate or ROTATE_CA}"
     )

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
 from builder import audit as audit_mod
+from builder import authority, lifecycle, pipeline, rotation
 from builder import backup as backup_mod
 from builder import cluster as cluster_mod
-from builder import lifecycle, pipeline, rotation
 from builder.cli_common import CLUSTER_OPTION, STATE_OPTION, handle_errors
 from builder.errors import UserError
 from builder.state import Event, State
@@ -54,27 +55,36 @@ def _state_dir(cluster_file: Path, state_dir: Path | None) -> Path:
     return cluster_mod.load(cluster_file).source.parent / "state"
 
 
-def _status_text(report: lifecycle.StatusReport) -> None:
-    ca = report.ca
+def _authority_text(
+    title: str, suffix: str, auth: lifecycle.AuthorityStatus, now: datetime
+) -> None:
+    """The CA line, then one line per node ("<node><suffix>: ...")."""
+    ca = auth.ca
     if ca is None:
-        click.echo(f"CA: missing ({report.ca_reason})")
+        click.echo(f"{title}: missing ({auth.reason})")
     else:
-        days = (ca.not_after - report.now).days
+        days = (ca.not_after - now).days
         click.echo(
-            f"CA: {report.ca_state}: {ca.subject_cn}, permitted {','.join(ca.permitted_dns)}, "
+            f"{title}: {auth.state}: {ca.subject_cn}, permitted {','.join(ca.permitted_dns)}, "
             f"expires {ca.not_after:%Y-%m-%d} ({days} days)"
-            + (f": {report.ca_reason}" if report.ca_reason else "")
+            + (f": {auth.reason}" if auth.reason else "")
         )
-    for n in report.nodes:
+    for n in auth.nodes:
         if n.info is None:
-            click.echo(f"{n.node}: missing (no certificate yet)")
+            click.echo(f"{n.node}{suffix}: missing (no certificate yet)")
             continue
         line = (
-            f"{n.node}: {n.state}: {n.info.subject_cn}, expires {n.info.not_after:%Y-%m-%d} "
-            f"({n.days_left} days), names {','.join(n.info.dns_names)}, "
-            f"IPs {','.join(n.info.ip_addresses)}"
+            f"{n.node}{suffix}: {n.state}: {n.info.subject_cn}, expires "
+            f"{n.info.not_after:%Y-%m-%d} ({n.days_left} days), "
+            f"names {','.join(n.info.dns_names)}, IPs {','.join(n.info.ip_addresses)}"
         )
         click.echo(line + (f" ({'; '.join(n.reasons)})" if n.reasons else ""))
+
+
+def _status_text(report: lifecycle.StatusReport) -> None:
+    _authority_text("CA", "", report.nomad, report.now)
+    if report.consul is not None:
+        _authority_text("Consul CA", " (Consul)", report.consul, report.now)
     for name, rot in report.rotations.items():
         if rot is not None:
             click.echo(f"rotation {name}: stage {rot['stage']} of {rot['of']}: next {rot['next']}")
@@ -97,6 +107,8 @@ def pki() -> None:
 @handle_errors
 def pki_status(cluster_file: Path, state_dir: Path | None, as_json: bool) -> None:
     """The CA, every node certificate and any rotation under way; read-only.
+
+    With [consul.agent] on, the Consul CA and every node's Consul certificate too.
 
     Exit 0 when all is ok, 1 when anything needs action (missing, stale, expiring,
     expired, a rotation under way), 2 on bad input. --json: docs/output.schema.json.
@@ -127,6 +139,11 @@ def pki_status(cluster_file: Path, state_dir: Path | None, as_json: bool) -> Non
     help="Also re-issue certificates that expire within DAYS.",
 )
 @click.option("--rekey", is_flag=True, help="New key pairs (a compromised key).")
+@click.option(
+    "--only",
+    type=click.Choice(["nomad", "consul"]),
+    help="Only Nomad's or only Consul's certificates (default: both).",
+)
 @handle_errors
 def pki_renew(
     cluster_file: Path,
@@ -135,8 +152,12 @@ def pki_renew(
     all_nodes: bool,
     within: int | None,
     rekey: bool,
+    only: str | None,
 ) -> None:
     """Create missing secrets and re-issue what is stale or expiring (or the named nodes).
+
+    With [consul.agent] on, the Consul certificates too: `--node X` renews everything of
+    X (both certificates; with --rekey both key pairs) unless --only narrows it.
 
     \b
     Example:
@@ -149,6 +170,7 @@ def pki_renew(
         all_nodes=all_nodes,
         within_days=within,
         rekey=rekey,
+        only=only,
     )
     _events(out.events, out.warnings)
     if not out.events:
@@ -192,9 +214,17 @@ def pki_cli_cert(
 @pki.command("rotate-ca")
 @CLUSTER_OPTION
 @STATE_OPTION
+@click.option(
+    "--consul",
+    "consul_ca",
+    is_flag=True,
+    help="The Consul CA ([consul.agent] on) instead of the cluster (Nomad) CA.",
+)
 @JSON_OPTION
 @handle_errors
-def pki_rotate_ca(cluster_file: Path, state_dir: Path | None, as_json: bool) -> None:
+def pki_rotate_ca(
+    cluster_file: Path, state_dir: Path | None, consul_ca: bool, as_json: bool
+) -> None:
     """Replace the CA in three rolled-out stages (run once per stage).
 
     \b
@@ -202,12 +232,14 @@ def pki_rotate_ca(cluster_file: Path, state_dir: Path | None, as_json: bool) -> 
       nomad-build pki rotate-ca -c examples/bi-sbg.toml
     """
     cluster = cluster_mod.load(cluster_file)
+    auth = authority.CONSUL if consul_ca else authority.NOMAD
     with State.open(_state_dir(cluster_file, state_dir), create=True) as st:
-        lines = rotation.rotate_ca(cluster, st)
+        lines = rotation.rotate_ca(cluster, st, auth)
         events, warnings = list(st.events), list(st.warnings)
-        stage = rotation.status(st)["ca"]
+        stage = rotation.status(st)[auth.record]
     if as_json:
-        _print_json({"schema": 1, "command": "pki rotate-ca", "status": stage, "next": lines})
+        command = "pki rotate-ca --consul" if consul_ca else "pki rotate-ca"
+        _print_json({"schema": 1, "command": command, "status": stage, "next": lines})
     else:
         _events(events, warnings)
         for line in lines:
@@ -271,26 +303,32 @@ def pki_rotate_signing_key(
 @pki.command("rotate-gossip")
 @CLUSTER_OPTION
 @STATE_OPTION
-@click.option("--finish", is_flag=True, help="The servers use the new key: make it current.")
+@click.option("--finish", is_flag=True, help="The pool uses the new key: make it current.")
+@click.option(
+    "--consul",
+    "consul_pool",
+    is_flag=True,
+    help="The Consul agents' gossip key ([consul.agent] on) instead of Nomad's.",
+)
 @JSON_OPTION
 @handle_errors
 def pki_rotate_gossip(
-    cluster_file: Path, state_dir: Path | None, finish: bool, as_json: bool
+    cluster_file: Path, state_dir: Path | None, finish: bool, consul_pool: bool, as_json: bool
 ) -> None:
-    """A new gossip key: prints the `nomad operator gossip keyring` sequence to run.
+    """A new gossip key: prints the `nomad operator gossip keyring` sequence to run
+    (with --consul: the `consul keyring` sequence).
 
     \b
     Example:
       nomad-build pki rotate-gossip -c examples/bi-sbg.toml
     """
     cluster = cluster_mod.load(cluster_file)
+    pool = rotation.CONSUL_GOSSIP if consul_pool else rotation.NOMAD_GOSSIP
     with State.open(_state_dir(cluster_file, state_dir), create=True) as st:
-        commands, lines = rotation.rotate_gossip(cluster, st, finish=finish)
+        commands, lines = rotation.rotate_gossip(cluster, st, finish=finish, pool=pool)
         events, warnings = list(st.events), list(st.warnings)
     if as_json:
-        _print_json(
-            {"schema": 1, "command": "pki rotate-gossip", "commands": commands, "next": lines}
-        )
+        _print_json({"schema": 1, "command": pool.command, "commands": commands, "next": lines})
         return
     _events(events, warnings)
     for c in commands:

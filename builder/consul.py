@@ -8,38 +8,50 @@ constraints, hence a CA of its own), the gossip key, the agent configuration
 (JSON, which Consul reads like HCL) and its check against recipes/consul-schema.toml.
 
 Secrets live in the state store beside Nomad's: consul-ca.key / consul-ca.pem,
-consul-gossip.key, consul-<node>.key / consul-<node>.pem, each created once.
+consul-gossip.key, consul-<node>.key / consul-<node>.pem. They follow Nomad's policy
+(builder.cert_policy through the store's CA and node-certificate machinery): created
+once, node certificates re-issued when stale or expiring, the CA refused when expired.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import ipaddress
 import json
-import secrets
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from functools import cache
 from typing import Any
 
 import jinja2
 
 from builder import pki
+from builder.cert_policy import CASpec, CertSpec
 from builder.data import data_path, template_environment
+from builder.errors import UserError
 from builder.model import Cluster, Node
 from builder.nodetree import NodeDir, NodeFile, NodeTree, Service, ServiceAccount
+from builder.state import CAFiles, CertFiles, State
 
 __all__ = [
+    "CONSUL_CA",
+    "GOSSIP_KEY",
     "HTTP_PORT",
     "PORTS",
     "ConsulSecrets",
     "agent_config",
+    "ca_spec",
+    "cert_files",
     "cert_names",
+    "cert_spec",
     "check_config",
     "consul_secrets",
     "enabled",
+    "gossip_key",
     "min_version",
     "package_node",
     "render",
@@ -157,47 +169,81 @@ class ConsulSecrets:
     cert: bytes
 
 
-def consul_secrets(st: Any, cluster: Cluster, node: Node, *, now: datetime) -> ConsulSecrets | None:
-    """The node's Consul secrets from the state store (created once); None read-only
-    when they do not exist yet."""
-    made: dict[str, tuple[bytes, bytes]] = {}
+# Where the state keeps them (flat names, beside Nomad's ca/ and nodes/).
+CONSUL_CA = CAFiles("consul-ca.key", "consul-ca.pem", "Consul CA", "consul-ca")
+GOSSIP_KEY = "consul-gossip.key"
+ROTATE_CA = "`nomad-build pki rotate-ca --consul`"
 
-    def ca() -> tuple[bytes, bytes]:
-        if "ca" not in made:
-            made["ca"] = pki.create_ca(
-                common_name=f"Consul Agent CA {secrets.randbits(128)}",
-                permitted_dns=domain_names(cluster),
-                days=cluster.pki.ca_days,
-                now=now,
-            )
-        return made["ca"]
 
-    ca_key = st.secret("consul-ca.key", lambda: ca()[0])
-    ca_cert = st.public("consul-ca.pem", lambda: ca()[1]) if ca_key is not None else None
-    gossip = st.secret("consul-gossip.key", lambda: pki.generate_gossip_key().encode() + b"\n")
-    if ca_key is None or ca_cert is None or gossip is None:
-        return None
+def cert_files(node: str) -> CertFiles:
+    return CertFiles(
+        f"consul-{node}.key", f"consul-{node}.pem", f"Consul certificate {node}", CONSUL_CA
+    )
+
+
+def ca_spec(cluster: Cluster) -> CASpec:
+    """The Consul CA: Nomad's CA policy (pki.*), Consul's names."""
+    return CASpec(
+        common_name=f"Consul Agent CA {cluster.name}",
+        permitted_dns=domain_names(cluster),
+        days=cluster.pki.ca_days,
+        cert_days=cluster.pki.cert_days,
+        renew_before=timedelta(days=cluster.pki.renew_before_days),
+        rotate=ROTATE_CA,
+    )
+
+
+def cert_spec(cluster: Cluster, node: Node) -> CertSpec:
     cn, dns, ips = cert_names(cluster, node)
+    return CertSpec(
+        common_name=cn,
+        dns_names=dns,
+        ip_addresses=ips,
+        days=cluster.pki.cert_days,
+        renew_before=timedelta(days=cluster.pki.renew_before_days),
+        backdate=timedelta(minutes=cluster.pki.backdate_minutes),
+    )
 
-    def leaf() -> tuple[bytes, bytes]:
-        if "leaf" not in made:
-            made["leaf"] = pki.issue_cert(
-                ca_key_pem=ca_key,
-                ca_cert_pem=ca_cert,
-                common_name=cn,
-                dns_names=dns,
-                ip_addresses=ips,
-                days=cluster.pki.cert_days,
-                now=now,
-                backdate=timedelta(minutes=cluster.pki.backdate_minutes),
-            )
-        return made["leaf"]
 
-    key = st.secret(f"consul-{node.name}.key", lambda: leaf()[0])
-    cert = st.secret(f"consul-{node.name}.pem", lambda: leaf()[1])
-    if key is None or cert is None:
+def gossip_key(st: State) -> str | None:
+    """The LAN gossip key every Consul agent shares (created once); None read-only when
+    it does not exist yet."""
+    raw = st.secret(GOSSIP_KEY, lambda: pki.generate_gossip_key().encode() + b"\n")
+    if raw is None:
         return None
-    return ConsulSecrets(ca_cert, gossip.decode("ascii").strip(), key, cert)
+    key = raw.decode("ascii", "replace").strip()
+    try:
+        size = len(base64.b64decode(key, validate=True))
+    except (binascii.Error, ValueError):
+        size = -1
+    if size != 32:  # what `consul keygen` makes and Consul requires
+        raise UserError(
+            f"{st.directory / GOSSIP_KEY}: not a Consul gossip key (base64 of 32 bytes); "
+            "restore it from your backup"
+        )
+    return key
+
+
+def consul_secrets(st: State, cluster: Cluster, node: Node) -> ConsulSecrets | None:
+    """The node's Consul secrets from the state store, under the same policy as Nomad's:
+    the CA and gossip key created once (the CA refused when expired, warned about near
+    its end), the node certificate re-issued when its names, its CA or its end call for
+    it. None read-only when something would be created or re-issued."""
+    files = cert_files(node.name)
+    if files.key in (CONSUL_CA.key, GOSSIP_KEY):  # the flat layout's two shared names
+        raise UserError(
+            f"{cluster.source}: nodes: {node.name!r} cannot run a Consul agent: its Consul "
+            f"key would be the state's {files.key}; rename the node"
+        )
+    ca = st.ca(ca_spec(cluster), CONSUL_CA)
+    gossip = gossip_key(st)
+    pair = st.node_cert(node.name, cert_spec(cluster, node), ca, files)
+    if ca is None or gossip is None or pair is None:
+        return None
+    # Only the CA *certificate* travels: both generations while `pki rotate-ca --consul`
+    # is under way.
+    bundle = st.ca_bundle(CONSUL_CA) or ca[1]
+    return ConsulSecrets(bundle, gossip, pair[0], pair[1])
 
 
 def agent_config(cluster: Cluster, node: Node, *, gossip_key: str) -> dict[str, Any]:

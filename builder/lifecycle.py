@@ -1,8 +1,10 @@
 """Certificate lifecycle: status, renewal, operator certificates (the `pki` commands).
 
 Everything goes through the secrets store (builder.state); the decisions about a stored
-certificate come from builder.cert_policy. `status()` is read-only; the others open the
-store for writing (and hold its lock) only after the same checks.
+certificate come from builder.cert_policy. Nomad's certificates and (with [consul.agent]
+on) Consul's are handled alike, each through its builder.authority.Authority.
+`status()` is read-only; the others open the store for writing (and hold its lock) only
+after the same checks.
 
 `pki status --json` follows docs/output.schema.json (schema 1, shared by every --json
 document): adding a field is compatible, renaming or removing one bumps "schema".
@@ -18,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from builder import cluster as cluster_mod
-from builder import output_dir, pki, rotation
+from builder import consul, output_dir, pki, rotation
+from builder.authority import CONSUL, NOMAD, Authority, authorities
 from builder.cert_policy import ca_verdict, cert_problems
 from builder.errors import UserError
 from builder.model import Cluster, Node
-from builder.render import ca_spec, cert_spec
-from builder.state import Event, State
+from builder.render import ca_spec
+from builder.state import NOMAD_CA, CAFiles, Event, State
 
 STATUS_FORMAT = 1
 # Worst first: a node's state is the worst that applies.
@@ -56,30 +59,21 @@ class CertReport:
     days_left: int | None
 
 
-@dataclass
-class StatusReport:
-    cluster: Cluster
-    now: datetime
-    ca_state: str  # ok | expiring | expired | missing
-    ca_reason: str | None
+@dataclass(frozen=True)
+class AuthorityStatus:
+    """A CA's state and that of every node certificate it signs."""
+
+    state: str  # ok | expiring | expired | missing
+    reason: str | None
     ca: pki.CertInfo | None
     nodes: list[CertReport]
-    rotations: dict[str, Any]
-    warnings: list[str] = field(default_factory=list)
 
     @property
     def action_needed(self) -> bool:
-        return (
-            self.ca_state != "ok"
-            or any(n.state != "ok" for n in self.nodes)
-            or any(r is not None for r in self.rotations.values())
-        )
+        return self.state != "ok" or any(n.state != "ok" for n in self.nodes)
 
-    def as_json(self) -> dict[str, Any]:
-        def days(d: datetime) -> int:
-            return (d - self.now).days
-
-        ca: dict[str, Any] = {"state": self.ca_state, "reason": self.ca_reason}
+    def as_json(self, now: datetime) -> dict[str, Any]:
+        ca: dict[str, Any] = {"state": self.state, "reason": self.reason}
         if self.ca is not None:
             ca |= {
                 "common_name": self.ca.subject_cn,
@@ -87,27 +81,63 @@ class StatusReport:
                 "serial": f"{self.ca.serial:x}",
                 "not_before": _iso(self.ca.not_before),
                 "not_after": _iso(self.ca.not_after),
-                "days_left": days(self.ca.not_after),
+                "days_left": (self.ca.not_after - now).days,
             }
-        nodes = []
-        for n in self.nodes:
-            entry: dict[str, Any] = {
-                "node": n.node,
-                "role": n.role,
-                "state": n.state,
-                "reasons": list(n.reasons),
-            }
-            if n.info is not None:
-                entry |= {
-                    "common_name": n.info.subject_cn,
-                    "dns_names": list(n.info.dns_names),
-                    "ip_addresses": list(n.info.ip_addresses),
-                    "serial": f"{n.info.serial:x}",
-                    "not_before": _iso(n.info.not_before),
-                    "not_after": _iso(n.info.not_after),
-                    "days_left": n.days_left,
-                }
-            nodes.append(entry)
+        return {"ca": ca, "nodes": [_node_json(n) for n in self.nodes]}
+
+
+def _node_json(n: CertReport) -> dict[str, Any]:
+    entry: dict[str, Any] = {"node": n.node, "role": n.role, "state": n.state}
+    entry["reasons"] = list(n.reasons)
+    if n.info is not None:
+        entry |= {
+            "common_name": n.info.subject_cn,
+            "dns_names": list(n.info.dns_names),
+            "ip_addresses": list(n.info.ip_addresses),
+            "serial": f"{n.info.serial:x}",
+            "not_before": _iso(n.info.not_before),
+            "not_after": _iso(n.info.not_after),
+            "days_left": n.days_left,
+        }
+    return entry
+
+
+@dataclass
+class StatusReport:
+    cluster: Cluster
+    now: datetime
+    nomad: AuthorityStatus
+    consul: AuthorityStatus | None  # [consul.agent] on
+    rotations: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+    # Nomad's, by the names callers have always used
+    @property
+    def ca_state(self) -> str:
+        return self.nomad.state
+
+    @property
+    def ca_reason(self) -> str | None:
+        return self.nomad.reason
+
+    @property
+    def ca(self) -> pki.CertInfo | None:
+        return self.nomad.ca
+
+    @property
+    def nodes(self) -> list[CertReport]:
+        return self.nomad.nodes
+
+    @property
+    def action_needed(self) -> bool:
+        return (
+            self.nomad.action_needed
+            or (self.consul is not None and self.consul.action_needed)
+            or any(r is not None for r in self.rotations.values())
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        nomad = self.nomad.as_json(self.now)
         return {
             "schema": STATUS_FORMAT,
             "command": "pki status",
@@ -115,8 +145,9 @@ class StatusReport:
             "region": self.cluster.region,
             "generated": _iso(self.now),
             "action_needed": self.action_needed,
-            "ca": ca,
-            "nodes": nodes,
+            "ca": nomad["ca"],
+            "nodes": nomad["nodes"],
+            "consul": self.consul.as_json(self.now) if self.consul is not None else None,
             "rotations": self.rotations,
             "warnings": self.warnings,
         }
@@ -142,60 +173,70 @@ def _cert_reports(
     ca: tuple[bytes, bytes] | None,
     now: datetime,
     within: timedelta | None = None,
+    auth: Authority = NOMAD,
 ) -> list[CertReport]:
     ca_end = pki.inspect_cert(ca[1]).not_after if ca is not None else None
     out = []
     for node in cluster.nodes:
-        info = st.cert_info(node.name)
+        files = auth.cert_files(st, node.name)
+        info = st.cert_info(node.name, files)
         problems: list[str] = []
         if info is not None:
-            cert = st.read_file(f"nodes/{node.name}/cert.pem")
+            cert = st.read_file(files.cert)
             assert cert is not None
             signed = ca is not None and pki.cert_signed_by(cert, ca[1])
-            problems = cert_problems(
-                info, cert_spec(cluster, node), signed_by_ca=signed, ca_not_after=ca_end, now=now
-            )
+            spec = auth.cert_spec(cluster, node)
+            problems = cert_problems(info, spec, signed_by_ca=signed, ca_not_after=ca_end, now=now)
         state = _node_state(info, problems, now, within)
         if state == "expiring" and not problems and within is not None and info is not None:
             problems = [f"expires {info.not_after.date().isoformat()} (within {within.days} days)"]
         days = (info.not_after - now).days if info is not None else None
-        out.append(CertReport(node.name, node.role, state, tuple(problems), info, days))
+        role = auth.role(cluster, node)
+        out.append(CertReport(node.name, role, state, tuple(problems), info, days))
     return out
 
 
-def _stored_ca(st: State) -> tuple[bytes, bytes] | None:
-    key, cert = st.read_file("ca/ca.key"), st.read_file("ca/ca.pem")
+def _stored_ca(st: State, files: CAFiles = NOMAD_CA) -> tuple[bytes, bytes] | None:
+    key, cert = st.read_file(files.key), st.read_file(files.cert)
     if key is None or cert is None:
         return None
     return key, cert
 
 
+def _authority_status(
+    cluster: Cluster, st: State, auth: Authority, now: datetime
+) -> AuthorityStatus:
+    ca = _stored_ca(st, auth.ca_files)
+    ca_info = pki.inspect_cert(ca[1]) if ca is not None else None
+    nodes = _cert_reports(cluster, st, ca, now, auth=auth)
+    if ca_info is None:
+        missing = f"no {auth.title} yet: `nomad-build pki renew` or a build makes it"
+        return AuthorityStatus("missing", missing, None, nodes)
+    refusal, warning = ca_verdict(ca_info, auth.ca_spec(cluster), now)
+    reason = refusal or warning
+    if ca_info.not_after <= now:
+        state = "expired"
+    elif reason is not None:
+        state = "expiring"
+    else:
+        state = "ok"
+    return AuthorityStatus(state, reason, ca_info, nodes)
+
+
 def status(
     cluster_file: Path, state_dir: Path | None, *, clock: Callable[[], datetime] = _now
 ) -> StatusReport:
-    """The CA, every node certificate and any rotation under way; writes nothing."""
+    """The CA, every node certificate (Nomad's, and Consul's with [consul.agent] on) and
+    any rotation under way; writes nothing."""
     cluster, directory = _load(cluster_file, state_dir)
     now = clock()
     with State.open(directory, create=False, clock=clock) as st:
-        ca = _stored_ca(st)
-        ca_info = pki.inspect_cert(ca[1]) if ca is not None else None
-        if ca_info is None:
-            ca_state = "missing"
-            ca_reason: str | None = "no CA yet: `nomad-build pki renew` or a build makes it"
-        else:
-            refusal, warning = ca_verdict(ca_info, ca_spec(cluster), now)
-            ca_reason = refusal or warning
-            if ca_info.not_after <= now:
-                ca_state = "expired"
-            elif ca_reason is not None:
-                ca_state = "expiring"
-            else:
-                ca_state = "ok"
-        nodes = _cert_reports(cluster, st, ca, now)
-        rotations = rotation.status(st)
-        return StatusReport(
-            cluster, now, ca_state, ca_reason, ca_info, nodes, rotations, list(st.warnings)
+        nomad = _authority_status(cluster, st, NOMAD, now)
+        consul_status = (
+            _authority_status(cluster, st, CONSUL, now) if consul.enabled(cluster) else None
         )
+        rotations = rotation.status(st)
+        return StatusReport(cluster, now, nomad, consul_status, rotations, list(st.warnings))
 
 
 # ---------------------------------------------------------------- renew
@@ -209,6 +250,19 @@ class Outcome:
     data: dict[str, Any] = field(default_factory=dict)  # --json
 
 
+def _chosen(cluster: Cluster, only: str | None) -> tuple[Authority, ...]:
+    """The authorities `pki renew` works on: both by default (everything of a node that
+    needs it), or only the one `--only` names."""
+    if only is None:
+        return authorities(cluster)
+    if only == "consul" and not consul.enabled(cluster):
+        raise UserError(
+            f"{cluster.source}: pki renew --only consul: consul.agent.enabled is not true, "
+            "so there are no Consul certificates"
+        )
+    return tuple(a for a in authorities(cluster) if a.name == only)
+
+
 def renew(
     cluster_file: Path,
     state_dir: Path | None,
@@ -217,42 +271,27 @@ def renew(
     all_nodes: bool = False,
     within_days: int | None = None,
     rekey: bool = False,
+    only: str | None = None,
     clock: Callable[[], datetime] = _now,
 ) -> Outcome:
     """Re-issue what is missing, stale or expiring (within the renewal window, or
-    `within_days`), or exactly the named nodes, or all; `rekey`: new key pairs."""
+    `within_days`), or exactly the named nodes, or all; `rekey`: new key pairs. Nomad's
+    and (with [consul.agent] on) Consul's certificates, or `only` one of them."""
     cluster, directory = _load(cluster_file, state_dir)
     wanted = tuple(cluster.node(n) for n in dict.fromkeys(nodes))  # unknown: UserError
     if rekey and not (wanted or all_nodes):
         raise UserError("pki renew --rekey: name the compromised nodes with --node, or --all")
     if wanted and all_nodes:
         raise UserError("pki renew: --node and --all exclude each other")
+    chosen = _chosen(cluster, only)
     within = timedelta(days=within_days) if within_days is not None else None
     # The read-only pass first: a damaged store is refused before anything is written.
     with State.open(directory, create=False, clock=clock) as ro:
-        _cert_reports(cluster, ro, _stored_ca(ro), clock())
+        for auth in chosen:
+            _cert_reports(cluster, ro, _stored_ca(ro, auth.ca_files), clock(), auth=auth)
     with State.open(directory, create=True, clock=clock) as st:
-        ca = st.ca(ca_spec(cluster))
-        assert ca is not None
-        if cluster.servers:
-            st.gossip_key()
-        now = clock()
-        reports = {r.node: r for r in _cert_reports(cluster, st, ca, now, within)}
-        forced: dict[str, str] = {}
-        targets: Sequence[Node] = wanted or cluster.nodes
-        for node in targets:
-            r = reports[node.name]
-            if wanted or all_nodes:
-                why = "new key pair (--rekey)" if rekey else "asked for (--node/--all)"
-                forced[node.name] = "; ".join([*r.reasons, why]) if r.reasons else why
-            elif r.state == "expiring" and within is not None:
-                forced[node.name] = "; ".join(r.reasons)
-        for node in targets:
-            spec = cert_spec(cluster, node)
-            if node.name in forced and reports[node.name].info is not None:
-                st.reissue_node_cert(node.name, spec, ca, rekey=rekey, reason=forced[node.name])
-            else:
-                st.node_cert(node.name, spec, ca)
+        for auth in chosen:
+            _renew_authority(cluster, st, auth, wanted, all_nodes, within, rekey)
         lines = []
         if any(e.kind == "reissued" for e in st.events):
             lines.append(
@@ -261,6 +300,42 @@ def renew(
                 "not restart"
             )
         return Outcome(list(st.events), list(st.warnings), lines)
+
+
+def _renew_authority(
+    cluster: Cluster,
+    st: State,
+    auth: Authority,
+    wanted: Sequence[Node],
+    all_nodes: bool,
+    within: timedelta | None,
+    rekey: bool,
+) -> None:
+    ca = st.ca(auth.ca_spec(cluster), auth.ca_files)
+    assert ca is not None
+    if auth is CONSUL:
+        consul.gossip_key(st)
+    elif cluster.servers:
+        st.gossip_key()
+    now = st.clock()
+    reports = {r.node: r for r in _cert_reports(cluster, st, ca, now, within, auth)}
+    forced: dict[str, str] = {}
+    targets: Sequence[Node] = wanted or cluster.nodes
+    for node in targets:
+        r = reports[node.name]
+        if wanted or all_nodes:
+            why = "new key pair (--rekey)" if rekey else "asked for (--node/--all)"
+            forced[node.name] = "; ".join([*r.reasons, why]) if r.reasons else why
+        elif r.state == "expiring" and within is not None:
+            forced[node.name] = "; ".join(r.reasons)
+    for node in targets:
+        spec = auth.cert_spec(cluster, node)
+        files = auth.cert_files(st, node.name)
+        if node.name in forced and reports[node.name].info is not None:
+            reason = forced[node.name]
+            st.reissue_node_cert(node.name, spec, ca, rekey=rekey, reason=reason, files=files)
+        else:
+            st.node_cert(node.name, spec, ca, files)
 
 
 # ---------------------------------------------------------------- operator certificate

@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -396,10 +395,9 @@ def _secrets(p: Plan, st: State, nodes: Sequence[Node]) -> _Secrets:
         if signify_pubs:
             trust["openbsd"] = tuple(signify_pubs)
         made: dict[str, consul.ConsulSecrets | None] = {}
-        if consul.enabled(cluster):  # the Consul CA key stays in state/; certificates made once
-            now = datetime.now(UTC)
+        if consul.enabled(cluster):  # the Consul CA key stays in state/; Nomad's cert policy
             for n in nodes:
-                made[n.name] = consul.consul_secrets(st, cluster, n, now=now)
+                made[n.name] = consul.consul_secrets(st, cluster, n)
     return _Secrets(ca, keys, current, trust, made)
 
 

@@ -15,6 +15,9 @@ CA (`pki rotate-ca`, run three times):
      Roll out every node.
   A step is refused until every node's package has been rebuilt since the previous
   step (versions.json shows a new package digest), so no node is left behind.
+  `pki rotate-ca --consul` ([consul.agent] on) rotates the Consul CA the same way
+  (builder.authority.CONSUL): consul-ca/next.*, consul-ca/previous.*,
+  consul-ca/archive/, record "consul_ca", waiting on the Consul packages.
 
 Gossip (`pki rotate-gossip`, then `pki rotate-gossip --finish`):
   Nomad ignores a changed `encrypt` once <data_dir>/server/serf.keyring exists, so the
@@ -23,22 +26,26 @@ Gossip (`pki rotate-gossip`, then `pki rotate-gossip --finish`):
   the new key current (gossip.key; the old one kept in gossip-history/<n>.key), so the
   `encrypt` of server packages built from then on, used only by a freshly bootstrapped
   server, carries the key the cluster now uses.
+  `--consul` does the same for the Consul agents' LAN pool ([consul.agent] on; every
+  agent, clients too, holds that key): `consul keyring -install/-use/-remove`, files
+  consul-gossip.key, consul-gossip/next.key, consul-gossip/history/<n>.key, record
+  "consul_gossip"; after --finish every node's Consul package carries the new key.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
 
-from builder import pki
+from builder import consul, pki
+from builder.authority import CONSUL, NOMAD, Authority, authorities
 from builder.errors import UserError
 from builder.model import Cluster
-from builder.render import ca_spec, cert_spec
 from builder.state import Event, State
 
 RECORD = "rotation.json"
-_FORMATS = {"debian": "deb", "openbsd": "openbsd"}
 
 
 def _record(st: State) -> dict[str, Any]:
@@ -60,171 +67,273 @@ def _save(st: State, data: dict[str, Any]) -> None:
 
 
 def status(st: State) -> dict[str, Any]:
-    """{"ca": {"stage": n, "of": 3, "next": "..."} | None, "gossip", "apt_key",
-    "openbsd_key": the same (the signing keys' also name the new "key")}."""
+    """{"ca": {"stage": n, "of": 3, "next": "..."} | None, "consul_ca", "gossip",
+    "consul_gossip", "apt_key", "openbsd_key": the same (the signing keys' also name the
+    new "key")}."""
     data = _record(st)
-    out: dict[str, Any] = {"ca": None, "gossip": None}
+    out: dict[str, Any] = {"ca": _ca_status(data, NOMAD), "consul_ca": _ca_status(data, CONSUL)}
+    out["gossip"] = None
     out["apt_key"] = signing_status(data, "apt_key")
     out["openbsd_key"] = signing_status(data, "openbsd_key")
-    if "ca" in data:
-        stage = data["ca"]["stage"]
-        out["ca"] = {"stage": stage, "of": 3, "since": data["ca"]["since"], "next": _CA_NEXT[stage]}
-    if "gossip" in data:
-        out["gossip"] = {
-            "stage": 1,
-            "of": 2,
-            "since": data["gossip"]["since"],
-            "next": "run the keyring install/use/remove sequence on the servers, then "
-            "`nomad-build pki rotate-gossip --finish`",
-        }
+    for pool in (NOMAD_GOSSIP, CONSUL_GOSSIP):
+        rec = data.get(pool.record)
+        out[pool.record] = None
+        if rec is not None:
+            out[pool.record] = {
+                "stage": 1,
+                "of": 2,
+                "since": rec["since"],
+                "next": f"run the keyring install/use/remove sequence on {pool.run_on}, "
+                f"then `nomad-build {pool.command} --finish`",
+            }
     return out
 
 
-_CA_NEXT = {
-    1: "build and roll out every node (they now trust both CAs), then run "
-    "`nomad-build pki rotate-ca` again",
-    2: "build and roll out every node (certificates from the new CA), then run "
-    "`nomad-build pki rotate-ca` again",
-}
+def _ca_next(auth: Authority, stage: int) -> str:
+    nodes = "every node" if auth is NOMAD else "every node's Consul package"
+    what = ["they now trust both CAs", "certificates from the new CA"][stage - 1]
+    return f"build and roll out {nodes} ({what}), then run {auth.rotate} again"
 
 
-def _package_digests(cluster: Cluster, st: State) -> dict[str, str | None]:
+def _ca_status(data: dict[str, Any], auth: Authority) -> dict[str, Any] | None:
+    rec = data.get(auth.record)
+    if rec is None:
+        return None
+    stage = rec["stage"]
+    return {"stage": stage, "of": 3, "since": rec["since"], "next": _ca_next(auth, stage)}
+
+
+def _package_digests(cluster: Cluster, st: State, auth: Authority = NOMAD) -> dict[str, str | None]:
+    """Each node's package digest, of the package carrying `auth`'s files."""
     out: dict[str, str | None] = {}
     for node in cluster.nodes:
-        cur = st.current_version(node.name, _FORMATS[node.os])
+        cur = st.current_version(node.name, auth.formats[node.os])
         out[node.name] = cur[1] if cur is not None else None
     return out
 
 
-def _require_rebuilt(cluster: Cluster, st: State, rec: dict[str, Any]) -> None:
-    now = _package_digests(cluster, st)
+def _require_rebuilt(cluster: Cluster, st: State, rec: dict[str, Any], auth: Authority) -> None:
+    now = _package_digests(cluster, st, auth)
     behind = [n for n, d in now.items() if d is None or d == rec["packages"].get(n)]
     if behind:
         raise UserError(
-            f"pki rotate-ca: stage {rec['stage']} is not rolled out: no new package was built "
+            f"{_command(auth)}: stage {rec['stage']} is not rolled out: no new package was built "
             f"for {', '.join(behind)} since it began; run `nomad-build build`, install the "
             "packages on every node, then run this again"
         )
+
+
+def _command(auth: Authority) -> str:
+    """'pki rotate-ca', 'pki rotate-ca --consul': as messages and records name it."""
+    return auth.rotate.strip("`").removeprefix("nomad-build ")
 
 
 def _stamp(st: State) -> str:
     return st.clock().astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def rotate_ca(cluster: Cluster, st: State) -> list[str]:
-    """Advance the CA rotation by one stage; returns the lines saying what comes next."""
+def rotate_ca(cluster: Cluster, st: State, auth: Authority = NOMAD) -> list[str]:
+    """Advance the rotation of `auth`'s CA (the cluster CA, or with [consul.agent] on the
+    Consul CA) by one stage; returns the lines saying what comes next."""
+    if auth not in authorities(cluster):
+        raise UserError(
+            f"{cluster.source}: {_command(auth)}: consul.agent.enabled is not true, "
+            "so there is no Consul CA"
+        )
     data = _record(st)
-    rec = data.get("ca")
-    spec = ca_spec(cluster)
-    ca = st.ca(spec)
+    rec = data.get(auth.record)
+    ca = st.ca(auth.ca_spec(cluster), auth.ca_files)
     assert ca is not None
     if rec is None:
-        generation = len([e for e in data.get("history", []) if e.get("kind") == "ca"]) + 2
-        key, cert = pki.create_ca(
-            common_name=f"{spec.common_name} G{generation}",
-            permitted_dns=spec.permitted_dns,
-            days=spec.days,
-            now=st.clock(),
-        )
-        st.write_files({"ca/next.key": (key, True), "ca/next.pem": (cert, True)})
-        stage = 1
-        st.events.append(Event("created", "CA (next generation)", "pki rotate-ca stage 1"))
+        stage = _ca_begin(cluster, st, data, auth)
     elif rec["stage"] == 1:
-        _require_rebuilt(cluster, st, rec)
-        nkey, ncert = st.read_file("ca/next.key"), st.read_file("ca/next.pem")
-        if nkey is None or ncert is None:
-            raise UserError(f"{st.directory}/ca/next.key: missing; restore it from your backup")
-        st.write_files(
-            {
-                "ca/previous.key": (ca[0], True),
-                "ca/previous.pem": (ca[1], True),
-                "ca/ca.key": (nkey, True),
-                "ca/ca.pem": (ncert, True),
-            }
-        )
-        st.remove_files(["ca/next.key", "ca/next.pem"])
-        new_ca = (nkey, ncert)
-        for node in cluster.nodes:
-            if st.cert_info(node.name) is not None:
-                st.reissue_node_cert(
-                    node.name,
-                    cert_spec(cluster, node),
-                    new_ca,
-                    rekey=False,
-                    reason="pki rotate-ca stage 2: signed by the new CA",
-                )
+        _require_rebuilt(cluster, st, rec, auth)
+        _ca_switch(cluster, st, auth, ca)
         stage = 2
     else:
-        _require_rebuilt(cluster, st, rec)
-        old = st.read_file("ca/previous.pem")
-        old_key = st.read_file("ca/previous.key")
-        if old is not None and old_key is not None:
-            serial = f"{pki.inspect_cert(old).serial:x}"
-            archive = f"ca/archive/{serial}"
-            st.write_files({f"{archive}.pem": (old, True), f"{archive}.key": (old_key, True)})
-        st.remove_files(["ca/previous.key", "ca/previous.pem"])
-        del data["ca"]
-        data.setdefault("history", []).append({"kind": "ca", "finished": _stamp(st)})
+        _require_rebuilt(cluster, st, rec, auth)
+        _ca_archive(st, auth)
+        del data[auth.record]
+        data.setdefault("history", []).append({"kind": auth.record, "finished": _stamp(st)})
         _save(st, data)
-        st.events.append(Event("archived", "old CA", "pki rotate-ca stage 3"))
+        st.events.append(Event("archived", f"old {auth.title}", f"{_command(auth)} stage 3"))
         return [
-            "CA rotation done: the old CA is archived in the state and no longer trusted; "
-            "build and roll out every node"
+            f"{auth.title} rotation done: the old {auth.title} is archived in the state and "
+            "no longer trusted; build and roll out every node"
         ]
-    data["ca"] = {"stage": stage, "since": _stamp(st), "packages": _package_digests(cluster, st)}
+    data[auth.record] = {
+        "stage": stage,
+        "since": _stamp(st),
+        "packages": _package_digests(cluster, st, auth),
+    }
     _save(st, data)
-    return [f"CA rotation stage {stage} of 3: {_CA_NEXT[stage]}"]
+    return [f"{auth.title} rotation stage {stage} of 3: {_ca_next(auth, stage)}"]
 
 
-def gossip_commands(new: str, old: str) -> list[str]:
+def _ca_begin(cluster: Cluster, st: State, data: dict[str, Any], auth: Authority) -> int:
+    """Stage 1: the next generation, which every node is sent to trust beside the old."""
+    spec = auth.ca_spec(cluster)
+    generation = len([e for e in data.get("history", []) if e.get("kind") == auth.record]) + 2
+    key, cert = pki.create_ca(
+        common_name=f"{spec.common_name} G{generation}",
+        permitted_dns=spec.permitted_dns,
+        days=spec.days,
+        now=st.clock(),
+    )
+    staging = auth.ca_files.staging
+    st.write_files({f"{staging}/next.key": (key, True), f"{staging}/next.pem": (cert, True)})
+    what = f"{auth.title} (next generation)"
+    st.events.append(Event("created", what, f"{_command(auth)} stage 1"))
+    return 1
+
+
+def _ca_switch(cluster: Cluster, st: State, auth: Authority, ca: tuple[bytes, bytes]) -> None:
+    """Stage 2: the next generation becomes current and signs every node certificate."""
+    files = auth.ca_files
+    nkey = st.read_file(f"{files.staging}/next.key")
+    ncert = st.read_file(f"{files.staging}/next.pem")
+    if nkey is None or ncert is None:
+        raise UserError(
+            f"{st.directory}/{files.staging}/next.key: missing; restore it from your backup"
+        )
+    st.write_files(
+        {
+            f"{files.staging}/previous.key": (ca[0], True),
+            f"{files.staging}/previous.pem": (ca[1], True),
+            files.key: (nkey, True),
+            files.cert: (ncert, True),
+        }
+    )
+    st.remove_files([f"{files.staging}/next.key", f"{files.staging}/next.pem"])
+    for node in cluster.nodes:
+        where = auth.cert_files(st, node.name)
+        if st.cert_info(node.name, where) is not None:
+            st.reissue_node_cert(
+                node.name,
+                auth.cert_spec(cluster, node),
+                (nkey, ncert),
+                rekey=False,
+                reason=f"{_command(auth)} stage 2: signed by the new CA",
+                files=where,
+            )
+
+
+def _ca_archive(st: State, auth: Authority) -> None:
+    """Stage 3: the old generation leaves the bundle, kept in <staging>/archive/."""
+    staging = auth.ca_files.staging
+    old = st.read_file(f"{staging}/previous.pem")
+    old_key = st.read_file(f"{staging}/previous.key")
+    if old is not None and old_key is not None:
+        archive = f"{staging}/archive/{pki.inspect_cert(old).serial:x}"
+        st.write_files({f"{archive}.pem": (old, True), f"{archive}.key": (old_key, True)})
+    st.remove_files([f"{staging}/previous.key", f"{staging}/previous.pem"])
+
+
+@dataclass(frozen=True)
+class GossipPool:
+    """A gossip pool whose key `pki rotate-gossip` rotates: Nomad's servers', or (with
+    [consul.agent] on, `--consul`) every Consul agent's LAN pool."""
+
+    record: str  # its entry in rotation.json
+    current: str  # store files: the key in use, the next one, the old ones
+    next: str
+    history: str
+    command: str  # as messages and --json name it
+    tool: str  # the keyring command, before install/use/remove
+    run_on: str
+    finished: str
+
+
+NOMAD_GOSSIP = GossipPool(
+    record="gossip",
+    current="gossip.key",
+    next="gossip-next.key",
+    history="gossip-history",
+    command="pki rotate-gossip",
+    tool="nomad operator gossip keyring {verb} {key}",
+    run_on="one server",
+    finished="gossip key rotated: build and roll out the servers (their `encrypt` now "
+    "carries the new key, used only when a server is bootstrapped afresh)",
+)
+# Consul keeps its keyring in <data_dir>/serf/local.keyring and, like Nomad, ignores a
+# changed `encrypt` once that exists: the running pool changes keys with `consul keyring`.
+CONSUL_GOSSIP = GossipPool(
+    record="consul_gossip",
+    current=consul.GOSSIP_KEY,
+    next="consul-gossip/next.key",  # in a directory: never a node's consul-<node>.key
+    history="consul-gossip/history",
+    command="pki rotate-gossip --consul",
+    tool="consul keyring -{verb}={key}",
+    run_on="one Consul server",
+    finished="Consul gossip key rotated: build and roll out every node (every Consul "
+    "agent's `encrypt` now carries the new key, used only by an agent started afresh)",
+)
+
+
+def gossip_commands(pool: GossipPool, new: str, old: str) -> list[str]:
     return [
-        f"nomad operator gossip keyring install {new}",
-        f"nomad operator gossip keyring use {new}",
-        f"nomad operator gossip keyring remove {old}",
+        pool.tool.format(verb="install", key=new),
+        pool.tool.format(verb="use", key=new),
+        pool.tool.format(verb="remove", key=old),
     ]
 
 
-def rotate_gossip(cluster: Cluster, st: State, *, finish: bool) -> tuple[list[str], list[str]]:
+def _gossip_key(cluster: Cluster, st: State, pool: GossipPool) -> str:
+    """The pool's current key (refused when the cluster has no such pool)."""
+    if pool is CONSUL_GOSSIP:
+        if not consul.enabled(cluster):
+            raise UserError(
+                f"{cluster.source}: {pool.command}: consul.agent.enabled is not true, so "
+                "there is no Consul gossip key"
+            )
+        key = consul.gossip_key(st)
+    else:
+        if not cluster.servers:
+            raise UserError(f"{pool.command}: this cluster has no servers")
+        key = st.gossip_key()
+    assert key is not None  # a writable store makes it
+    return key
+
+
+def rotate_gossip(
+    cluster: Cluster, st: State, *, finish: bool, pool: GossipPool = NOMAD_GOSSIP
+) -> tuple[list[str], list[str]]:
     """(commands to run on one server, what comes next). Start, or `finish`."""
-    if not cluster.servers:
-        raise UserError("pki rotate-gossip: this cluster has no servers")
     data = _record(st)
-    old = st.gossip_key()
-    assert old is not None
-    rec = data.get("gossip")
+    old = _gossip_key(cluster, st, pool)
+    rec = data.get(pool.record)
     if finish:
         if rec is None:
-            raise UserError("pki rotate-gossip --finish: no rotation under way; start one first")
-        raw = st.read_file("gossip-next.key")
+            raise UserError(f"{pool.command} --finish: no rotation under way; start one first")
+        raw = st.read_file(pool.next)
         if raw is None:
-            raise UserError(f"{st.directory}/gossip-next.key: missing; restore it from your backup")
-        n = len([e for e in data.get("history", []) if e.get("kind") == "gossip"]) + 1
+            raise UserError(f"{st.directory}/{pool.next}: missing; restore it from your backup")
+        n = len([e for e in data.get("history", []) if e.get("kind") == pool.record]) + 1
         st.write_files(
-            {f"gossip-history/{n}.key": ((old + "\n").encode(), True), "gossip.key": (raw, True)}
+            {f"{pool.history}/{n}.key": ((old + "\n").encode(), True), pool.current: (raw, True)}
         )
-        st.remove_files(["gossip-next.key"])
-        del data["gossip"]
-        data.setdefault("history", []).append({"kind": "gossip", "finished": _stamp(st)})
+        st.remove_files([pool.next])
+        del data[pool.record]
+        data.setdefault("history", []).append({"kind": pool.record, "finished": _stamp(st)})
         _save(st, data)
-        st.events.append(Event("rotated", "gossip key", "pki rotate-gossip --finish"))
-        return [], [
-            "gossip key rotated: build and roll out the servers (their `encrypt` now carries "
-            "the new key, used only when a server is bootstrapped afresh)"
-        ]
+        what = "gossip key" if pool is NOMAD_GOSSIP else "Consul gossip key"
+        st.events.append(Event("rotated", what, f"{pool.command} --finish"))
+        return [], [pool.finished]
     if rec is None:
         new = pki.generate_gossip_key()
-        st.write_files({"gossip-next.key": ((new + "\n").encode(), True)})
-        data["gossip"] = {"since": _stamp(st)}
+        st.write_files({pool.next: ((new + "\n").encode(), True)})
+        data[pool.record] = {"since": _stamp(st)}
         _save(st, data)
-        st.events.append(Event("created", "gossip key (next)", "pki rotate-gossip"))
+        what = "gossip key (next)" if pool is NOMAD_GOSSIP else "Consul gossip key (next)"
+        st.events.append(Event("created", what, pool.command))
     else:
-        raw = st.read_file("gossip-next.key")
+        raw = st.read_file(pool.next)
         if raw is None:
-            raise UserError(f"{st.directory}/gossip-next.key: missing; restore it from your backup")
+            raise UserError(f"{st.directory}/{pool.next}: missing; restore it from your backup")
         new = raw.decode().strip()
-    return gossip_commands(new, old), [
-        "run these on one server (with a management token if ACLs are on); the keyring "
-        "change reaches every server through gossip; then `nomad-build pki rotate-gossip "
+    return gossip_commands(pool, new, old), [
+        f"run these on {pool.run_on} (with a management token if ACLs are on); the keyring "
+        f"change reaches every member through gossip; then `nomad-build {pool.command} "
         "--finish`"
     ]
 

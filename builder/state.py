@@ -9,6 +9,9 @@ Layout (dirs 0700, files 0600 unless made with `public()`):
     <dir>/nodes/<node>/key.pem       a node's key ...
     <dir>/nodes/<node>/cert.pem      ... and its certificate
     <dir>/versions.json              package version per (node, format)
+    <dir>/consul-ca.{key,pem}        [consul.agent] on: the Consul CA (builder.consul) ...
+    <dir>/consul-<node>.{key,pem}    ... and each node's Consul pair, through ca(files=)
+                                     and node_cert(files=) under the same policy
     <dir>/<name>                     other secrets / public keys (secret(), public())
 
 Only a secret that never existed is created. One the ledger knows and that is now
@@ -51,7 +54,7 @@ from builder.errors import UserError
 from builder.ledger import LEDGER_NAME, Ledger, Status, restore_ledger
 from builder.ledger import sha256 as ledger_sha256
 
-__all__ = ["CASpec", "CertSpec", "Event", "State"]
+__all__ = ["NOMAD_CA", "CAFiles", "CASpec", "CertFiles", "CertSpec", "Event", "State"]
 
 
 class _VersionEntry(TypedDict):
@@ -70,6 +73,30 @@ _CA_KEY, _CA_CERT = "ca/ca.key", "ca/ca.pem"
 # Names secret()/public() may not take: they belong to the store itself.
 _RESERVED = {"gossip.key", "ca", "nodes", _VERSIONS, LEDGER_NAME}
 _INTERRUPTED = "an earlier run was interrupted while writing it"
+
+
+@dataclass(frozen=True)
+class CAFiles:
+    """Where a CA lives in the store: the cluster's (Nomad's, NOMAD_CA) or Consul's."""
+
+    key: str
+    cert: str
+    what: str  # how events name it: "CA", "Consul CA"
+    # where a rotation keeps the other generation (next.*, previous.*) and the archive
+    staging: str
+
+
+@dataclass(frozen=True)
+class CertFiles:
+    """Where a node certificate signed by `ca` lives in the store."""
+
+    key: str
+    cert: str
+    what: str  # how events name it: "certificate <node>"
+    ca: CAFiles
+
+
+NOMAD_CA = CAFiles(_CA_KEY, _CA_CERT, "CA", "ca")
 
 
 @dataclass(frozen=True)
@@ -125,7 +152,7 @@ class State:
     _ledger: Ledger | None = None
     _run_lock: atomic_io.RunLock | None = None
     _mutex: threading.RLock = field(default_factory=threading.RLock)
-    _ca: tuple[CASpec, tuple[bytes, bytes] | None] | None = None
+    _ca: dict[CAFiles, tuple[CASpec, tuple[bytes, bytes] | None]] = field(default_factory=dict)
     _gossip: str | None = None
     _nodes: dict[str, tuple[CertSpec, bytes | None, tuple[bytes, bytes] | None]] = field(
         default_factory=dict
@@ -136,7 +163,7 @@ class State:
     _deferred: list[_Write] | None = None  # inside batch(): writes committed at its end
     _planned: set[Event] = field(default_factory=set)  # read-only: events already listed
     _tightened: set[str] = field(default_factory=set)  # directories checked by _tighten
-    _bundle: tuple[bytes | None] | None = None  # ca_bundle(), read once
+    _bundle: dict[CAFiles, bytes] = field(default_factory=dict)  # ca_bundle(), read once
 
     def __repr__(self) -> str:
         mode = "writable" if self.writable else "read-only"
@@ -318,8 +345,9 @@ class State:
 
     # ---------------------------------------------------------------- CA
 
-    def ca(self, spec: CASpec) -> tuple[bytes, bytes] | None:
-        """(key PEM, cert PEM) of the cluster CA, created once and never regenerated.
+    def ca(self, spec: CASpec, files: CAFiles = NOMAD_CA) -> tuple[bytes, bytes] | None:
+        """(key PEM, cert PEM) of the cluster CA (or the one `files` names), created once
+        and never regenerated.
 
         Refused (UserError): lost or damaged files, changed name constraints, an expired
         CA, a CA ending before a certificate it would sign now; near its end it adds a
@@ -327,42 +355,44 @@ class State:
         """
         with self._mutex:
             self._check_open()
-            if self._ca is not None and self._ca[0] == spec:
-                return self._ca[1]
-            result = self._ca_uncached(spec)
-            self._ca = (spec, result)
+            cached = self._ca.get(files)
+            if cached is not None and cached[0] == spec:
+                return cached[1]
+            result = self._ca_uncached(spec, files)
+            self._ca[files] = (spec, result)
             return result
 
-    def _ca_uncached(self, spec: CASpec) -> tuple[bytes, bytes] | None:
-        key, key_status = self._load(_CA_KEY)
-        cert, cert_status = self._load(_CA_CERT)
+    def _ca_uncached(self, spec: CASpec, files: CAFiles) -> tuple[bytes, bytes] | None:
+        key, key_status = self._load(files.key)
+        cert, cert_status = self._load(files.cert)
         if key is None and cert is None:
-            return self._ca_create(spec, "new")
+            return self._ca_create(spec, "new", files)
         if key is None or cert is None:
-            present = _CA_KEY if key is not None else _CA_CERT
-            missing = _CA_CERT if key is not None else _CA_KEY
+            present = files.key if key is not None else files.cert
+            missing = files.cert if key is not None else files.key
             if self._in_flight(present):  # a creation that never finished
-                return self._ca_create(spec, _INTERRUPTED)
+                return self._ca_create(spec, _INTERRUPTED, files)
             raise self._refuse(missing, f"missing while {self._path(present)} exists")
-        info = self._inspect(_CA_CERT, cert)
-        self._check_pair(_CA_KEY, key, _CA_CERT, cert)
+        info = self._inspect(files.cert, cert)
+        self._check_pair(files.key, key, files.cert, cert)
         if not info.is_ca:
-            raise self._refuse(_CA_CERT, "is not a CA certificate")
-        self._check_constraints(info, spec)
+            raise self._refuse(files.cert, "is not a CA certificate")
+        self._check_constraints(info, spec, files)
         refusal, warning = ca_verdict(info, spec, self.clock())
         if refusal is not None:
-            raise UserError(f"{self._path(_CA_CERT)}: {refusal}")
+            raise UserError(f"{self._path(files.cert)}: {refusal}")
         if warning is not None:
-            self._warn(f"{self._path(_CA_CERT)}: {warning}")
-        self._settle(_CA_KEY, key, key_status)
-        self._settle(_CA_CERT, cert, cert_status)
+            self._warn(f"{self._path(files.cert)}: {warning}")
+        self._settle(files.key, key, key_status)
+        self._settle(files.cert, cert, cert_status)
         return key, cert
 
-    def _ca_create(self, spec: CASpec, reason: str) -> tuple[bytes, bytes] | None:
+    def _ca_create(self, spec: CASpec, reason: str, files: CAFiles) -> tuple[bytes, bytes] | None:
         problem = new_ca_problem(spec)
         if problem is not None:
-            raise UserError(f"{self._path('ca')}: cannot create the CA: {problem}")
-        self._plan(Event("created", "CA", reason))
+            where = self._path(files.cert).parent if files == NOMAD_CA else self._path(files.cert)
+            raise UserError(f"{where}: cannot create the {files.what}: {problem}")
+        self._plan(Event("created", files.what, reason))
         if not self.writable:
             return None
         key, cert = pki.create_ca(
@@ -371,38 +401,42 @@ class State:
             days=spec.days,
             now=self.clock(),
         )
-        old_key, old_cert = self._peek(_CA_KEY), self._peek(_CA_CERT)
-        self._bundle = None
+        old_key, old_cert = self._peek(files.key), self._peek(files.cert)
+        self._bundle.pop(files, None)
         facts = _issued_facts(key, cert, None)
         self._commit(
             [
-                _Write(_CA_KEY, key, _SECRET_MODE, old_key),
-                _Write(_CA_CERT, cert, _SECRET_MODE, old_cert, facts=facts),
+                _Write(files.key, key, _SECRET_MODE, old_key),
+                _Write(files.cert, cert, _SECRET_MODE, old_cert, facts=facts),
             ]
         )
         return key, cert
 
-    def _check_constraints(self, info: pki.CertInfo, spec: CASpec) -> None:
+    def _check_constraints(self, info: pki.CertInfo, spec: CASpec, files: CAFiles) -> None:
         diff = permitted_diff(info, spec)
         if diff is None:
             return
         raise UserError(
-            f"{self._path(_CA_CERT)}: the existing CA's name constraints permit "
+            f"{self._path(files.cert)}: the existing CA's name constraints permit "
             f"{', '.join(info.permitted_dns) or '(anything)'} but the cluster needs "
             f"{', '.join(spec.permitted_dns) or '(anything)'} ({diff}); a CA is never "
             "regenerated silently because every node trusts it: fix the cluster file, "
-            "or replace the CA deliberately with `nomad-build pki rotate-ca` and "
-            "redeploy all nodes"
+            f"or replace the CA deliberately with {spec.rotate} and redeploy all nodes"
         )
 
     # ---------------------------------------------------------------- node certs
 
     def node_cert(
-        self, node: str, spec: CertSpec, ca: tuple[bytes, bytes] | None
+        self,
+        node: str,
+        spec: CertSpec,
+        ca: tuple[bytes, bytes] | None,
+        files: CertFiles | None = None,
     ) -> tuple[bytes, bytes] | None:
         """(key PEM, cert PEM) for `node`, (re)issued only when the stored one no longer fits.
 
         `ca` is what ca() returned; None is accepted only read-only (CA not made yet).
+        `files`: where the pair lives (default nodes/<node>/, signed by the cluster CA).
         Read-only, returns None when a writing run would (re)issue. A key or cert the
         ledger knows that is missing, changed, unparsable or not a pair is refused.
         """
@@ -411,17 +445,23 @@ class State:
             if ca is None and self.writable:
                 raise ValueError("node_cert needs the CA in a writable store")
             ca_cert = ca[1] if ca is not None else None
-            cached = self._nodes.get(node)
+            files = files or self.nomad_cert_files(node)
+            cached = self._nodes.get(files.cert)
             if cached is not None and cached[0] == spec and cached[1] == ca_cert:
                 return cached[2]
-            result = self._node_cert_uncached(node, spec, ca)
-            self._nodes[node] = (spec, ca_cert, result)
+            result = self._node_cert_uncached(files, spec, ca)
+            self._nodes[files.cert] = (spec, ca_cert, result)
             return result
 
+    def nomad_cert_files(self, node: str) -> CertFiles:
+        """Where `node`'s (Nomad) certificate and key live."""
+        rel = self._node_rel(node, "key.pem"), self._node_rel(node, "cert.pem")
+        return CertFiles(rel[0], rel[1], f"certificate {node}", NOMAD_CA)
+
     def _node_cert_uncached(
-        self, node: str, spec: CertSpec, ca: tuple[bytes, bytes] | None
+        self, files: CertFiles, spec: CertSpec, ca: tuple[bytes, bytes] | None
     ) -> tuple[bytes, bytes] | None:
-        key_rel, cert_rel = self._node_rel(node, "key.pem"), self._node_rel(node, "cert.pem")
+        key_rel, cert_rel = files.key, files.cert
         key, key_status = self._load(key_rel)
         cert, cert_status = self._load(cert_rel)
         reason = self._node_reason(key_rel, key, key_status, cert_rel, cert, cert_status)
@@ -433,9 +473,9 @@ class State:
             self._settle(key_rel, key, key_status)
             self._settle(cert_rel, cert, cert_status)
             return key, cert
-        self._check_issue(spec, ca)
+        self._check_issue(spec, ca, files.ca)
         kind = "created" if reason == "new" else "reissued"
-        self._plan(Event(kind, f"certificate {node}", reason))
+        self._plan(Event(kind, files.what, reason))
         if not self.writable:
             return None
         return self._issue(key_rel, key, cert_rel, cert, spec, ca)
@@ -476,18 +516,20 @@ class State:
         )
         return "; ".join(reasons) or None
 
-    def _check_issue(self, spec: CertSpec, ca: tuple[bytes, bytes] | None) -> None:
+    def _check_issue(self, spec: CertSpec, ca: tuple[bytes, bytes] | None, files: CAFiles) -> None:
         """Refuse a certificate that would outlive the CA (read-only: the planned one)."""
         now = self.clock()
+        planned = self._ca.get(files)
         if ca is not None:
             ca_end = pki.inspect_cert(ca[1]).not_after
-        elif self._ca is not None and self._ca[1] is None:
-            ca_end = now + timedelta(days=self._ca[0].days)
+        elif planned is not None and planned[1] is None:
+            ca_end = now + timedelta(days=planned[0].days)
         else:
             return
-        problem = issue_problem(now, spec.days, ca_end)
+        rotate = planned[0].rotate if planned is not None else None
+        problem = issue_problem(now, spec.days, ca_end, rotate)
         if problem is not None:
-            raise UserError(f"{self._path(_CA_CERT)}: {problem}")
+            raise UserError(f"{self._path(files.cert)}: {problem}")
 
     def _issue(
         self,
@@ -525,12 +567,12 @@ class State:
             key_pem=key,
         )
 
-    def cert_info(self, node: str) -> pki.CertInfo | None:
+    def cert_info(self, node: str, files: CertFiles | None = None) -> pki.CertInfo | None:
         """Read-only peek at a node's stored certificate (None if it never existed)."""
         with self._mutex:
             self._check_open()
-            rel = self._node_rel(node, "cert.pem")
-            known = self._nodes.get(node)
+            rel = (files or self.nomad_cert_files(node)).cert
+            known = self._nodes.get(rel)
             if known is not None and known[2] is not None:  # node_cert() read it already
                 return self._inspect(rel, known[2][1])
             raw, _ = self._load(rel, fix_mode=False)
@@ -670,8 +712,8 @@ class State:
                 mode = _SECRET_MODE if secret else _PUBLIC_MODE
                 writes.append(_Write(rel, data, mode, self._peek(rel), digest=secret))
             self._commit(writes)
-            self._ca = None
-            self._bundle = None
+            self._ca.clear()
+            self._bundle.clear()
             self._nodes.clear()
             self._gossip = None
 
@@ -688,24 +730,33 @@ class State:
             atomic_io.write_atomic([(ledger.path, ledger.dump(), _SECRET_MODE)])
             for rel in rels:
                 self._path(rel).unlink(missing_ok=True)
-            self._ca = None
-            self._bundle = None
+            self._ca.clear()
+            self._bundle.clear()
             self._nodes.clear()
             self._gossip = None
 
     def reissue_node_cert(
-        self, node: str, spec: CertSpec, ca: tuple[bytes, bytes], *, rekey: bool, reason: str
+        self,
+        node: str,
+        spec: CertSpec,
+        ca: tuple[bytes, bytes],
+        *,
+        rekey: bool,
+        reason: str,
+        files: CertFiles | None = None,
     ) -> tuple[bytes, bytes]:
-        """Re-issue `node`'s certificate now, whether or not it still fits; `rekey` makes a
-        new key pair (a compromised key), else the stored key is kept."""
+        """Re-issue `node`'s certificate (or the one `files` names) now, whether or not it
+        still fits; `rekey` makes a new key pair (a compromised key), else the stored key
+        is kept."""
         with self._mutex:
             self._check_open()
             if not self.writable:
                 raise ValueError("reissue_node_cert needs a writable store")
-            key_rel, cert_rel = self._node_rel(node, "key.pem"), self._node_rel(node, "cert.pem")
+            files = files or self.nomad_cert_files(node)
+            key_rel, cert_rel = files.key, files.cert
             key, _ = self._load(key_rel)
             cert, _ = self._load(cert_rel)
-            self._check_issue(spec, ca)
+            self._check_issue(spec, ca, files.ca)
             keep = None if rekey or key is None else key
             new_key, new_cert = self._sign(spec, ca, keep)
             facts = _issued_facts(new_key, new_cert, ca[1])
@@ -714,26 +765,27 @@ class State:
                 writes.insert(0, _Write(key_rel, new_key, _SECRET_MODE, key))
             self._commit(writes)
             kind = "created" if cert is None else "reissued"
-            self._plan(Event(kind, f"certificate {node}", reason))
-            self._nodes[node] = (spec, ca[1], (new_key, new_cert))
+            self._plan(Event(kind, files.what, reason))
+            self._nodes[files.cert] = (spec, ca[1], (new_key, new_cert))
             return new_key, new_cert
 
-    def ca_bundle(self) -> bytes | None:
+    def ca_bundle(self, files: CAFiles = NOMAD_CA) -> bytes | None:
         """What nodes trust: the CA certificate, plus the other generation while a
-        `pki rotate-ca` is under way (ca/next.pem, then ca/previous.pem). None: no CA yet."""
+        `pki rotate-ca` is under way (ca/next.pem, then ca/previous.pem; another CA's in
+        its `staging` directory). None: no CA yet."""
         with self._mutex:
             self._check_open()
-            if self._bundle is not None:
-                return self._bundle[0]
+            if files in self._bundle:
+                return self._bundle[files]
             parts = []
-            for rel in (_CA_CERT, "ca/next.pem", "ca/previous.pem"):
+            for rel in (files.cert, f"{files.staging}/next.pem", f"{files.staging}/previous.pem"):
                 raw, status = self._load(rel, fix_mode=False)
                 if raw is not None:
                     self._settle(rel, raw, status)
                     parts.append(raw if raw.endswith(b"\n") else raw + b"\n")
             bundle = b"".join(parts) or None
             if bundle is not None:  # (a CA made later in this run is read then)
-                self._bundle = (bundle,)
+                self._bundle[files] = bundle
             return bundle
 
     # ---------------------------------------------------------------- internals

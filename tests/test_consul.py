@@ -38,9 +38,9 @@ def _cluster(tmp_path: Path, table: str = "[consul.agent]\nenabled = true\n", os
 def made(tmp_path: Path):
     cluster = _cluster(tmp_path)
     out = {}
-    with State.open(tmp_path / "state", create=True) as st:
+    with State.open(tmp_path / "state", create=True, clock=lambda: NOW) as st:
         for n in cluster.nodes:
-            out[n.name] = consul.consul_secrets(st, cluster, n, now=NOW)
+            out[n.name] = consul.consul_secrets(st, cluster, n)
     return cluster, out
 
 
@@ -94,8 +94,8 @@ def test_schema_refuses_typos() -> None:
 
 def test_secrets_are_made_once(tmp_path: Path, made) -> None:
     cluster, first = made
-    with State.open(tmp_path / "state", create=False) as st:
-        again = {n.name: consul.consul_secrets(st, cluster, n, now=NOW) for n in cluster.nodes}
+    with State.open(tmp_path / "state", create=False, clock=lambda: NOW) as st:
+        again = {n.name: consul.consul_secrets(st, cluster, n) for n in cluster.nodes}
     assert again == first
     names = sorted(p.name for p in (tmp_path / "state").iterdir() if "consul" in p.name)
     assert "consul-ca.key" in names and "consul-gossip.key" in names

@@ -52,6 +52,15 @@ def test_every_sh_block_runs(tmp_path: Path) -> None:
     assert list((work / "state/ca/archive").glob("*.pem"))
     assert (work / "state/signify-archive/bi-sbg-pkg.sec").is_file()
     assert (work / "state/nodes/bi-node-sbg-4/cert.pem").is_file()
+    consul_commands = (work / "consul-gossip-commands.sh").read_text().splitlines()
+    assert [c.split("=")[0] for c in consul_commands[:3]] == [
+        "consul keyring -install",
+        "consul keyring -use",
+        "consul keyring -remove",
+    ]
+    assert (work / "state/consul-gossip/history/1.key").is_file()
+    assert len(list((work / "state/consul-ca/archive").glob("*.pem"))) == 1
+    assert (work / "state/consul-bi-node-sbg-4.pem").is_file()
     final = subprocess.run(
         ["bash", "-c", "nomad-build pki status -c cluster.toml && nomad-build audit"],
         cwd=work,
