@@ -18,10 +18,8 @@ import gc
 import hashlib
 import multiprocessing
 import os
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -54,20 +52,6 @@ CONSUL_FORMATS = frozenset(STATE_FORMAT[w] for w in CONSUL_WRITERS.values())
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-def _parallel(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
-    """fn over items in threads (for I/O and hashing, which release the GIL), one chunk
-    of items per thread: a task per item costs more than reading a small file."""
-    items = list(items)
-    workers = min(len(items), os.cpu_count() or 2)
-    if workers <= 1:
-        return [fn(i) for i in items]
-    size = -(-len(items) // workers)
-    chunks = [items[i : i + size] for i in range(0, len(items), size)]
-    with ThreadPoolExecutor(max_workers=len(chunks)) as pool:
-        parts = list(pool.map(lambda chunk: [fn(i) for i in chunk], chunks))
-    return [r for part in parts for r in part]
 
 
 # CPU-bound work (archives, ISOs, templates) goes to forked worker processes: threads
@@ -634,7 +618,6 @@ class _Trees(Mapping[str, NodeTree]):
         self._trees: dict[str, NodeTree] = {}
         self._keys: dict[str, str] = {}
         self._base: str | None = None
-        self._lock = threading.Lock()
 
     def __getitem__(self, name: str) -> NodeTree:
         tree = self._trees.get(name)
@@ -666,9 +649,8 @@ class _Trees(Mapping[str, NodeTree]):
     def key(self, node: Node) -> str:
         k = self._keys.get(node.name)
         if k is None:
-            with self._lock:
-                if self._base is None:
-                    self._base = incremental.render_base(self._cluster)
+            if self._base is None:
+                self._base = incremental.render_base(self._cluster)
             k = incremental.tree_key(self._base, node, self._secrets[node.name][1])
             # the keys a signing key rotation adds to the tree are part of what it is
             trust = b"".join(f.path.encode() + f.content for f in self._trust.get(node.os, ()))
@@ -802,9 +784,8 @@ class _Built:
         digests = self.digests
         wants = [digests.per_node(w.name, n, None, self._upstream(w, n)) for n in nodes]
         found: list[list[Artifact] | None] = [None] * len(nodes)
-        if self.previous is not None:  # reading and hashing the old files: threads
-            pairs = list(zip(nodes, wants, strict=True))
-            found = _parallel(lambda nw: self._take(w, nw[0].name, nw[1]), pairs)
+        if self.previous is not None:  # (threads measured slower: little to overlap)
+            found = [self._take(w, n.name, want) for n, want in zip(nodes, wants, strict=True)]
         missing = [i for i, arts in enumerate(found) if arts is None]
         for i, arts in zip(missing, self._build_each(w, [nodes[i] for i in missing]), strict=True):
             self._record(w, nodes[i].name, wants[i], arts)
@@ -859,8 +840,8 @@ class _Built:
             return old[0]
 
         found: list[Artifact | None] = [None] * len(nodes)
-        if self.previous is not None:  # reading and hashing the old files: threads
-            found = _parallel(reuse, range(len(nodes)))
+        if self.previous is not None:
+            found = [reuse(i) for i in range(len(nodes))]
         reused = [a is not None for a in found]
         missing = [i for i, a in enumerate(found) if a is None]
         for i, arts in zip(missing, self._build_each(w, [nodes[i] for i in missing]), strict=True):
