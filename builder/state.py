@@ -32,6 +32,7 @@ import base64
 import binascii
 import contextlib
 import json
+import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -163,6 +164,7 @@ class State:
     _deferred: list[_Write] | None = None  # inside batch(): writes committed at its end
     _planned: set[Event] = field(default_factory=set)  # read-only: events already listed
     _tightened: set[str] = field(default_factory=set)  # directories checked by _tighten
+    _modes: dict[str, int] = field(default_factory=dict)  # st_mode of files as _read found them
     _bundle: dict[CAFiles, bytes] = field(default_factory=dict)  # ca_bundle(), read once
 
     def __repr__(self) -> str:
@@ -846,6 +848,7 @@ class State:
     def _read(self, rel: str) -> bytes | None:
         try:
             with open(f"{self.directory}/{rel}", "rb") as f:  # a str: thousands of reads
+                self._modes[rel] = os.fstat(f.fileno()).st_mode  # for _tighten
                 data = f.read()
         except FileNotFoundError:
             return None
@@ -859,7 +862,8 @@ class State:
         """Writable: take group/other bits off a sound file (if `file`) and its dirs."""
         if not self.writable:
             return
-        if file:
+        mode = self._modes.get(rel)
+        if file and (mode is None or mode & ~_SECRET_MODE & 0o777):  # (read it: it was fine)
             atomic_io.tighten(self._path(rel), _SECRET_MODE)
         parents = rel.split("/")[:-1]
         for depth in range(len(parents), -1, -1):  # down to the store itself
