@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from builder.model import PKISettings
 from builder.pki import CertInfo
 
 __all__ = [
@@ -60,6 +61,20 @@ class CertSpec:
     days: int
     renew_before: timedelta
     backdate: timedelta
+
+
+def leaf_spec(names: tuple[str, tuple[str, ...], tuple[str, ...]], pki: PKISettings) -> CertSpec:
+    """A node certificate's spec from its (common name, DNS names, IPs) and the cluster's
+    [pki] terms (Nomad's and Consul's certificates alike)."""
+    cn, dns, ips = names
+    return CertSpec(
+        common_name=cn,
+        dns_names=dns,
+        ip_addresses=ips,
+        days=pki.cert_days,
+        renew_before=timedelta(days=pki.renew_before_days),
+        backdate=timedelta(minutes=pki.backdate_minutes),
+    )
 
 
 def _day(d: datetime) -> str:

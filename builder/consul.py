@@ -30,7 +30,7 @@ from typing import Any
 import jinja2
 
 from builder import pki
-from builder.cert_policy import CASpec, CertSpec
+from builder.cert_policy import CASpec, CertSpec, leaf_spec
 from builder.data import data_path, template_environment
 from builder.errors import UserError
 from builder.model import Cluster, Node
@@ -194,15 +194,7 @@ def ca_spec(cluster: Cluster) -> CASpec:
 
 
 def cert_spec(cluster: Cluster, node: Node) -> CertSpec:
-    cn, dns, ips = cert_names(cluster, node)
-    return CertSpec(
-        common_name=cn,
-        dns_names=dns,
-        ip_addresses=ips,
-        days=cluster.pki.cert_days,
-        renew_before=timedelta(days=cluster.pki.renew_before_days),
-        backdate=timedelta(minutes=cluster.pki.backdate_minutes),
-    )
+    return leaf_spec(cert_names(cluster, node), cluster.pki)
 
 
 def gossip_key(st: State) -> str | None:

@@ -17,6 +17,7 @@ import jinja2
 
 from builder import hcl
 from builder.agent_config import agent_config
+from builder.cert_policy import leaf_spec
 from builder.data import data_path, template_environment
 from builder.errors import BuildError
 from builder.model import Cluster, Node
@@ -45,15 +46,7 @@ def ca_spec(cluster: Cluster) -> CASpec:
 
 
 def cert_spec(cluster: Cluster, node: Node) -> CertSpec:
-    cn, dns, ips = cluster.cert_names(node)
-    return CertSpec(
-        common_name=cn,
-        dns_names=dns,
-        ip_addresses=ips,
-        days=cluster.pki.cert_days,
-        renew_before=timedelta(days=cluster.pki.renew_before_days),
-        backdate=timedelta(minutes=cluster.pki.backdate_minutes),
-    )
+    return leaf_spec(cluster.cert_names(node), cluster.pki)
 
 
 def node_secrets(cluster: Cluster, node: Node, state: State) -> NodeSecrets:
