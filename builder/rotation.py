@@ -61,6 +61,17 @@ def _record(st: State) -> dict[str, Any]:
     return data
 
 
+def record_lost(st: State, kind: str, what: list[str] | None = None) -> None:
+    """Keep in rotation.json's history that a lost or changed secret of `kind` was
+    replaced deliberately (and of which nodes, `what`)."""
+    data = _record(st)
+    entry: dict[str, Any] = {"kind": kind, "finished": _stamp(st), "lost": True}
+    if what:
+        entry["nodes"] = what
+    data.setdefault("history", []).append(entry)
+    _save(st, data)
+
+
 def _save(st: State, data: dict[str, Any]) -> None:
     blob = (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
     st.write_files({RECORD: (blob, True)})
@@ -170,6 +181,82 @@ def rotate_ca(cluster: Cluster, st: State, auth: Authority = NOMAD) -> list[str]
     return [f"{auth.title} rotation stage {stage} of 3: {_ca_next(auth, stage)}"]
 
 
+def replace_lost_ca(cluster: Cluster, st: State, auth: Authority = NOMAD) -> list[str]:
+    """`pki rotate-ca --lost`: `auth`'s CA key or certificate is lost or changed (no
+    backup). Nothing can sign a bridge, so a new CA becomes current at once and
+    re-issues every node certificate; the old CA certificate, if intact, stays in the
+    bundle (so nodes upgraded trust those not yet upgraded) until `pki rotate-ca` is
+    run once more after the rollout. Refused while the CA is sound or being rotated."""
+    if auth not in authorities(cluster):
+        raise UserError(
+            f"{cluster.source}: {_command(auth)} --lost: consul.agent.enabled is not true, "
+            "so there is no Consul CA"
+        )
+    files = auth.ca_files
+    bad = [rel for rel in (files.key, files.cert) if st.problem(rel) is not None]
+    if not bad:
+        raise _not_lost(st, files.key, _command(auth), auth.rotate)
+    data = _record(st)
+    if auth.record in data:
+        raise UserError(
+            f"{_command(auth)} --lost: {st.directory / bad[0]} is lost or changed while a "
+            f"rotation is under way (stage {data[auth.record]['stage']}); restore the state "
+            "from your backup"
+        )
+    for node in cluster.nodes:  # refused before anything is written
+        where = auth.cert_files(st, node.name)
+        for rel in (where.key, where.cert):
+            problem = st.problem(rel)
+            if problem is not None:
+                raise UserError(problem)
+    old_cert = st.read_file(files.cert) if files.cert not in bad else None
+    spec = auth.ca_spec(cluster)
+    key, cert = pki.create_ca(
+        common_name=f"{spec.common_name} G{_generation(data, auth.record)}",
+        permitted_dns=spec.permitted_dns,
+        days=spec.days,
+        now=st.clock(),
+    )
+    _keep_damaged(st, bad, f"{files.staging}/damaged")
+    made = {files.key: (key, True), files.cert: (cert, True)}
+    if old_cert is not None:
+        made[f"{files.staging}/previous.pem"] = (old_cert, True)
+    st.write_files(made)
+    st.events.append(Event("created", auth.title, "the old one was lost or changed"))
+    for node in cluster.nodes:
+        where = auth.cert_files(st, node.name)
+        if st.cert_info(node.name, where) is not None:
+            st.reissue_node_cert(
+                node.name,
+                auth.cert_spec(cluster, node),
+                (key, cert),
+                rekey=False,
+                reason=f"{_command(auth)} --lost: signed by the new CA",
+                files=where,
+            )
+    data.setdefault("history", []).append(
+        {"kind": auth.record, "finished": _stamp(st), "lost": True}
+    )
+    nodes = "every node" if auth is NOMAD else "every node's Consul package"
+    lines = [
+        f"a new {auth.title} replaces the lost one and signed every node certificate: build "
+        f"and roll out {nodes} now; a node not yet upgraded does not trust the upgraded ones"
+    ]
+    if old_cert is not None:
+        data[auth.record] = {
+            "stage": 2,
+            "since": _stamp(st),
+            "packages": _package_digests(cluster, st, auth),
+            "lost": True,
+        }
+        lines.append(
+            f"the old {auth.title} certificate stays trusted beside the new one until "
+            f"{nodes} is rolled out: then run {auth.rotate} once more to drop it"
+        )
+    _save(st, data)
+    return lines
+
+
 def _ca_begin(cluster: Cluster, st: State, data: dict[str, Any], auth: Authority) -> int:
     """Stage 1: the next generation, which every node is sent to trust beside the old."""
     spec = auth.ca_spec(cluster)
@@ -222,10 +309,13 @@ def _ca_archive(st: State, auth: Authority) -> None:
     """Stage 3: the old generation leaves the bundle, kept in <staging>/archive/."""
     staging = auth.ca_files.staging
     old = st.read_file(f"{staging}/previous.pem")
-    old_key = st.read_file(f"{staging}/previous.key")
-    if old is not None and old_key is not None:
+    old_key = st.read_file(f"{staging}/previous.key")  # None after `--lost`
+    if old is not None:
         archive = f"{staging}/archive/{pki.inspect_cert(old).serial:x}"
-        st.write_files({f"{archive}.pem": (old, True), f"{archive}.key": (old_key, True)})
+        kept = {f"{archive}.pem": (old, True)}
+        if old_key is not None:
+            kept[f"{archive}.key"] = (old_key, True)
+        st.write_files(kept)
     st.remove_files([f"{staging}/previous.key", f"{staging}/previous.pem"])
 
 
@@ -242,6 +332,7 @@ class GossipPool:
     tool: str  # the keyring command, before install/use/remove
     run_on: str
     finished: str
+    list_keys: str  # the command that shows the keys the running pool holds
 
 
 NOMAD_GOSSIP = GossipPool(
@@ -254,6 +345,7 @@ NOMAD_GOSSIP = GossipPool(
     run_on="one server",
     finished="gossip key rotated: build and roll out the servers (their `encrypt` now "
     "carries the new key, used only when a server is bootstrapped afresh)",
+    list_keys="nomad operator gossip keyring list",
 )
 # Consul keeps its keyring in <data_dir>/serf/local.keyring and, like Nomad, ignores a
 # changed `encrypt` once that exists: the running pool changes keys with `consul keyring`.
@@ -267,7 +359,71 @@ CONSUL_GOSSIP = GossipPool(
     run_on="one Consul server",
     finished="Consul gossip key rotated: build and roll out every node (every Consul "
     "agent's `encrypt` now carries the new key, used only by an agent started afresh)",
+    list_keys="consul keyring -list",
 )
+
+
+def _require_pool(cluster: Cluster, pool: GossipPool) -> None:
+    if pool is CONSUL_GOSSIP and not consul.enabled(cluster):
+        raise UserError(
+            f"{cluster.source}: {pool.command}: consul.agent.enabled is not true, so "
+            "there is no Consul gossip key"
+        )
+    if pool is NOMAD_GOSSIP and not cluster.servers:
+        raise UserError(f"{pool.command}: this cluster has no servers")
+
+
+def _not_lost(st: State, rel: str, command: str, rotate: str) -> UserError:
+    return UserError(
+        f"{command} --lost: {st.directory / rel} is not lost nor changed; "
+        f"replace it in stages with {rotate}"
+    )
+
+
+def _keep_damaged(st: State, rels: list[str], where: str) -> None:
+    """A changed secret's bytes are not destroyed: kept (0600) in <where>/ for a look."""
+    kept = {}
+    for rel in rels:
+        path = st.directory / rel
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise UserError(f"{path}: not a file; move it aside, then run this again")
+        if path.is_file():
+            kept[f"{where}/{_stamp(st)}-{rel.replace('/', '_')}"] = (path.read_bytes(), True)
+    if kept:
+        st.write_files(kept)
+
+
+def replace_lost_gossip(
+    cluster: Cluster, st: State, pool: GossipPool
+) -> tuple[list[str], list[str]]:
+    """`pki rotate-gossip --lost`: the current key is lost or changed (no backup). The
+    running pool still holds it in its keyring, so a new key becomes current at once
+    and the printed keyring sequence installs it there; the old key is removed by what
+    the keyring lists. Refused while the key is sound (rotate it in two steps)."""
+    _require_pool(cluster, pool)
+    if st.problem(pool.current) is None:
+        raise _not_lost(st, pool.current, pool.command, f"`nomad-build {pool.command}`")
+    data = _record(st)
+    rec = data.pop(pool.record, None)
+    upcoming = st.read_file(pool.next) if rec is not None else None  # already installed?
+    new = upcoming.decode().strip() if upcoming is not None else pki.generate_gossip_key()
+    _keep_damaged(st, [pool.current], f"{pool.history}/damaged")
+    st.write_files({pool.current: ((new + "\n").encode(), True)})
+    if rec is not None:
+        st.remove_files([pool.next])
+    data.setdefault("history", []).append(
+        {"kind": pool.record, "finished": _stamp(st), "lost": True}
+    )
+    _save(st, data)
+    what = "gossip key" if pool is NOMAD_GOSSIP else "Consul gossip key"
+    st.events.append(Event("created", what, "the old one was lost or changed"))
+    commands = [pool.tool.format(verb="install", key=new), pool.tool.format(verb="use", key=new)]
+    return commands, [
+        f"run these on {pool.run_on}: the running pool still knows the lost key; then "
+        f"`{pool.list_keys}` and remove every other key with "
+        f"`{pool.tool.format(verb='remove', key='<old key>')}`",
+        pool.finished,
+    ]
 
 
 def gossip_commands(pool: GossipPool, new: str, old: str) -> list[str]:
@@ -613,6 +769,8 @@ def replace_lost_key(cluster: Cluster, st: State, kind: str) -> list[str]:
         )
     rec = data.pop(kind, None)
     data.setdefault("history", []).append({"kind": kind, "finished": _stamp(st), "lost": True})
+    archive = "apt-signing-archive" if kind == "apt_key" else "signify-archive"
+    _keep_damaged(st, [current], f"{archive}/damaged")
     if kind == "apt_key":
         st.remove_files([APT_KEY, APT_NEXT, APT_PREVIOUS])
         made = openpgp.generate_key(f"nomad-build {cluster.name}")
