@@ -258,7 +258,6 @@ def pki_rotate_ca(
         stage = rotation.status(st)[auth.record]
     if as_json:
         command = "pki rotate-ca --consul" if consul_ca else "pki rotate-ca"
-        command += " --lost" if lost else ""
         _print_json({"schema": 1, "command": command, "status": stage, "next": lines})
     else:
         _events(events, warnings)

@@ -183,10 +183,12 @@ def rotate_ca(cluster: Cluster, st: State, auth: Authority = NOMAD) -> list[str]
 
 def replace_lost_ca(cluster: Cluster, st: State, auth: Authority = NOMAD) -> list[str]:
     """`pki rotate-ca --lost`: `auth`'s CA key or certificate is lost or changed (no
-    backup). Nothing can sign a bridge, so a new CA becomes current at once and
-    re-issues every node certificate; the old CA certificate, if intact, stays in the
-    bundle (so nodes upgraded trust those not yet upgraded) until `pki rotate-ca` is
-    run once more after the rollout. Refused while the CA is sound or being rotated."""
+    backup). Nothing can sign for the lost CA, so a new CA becomes current at once and
+    re-issues every node certificate: the next generation if a rotation is in stage 1
+    (nodes rolled out since trust it already), else a fresh one. The lost CA's
+    certificate, if intact, stays in the bundle (nodes upgraded keep trusting those not
+    yet upgraded) until `pki rotate-ca` is run once more after the rollout.
+    Refused while the CA is sound (rotate it in stages)."""
     if auth not in authorities(cluster):
         raise UserError(
             f"{cluster.source}: {_command(auth)} --lost: consul.agent.enabled is not true, "
@@ -196,52 +198,27 @@ def replace_lost_ca(cluster: Cluster, st: State, auth: Authority = NOMAD) -> lis
     bad = [rel for rel in (files.key, files.cert) if st.problem(rel) is not None]
     if not bad:
         raise _not_lost(st, files.key, _command(auth), auth.rotate)
+    _require_sound_pairs(cluster, st, auth)  # refused before anything is written
     data = _record(st)
-    if auth.record in data:
-        raise UserError(
-            f"{_command(auth)} --lost: {st.directory / bad[0]} is lost or changed while a "
-            f"rotation is under way (stage {data[auth.record]['stage']}); restore the state "
-            "from your backup"
-        )
-    for node in cluster.nodes:  # refused before anything is written
-        where = auth.cert_files(st, node.name)
-        for rel in (where.key, where.cert):
-            problem = st.problem(rel)
-            if problem is not None:
-                raise UserError(problem)
     old_cert = st.read_file(files.cert) if files.cert not in bad else None
-    spec = auth.ca_spec(cluster)
-    key, cert = pki.create_ca(
-        common_name=f"{spec.common_name} G{_generation(data, auth.record)}",
-        permitted_dns=spec.permitted_dns,
-        days=spec.days,
-        now=st.clock(),
-    )
+    key, cert, lines = _lost_ca_successor(cluster, st, data, auth)
     _keep_damaged(st, bad, f"{files.staging}/damaged")
     made = {files.key: (key, True), files.cert: (cert, True)}
     if old_cert is not None:
         made[f"{files.staging}/previous.pem"] = (old_cert, True)
     st.write_files(made)
+    st.remove_files([f"{files.staging}/next.key", f"{files.staging}/next.pem"])
     st.events.append(Event("created", auth.title, "the old one was lost or changed"))
-    for node in cluster.nodes:
-        where = auth.cert_files(st, node.name)
-        if st.cert_info(node.name, where) is not None:
-            st.reissue_node_cert(
-                node.name,
-                auth.cert_spec(cluster, node),
-                (key, cert),
-                rekey=False,
-                reason=f"{_command(auth)} --lost: signed by the new CA",
-                files=where,
-            )
+    _reissue_all(cluster, st, auth, (key, cert), f"{_command(auth)} --lost: signed by the new CA")
     data.setdefault("history", []).append(
         {"kind": auth.record, "finished": _stamp(st), "lost": True}
     )
     nodes = "every node" if auth is NOMAD else "every node's Consul package"
-    lines = [
-        f"a new {auth.title} replaces the lost one and signed every node certificate: build "
-        f"and roll out {nodes} now; a node not yet upgraded does not trust the upgraded ones"
-    ]
+    lines.append(
+        f"every node certificate is now signed by it: build and roll out {nodes} now; "
+        "until then a node not yet upgraded may refuse the upgraded ones"
+    )
+    data.pop(auth.record, None)
     if old_cert is not None:
         data[auth.record] = {
             "stage": 2,
@@ -250,11 +227,69 @@ def replace_lost_ca(cluster: Cluster, st: State, auth: Authority = NOMAD) -> lis
             "lost": True,
         }
         lines.append(
-            f"the old {auth.title} certificate stays trusted beside the new one until "
+            f"the lost {auth.title}'s certificate stays trusted beside the new one until "
             f"{nodes} is rolled out: then run {auth.rotate} once more to drop it"
         )
     _save(st, data)
     return lines
+
+
+def _require_sound_pairs(cluster: Cluster, st: State, auth: Authority) -> None:
+    for node in cluster.nodes:
+        where = auth.cert_files(st, node.name)
+        for rel in (where.key, where.cert):
+            problem = st.problem(rel)
+            if problem is not None:
+                raise UserError(problem)
+
+
+def _lost_ca_successor(
+    cluster: Cluster, st: State, data: dict[str, Any], auth: Authority
+) -> tuple[bytes, bytes, list[str]]:
+    """The CA that replaces a lost one, and what to say about it. A rotation under way
+    ends here: in stage 1 its next generation is promoted; in stage 2 (the lost CA was
+    the new one) the generation before it is archived as stage 3 would."""
+    rec = data.get(auth.record)
+    staging = auth.ca_files.staging
+    if rec is not None and rec["stage"] == 1:
+        key = st.read_file(f"{staging}/next.key")
+        cert = st.read_file(f"{staging}/next.pem")
+        if key is not None and cert is not None:
+            return (
+                key,
+                cert,
+                [
+                    f"the {auth.title} of the rotation under way (stage 1) replaces the lost one; "
+                    "nodes that run a stage-1 package trust it already"
+                ],
+            )
+    if rec is not None and rec["stage"] == 2:
+        _ca_archive(st, auth)
+    spec = auth.ca_spec(cluster)
+    key, cert = pki.create_ca(
+        common_name=f"{spec.common_name} G{_generation(data, auth.record)}",
+        permitted_dns=spec.permitted_dns,
+        days=spec.days,
+        now=st.clock(),
+    )
+    return key, cert, [f"a new {auth.title} replaces the lost one"]
+
+
+def _reissue_all(
+    cluster: Cluster, st: State, auth: Authority, ca: tuple[bytes, bytes], reason: str
+) -> None:
+    """Every node certificate `auth`'s CA signed, signed again by `ca` (same keys)."""
+    for node in cluster.nodes:
+        where = auth.cert_files(st, node.name)
+        if st.cert_info(node.name, where) is not None:
+            st.reissue_node_cert(
+                node.name,
+                auth.cert_spec(cluster, node),
+                ca,
+                rekey=False,
+                reason=reason,
+                files=where,
+            )
 
 
 def _ca_begin(cluster: Cluster, st: State, data: dict[str, Any], auth: Authority) -> int:
@@ -292,17 +327,8 @@ def _ca_switch(cluster: Cluster, st: State, auth: Authority, ca: tuple[bytes, by
         }
     )
     st.remove_files([f"{files.staging}/next.key", f"{files.staging}/next.pem"])
-    for node in cluster.nodes:
-        where = auth.cert_files(st, node.name)
-        if st.cert_info(node.name, where) is not None:
-            st.reissue_node_cert(
-                node.name,
-                auth.cert_spec(cluster, node),
-                (nkey, ncert),
-                rekey=False,
-                reason=f"{_command(auth)} stage 2: signed by the new CA",
-                files=where,
-            )
+    reason = f"{_command(auth)} stage 2: signed by the new CA"
+    _reissue_all(cluster, st, auth, (nkey, ncert), reason)
 
 
 def _ca_archive(st: State, auth: Authority) -> None:
@@ -748,10 +774,63 @@ def signify_shipped(cluster: Cluster, st: State) -> list[str]:
     return names
 
 
+def _rotation_key(rec: dict[str, Any], kind: str) -> str:
+    """The store file of the key a signing-key rotation holds beside the current one: the
+    next key in stage 1, the previous one in stage 2."""
+    if kind == "apt_key":
+        return APT_NEXT if rec["stage"] == 1 else APT_PREVIOUS
+    return f"{rec['key'] if rec['stage'] == 1 else rec['previous']}.sec"
+
+
+def _lost_rotation_key(st: State, rec: dict[str, Any] | None, kind: str) -> str | None:
+    """That key's file, if it is lost or changed (None: sound, or no rotation)."""
+    if rec is None:
+        return None
+    rel = _rotation_key(rec, kind)
+    return rel if st.problem(rel) is not None else None
+
+
+def _end_rotation_without(st: State, data: dict[str, Any], kind: str, lost: str) -> list[str]:
+    """The current key is sound but the rotation's other key (`lost`) is not: the
+    rotation ends without it. In stage 1 it is abandoned (the current key keeps
+    signing; a new rotation gets a name no node has seen); in stage 2 the previous key
+    only waited to be archived. Its public half, if any, is archived."""
+    rec = data.pop(kind)
+    flag = _FLAG[kind]
+    archive = "apt-signing-archive" if kind == "apt_key" else "signify-archive"
+    _keep_damaged(st, [lost], f"{archive}/damaged")
+    gone = [lost]
+    if kind == "openbsd_key":
+        name = lost.removesuffix(".sec")
+        pub = st.read_file(f"{name}.pub")
+        if pub is not None:
+            st.write_files({f"{archive}/{name}.pub": (pub, False)})
+        gone.append(f"{name}.pub")
+    st.remove_files(gone)
+    entry = {"kind": kind, "finished": _stamp(st), "lost": True, "stage": rec["stage"]}
+    data.setdefault("history", []).append(entry)
+    _save(st, data)
+    what = "apt signing key" if kind == "apt_key" else "OpenBSD signing key"
+    if rec["stage"] == 1:
+        st.events.append(Event("abandoned", f"{what} rotation", f"{lost} was lost"))
+        return [
+            f"the rotation's new key ({lost}) was lost: the rotation is abandoned and the "
+            "current key keeps signing; build and roll out every "
+            f"{_OS_TITLE[_SIGNING_OS[kind]]} node, then start again with "
+            f"`nomad-build pki rotate-signing-key --{flag}`"
+        ]
+    st.events.append(Event("archived", f"old {what}", f"{lost} was lost: stage 3"))
+    return [
+        f"the previous key ({lost}) was lost: the rotation is done without archiving it; "
+        f"build and roll out every {_OS_TITLE[_SIGNING_OS[kind]]} node"
+    ]
+
+
 def replace_lost_key(cluster: Cluster, st: State, kind: str) -> list[str]:
     """`--lost`: the current key is gone or damaged for good (no backup). A new key becomes
     current at once; nodes cannot be sent it signed by a key they trust, so it is installed
-    on each by hand. Refused while the current key is intact (rotate it in stages)."""
+    on each by hand. With the current key intact, a rotation's other key that is lost ends
+    that rotation (_end_rotation_without); else refused (rotate it in stages)."""
     from builder import openpgp, signify
 
     _require_nodes(cluster, kind)
@@ -763,10 +842,13 @@ def replace_lost_key(cluster: Cluster, st: State, kind: str) -> list[str]:
     except UserError:
         intact = False
     if intact:
-        raise UserError(
-            f"pki rotate-signing-key --{flag} --lost: {st.directory / current} is intact; "
-            f"rotate it in stages with `nomad-build pki rotate-signing-key --{flag}`"
-        )
+        other = _lost_rotation_key(st, data.get(kind), kind)
+        if other is None:
+            raise UserError(
+                f"pki rotate-signing-key --{flag} --lost: {st.directory / current} is intact; "
+                f"rotate it in stages with `nomad-build pki rotate-signing-key --{flag}`"
+            )
+        return _end_rotation_without(st, data, kind, other)
     rec = data.pop(kind, None)
     data.setdefault("history", []).append({"kind": kind, "finished": _stamp(st), "lost": True})
     archive = "apt-signing-archive" if kind == "apt_key" else "signify-archive"

@@ -140,7 +140,7 @@ def way_out(rel: str) -> str:
         return f"nomad-build pki renew --node {node} --rekey --only consul"
     if len(parts) == 1 and rel.endswith(".sec"):
         return "nomad-build pki rotate-signing-key --openbsd --lost"
-    if rel == "apt-signing.key":
+    if rel in ("apt-signing.key", "apt-signing-next.key", "apt-signing-previous.key"):
         return "nomad-build pki rotate-signing-key --apt --lost"
     return ""
 

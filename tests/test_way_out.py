@@ -18,11 +18,14 @@ import shlex
 import subprocess
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from builder import pki
 
-from conftest import copy_tree, mixed_text, nomad_build, tree_fingerprint
+from conftest import REPO, copy_tree, mixed_text, nomad_build, tree_fingerprint
+
+SCHEMA = json.loads((REPO / "docs" / "output.schema.json").read_text())
 
 CONSUL = "\n[consul.agent]\nenabled = true\n"
 WAY_OUT = re.compile(r"or replace it deliberately with `(nomad-build [^`]+)`$")
@@ -87,10 +90,11 @@ def snapshot(d: Path) -> tuple[object, object]:
     return tree_fingerprint(d / "state"), tree_fingerprint(d / "dist")
 
 
-def refused_way_out(d: Path, rel: str) -> str:
-    """`build` refuses with one line naming rel and a way out, writing nothing; the way out."""
+def refused_way_out(d: Path, rel: str, *command: str) -> str:
+    """`command` (`build`) refuses with one line naming rel and a way out, writing
+    nothing; the way out."""
     before = snapshot(d)
-    proc = run(d, "build")
+    proc = run(d, *(command or ("build",)))
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"nomad-build: state/{rel}: "), proc.stderr
@@ -263,3 +267,116 @@ def test_pki_status_text_names_the_damage(cluster_dir: Path) -> None:
     )
     assert "`nomad-build pki renew --node bi-core-sbg-3 --rekey`" in proc.stdout
     assert re.search(r"^gossip key: damaged: state/gossip.key: missing", proc.stdout, re.M)
+
+
+# ---------------------------------------------------------------- during a rotation
+
+
+def way_out_ok(d: Path, way_out: str) -> subprocess.CompletedProcess[str]:
+    proc = run(d, *shlex.split(way_out)[1:])
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_a_lost_ca_key_in_rotation_stage_1_promotes_the_next_ca(cluster_dir: Path) -> None:
+    d = cluster_dir
+    state = d / "state"
+    assert run(d, "pki", "rotate-ca").returncode == 0
+    next_ca = (state / "ca/next.pem").read_bytes()
+    (state / "ca/ca.key").unlink()
+    way_out_ok(d, refused_way_out(d, "ca/ca.key"))
+    assert (state / "ca/ca.pem").read_bytes() == next_ca  # trusted since stage 1
+    assert not (state / "ca/next.pem").exists() and (state / "ca/previous.pem").exists()
+    cert = (state / "nodes/bi-node-sbg-2/cert.pem").read_bytes()
+    assert pki.cert_signed_by(cert, next_ca)
+    assert run(d, "build").returncode == 0
+    assert run(d, "pki", "rotate-ca").returncode == 0  # drops the lost CA: done
+    assert json.loads(run(d, "pki", "status", "--json").stdout)["rotations"]["ca"] is None
+
+
+def test_a_lost_ca_key_in_rotation_stage_2_gets_a_fresh_ca(cluster_dir: Path) -> None:
+    d = cluster_dir
+    state = d / "state"
+    assert run(d, "pki", "rotate-ca").returncode == 0
+    assert run(d, "build").returncode == 0
+    assert run(d, "pki", "rotate-ca").returncode == 0
+    oldest = (state / "ca/previous.pem").read_bytes()
+    lost = (state / "ca/ca.pem").read_bytes()
+    (state / "ca/ca.key").write_bytes(b"")
+    way_out_ok(d, refused_way_out(d, "ca/ca.key"))
+    serial = f"{pki.inspect_cert(oldest).serial:x}"
+    assert (state / f"ca/archive/{serial}.pem").read_bytes() == oldest
+    assert (state / "ca/previous.pem").read_bytes() == lost
+    assert (state / "ca/ca.pem").read_bytes() not in (oldest, lost)
+    assert run(d, "build").returncode == 0
+
+
+def test_a_lost_gossip_key_during_its_rotation_makes_the_next_one_current(
+    cluster_dir: Path,
+) -> None:
+    d = cluster_dir
+    state = d / "state"
+    assert run(d, "pki", "rotate-gossip").returncode == 0
+    upcoming = (state / "gossip-next.key").read_bytes()
+    (state / "gossip.key").unlink()
+    proc = way_out_ok(d, refused_way_out(d, "gossip.key"))
+    assert (state / "gossip.key").read_bytes() == upcoming
+    assert upcoming.decode().strip() in proc.stdout and not (state / "gossip-next.key").exists()
+    assert run(d, "build").returncode == 0
+    assert json.loads(run(d, "pki", "status", "--json").stdout)["rotations"]["gossip"] is None
+
+
+def test_a_lost_next_apt_key_abandons_its_rotation(cluster_dir: Path) -> None:
+    d = cluster_dir
+    state = d / "state"
+    current = (state / "apt-signing.key").read_bytes()
+    assert run(d, "pki", "rotate-signing-key", "--apt").returncode == 0
+    (state / "apt-signing-next.key").unlink()
+    proc = way_out_ok(d, refused_way_out(d, "apt-signing-next.key"))
+    assert "abandoned" in proc.stdout
+    assert (state / "apt-signing.key").read_bytes() == current
+    assert run(d, "build").returncode == 0
+    assert run(d, "pki", "rotate-signing-key", "--apt").returncode == 0  # can start again
+
+
+def test_a_lost_new_signify_key_abandons_its_rotation(cluster_dir: Path) -> None:
+    d = cluster_dir
+    state = d / "state"
+    assert run(d, "pki", "rotate-signing-key", "--openbsd").returncode == 0
+    assert run(d, "build").returncode == 0
+    (state / "bi-sbg-g2-pkg.sec").unlink()
+    stage_2 = ("pki", "rotate-signing-key", "--openbsd")
+    proc = way_out_ok(d, refused_way_out(d, "bi-sbg-g2-pkg.sec", *stage_2))
+    assert "abandoned" in proc.stdout
+    assert (state / "signify-archive/bi-sbg-g2-pkg.pub").exists()
+    assert run(d, "build").returncode == 0
+    again = run(d, "pki", "rotate-signing-key", "--openbsd", "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["status"]["key"] == "bi-sbg-g3-pkg"
+
+
+def test_a_lost_previous_signify_key_finishes_its_rotation(cluster_dir: Path) -> None:
+    d = cluster_dir
+    state = d / "state"
+    for _ in range(2):
+        assert run(d, "pki", "rotate-signing-key", "--openbsd").returncode == 0
+        assert run(d, "build").returncode == 0
+    (state / "bi-sbg-pkg.sec").unlink()
+    stage_3 = ("pki", "rotate-signing-key", "--openbsd")
+    proc = way_out_ok(d, refused_way_out(d, "bi-sbg-pkg.sec", *stage_3))
+    assert "rotation is done" in proc.stdout
+    assert run(d, "build").returncode == 0
+    assert json.loads(run(d, "pki", "status", "--json").stdout)["rotations"]["openbsd_key"] is None
+
+
+def test_the_json_of_a_way_out_follows_the_schema(cluster_dir: Path) -> None:
+    d = cluster_dir
+    (d / "state/ca/ca.key").unlink()
+    (d / "state/gossip.key").unlink()
+    status = json.loads(run(d, "pki", "status", "--json").stdout)
+    jsonschema.validate(status, SCHEMA)
+    assert {x["file"] for x in status["damage"]} == {"ca/ca.key", "gossip.key"}
+    assert status["ca"]["state"] == "damaged" and "ca/ca.key" in status["ca"]["reason"]
+    for command in (("rotate-ca", "--lost"), ("rotate-gossip", "--lost")):
+        proc = run(d, "pki", *command, "--json")
+        assert proc.returncode == 0, proc.stderr
+        jsonschema.validate(json.loads(proc.stdout), SCHEMA)
