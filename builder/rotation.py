@@ -30,6 +30,15 @@ Gossip (`pki rotate-gossip`, then `pki rotate-gossip --finish`):
   agent, clients too, holds that key): `consul keyring -install/-use/-remove`, files
   consul-gossip.key, consul-gossip/next.key, consul-gossip/history/<n>.key, record
   "consul_gossip"; after --finish every node's Consul package carries the new key.
+
+Lost for good (no backup), `--lost` (the way out builder.state.way_out names): nothing
+of the lost secret is needed. `pki rotate-ca --lost` makes a new CA current at once (the
+next generation if a rotation is in stage 1) and re-issues every node certificate; the
+lost CA's certificate, if intact, stays in the bundle as ca/previous.pem until the next
+`pki rotate-ca` (record stage 2). `pki rotate-gossip --lost` makes a new key (or the one
+a rotation already installs) current at once. The signing keys' `--lost` is further down.
+Each is kept in rotation.json's history with "lost": true; a changed file's bytes are
+kept in a `damaged/` directory of the store, never deleted.
 """
 
 from __future__ import annotations

@@ -709,7 +709,8 @@ class State:
 
     def problem(self, rel: str) -> str | None:
         """The one-line refusal a read of store file `rel` meets (lost, changed since
-        written, unreadable), or None; never writes (pki status, the way-out commands)."""
+        written, unreadable), or None (sound, or never made). Changes nothing but, in a
+        writable store, loose directory modes, as every read does."""
         with self._mutex:
             self._check_open()
             try:
