@@ -60,7 +60,9 @@ def _authority_text(
 ) -> None:
     """The CA line, then one line per node ("<node><suffix>: ...")."""
     ca = auth.ca
-    if ca is None:
+    if auth.state == "damaged":
+        click.echo(f"{title}: damaged: {auth.reason}")
+    elif ca is None:
         click.echo(f"{title}: missing ({auth.reason})")
     else:
         days = (ca.not_after - now).days
@@ -70,6 +72,9 @@ def _authority_text(
             + (f": {auth.reason}" if auth.reason else "")
         )
     for n in auth.nodes:
+        if n.state == "damaged":
+            click.echo(f"{n.node}{suffix}: damaged: {'; '.join(n.reasons)}")
+            continue
         if n.info is None:
             click.echo(f"{n.node}{suffix}: missing (no certificate yet)")
             continue
@@ -85,6 +90,10 @@ def _status_text(report: lifecycle.StatusReport) -> None:
     _authority_text("CA", "", report.nomad, report.now)
     if report.consul is not None:
         _authority_text("Consul CA", " (Consul)", report.consul, report.now)
+    gossip = (rotation.NOMAD_GOSSIP.current, rotation.CONSUL_GOSSIP.current)
+    for d in report.damage:
+        if d["file"] in gossip:
+            click.echo(f"gossip key: damaged: {d['problem']}")
     for name, rot in report.rotations.items():
         if rot is not None:
             click.echo(f"rotation {name}: stage {rot['stage']} of {rot['of']}: next {rot['next']}")
@@ -110,8 +119,9 @@ def pki_status(cluster_file: Path, state_dir: Path | None, as_json: bool) -> Non
 
     With [consul.agent] on, the Consul CA and every node's Consul certificate too.
 
-    Exit 0 when all is ok, 1 when anything needs action (missing, stale, expiring,
-    expired, a rotation under way), 2 on bad input. --json: docs/output.schema.json.
+    Exit 0 when all is ok, 1 when anything needs action (a lost or changed secret,
+    missing, stale, expiring, expired, a rotation under way), 2 on bad input.
+    --json: docs/output.schema.json.
 
     \b
     Example:
@@ -220,10 +230,16 @@ def pki_cli_cert(
     is_flag=True,
     help="The Consul CA ([consul.agent] on) instead of the cluster (Nomad) CA.",
 )
+@click.option(
+    "--lost",
+    is_flag=True,
+    help="The CA's key or certificate is lost or damaged for good: a new CA at once, every "
+    "node certificate re-issued (every node must then be redeployed).",
+)
 @JSON_OPTION
 @handle_errors
 def pki_rotate_ca(
-    cluster_file: Path, state_dir: Path | None, consul_ca: bool, as_json: bool
+    cluster_file: Path, state_dir: Path | None, consul_ca: bool, lost: bool, as_json: bool
 ) -> None:
     """Replace the CA in three rolled-out stages (run once per stage).
 
@@ -234,7 +250,10 @@ def pki_rotate_ca(
     cluster = cluster_mod.load(cluster_file)
     auth = authority.CONSUL if consul_ca else authority.NOMAD
     with State.open(_state_dir(cluster_file, state_dir), create=True) as st:
-        lines = rotation.rotate_ca(cluster, st, auth)
+        if lost:
+            lines = rotation.replace_lost_ca(cluster, st, auth)
+        else:
+            lines = rotation.rotate_ca(cluster, st, auth)
         events, warnings = list(st.events), list(st.warnings)
         stage = rotation.status(st)[auth.record]
     if as_json:
@@ -310,10 +329,21 @@ def pki_rotate_signing_key(
     is_flag=True,
     help="The Consul agents' gossip key ([consul.agent] on) instead of Nomad's.",
 )
+@click.option(
+    "--lost",
+    is_flag=True,
+    help="The stored key is lost or damaged for good: a new one at once (the running pool "
+    "still holds the old one in its keyring).",
+)
 @JSON_OPTION
 @handle_errors
 def pki_rotate_gossip(
-    cluster_file: Path, state_dir: Path | None, finish: bool, consul_pool: bool, as_json: bool
+    cluster_file: Path,
+    state_dir: Path | None,
+    finish: bool,
+    consul_pool: bool,
+    lost: bool,
+    as_json: bool,
 ) -> None:
     """A new gossip key: prints the `nomad operator gossip keyring` sequence to run
     (with --consul: the `consul keyring` sequence).
@@ -325,7 +355,12 @@ def pki_rotate_gossip(
     cluster = cluster_mod.load(cluster_file)
     pool = rotation.CONSUL_GOSSIP if consul_pool else rotation.NOMAD_GOSSIP
     with State.open(_state_dir(cluster_file, state_dir), create=True) as st:
-        commands, lines = rotation.rotate_gossip(cluster, st, finish=finish, pool=pool)
+        if lost and finish:
+            raise UserError("pki rotate-gossip: --lost and --finish exclude each other")
+        if lost:
+            commands, lines = rotation.replace_lost_gossip(cluster, st, pool)
+        else:
+            commands, lines = rotation.rotate_gossip(cluster, st, finish=finish, pool=pool)
         events, warnings = list(st.events), list(st.warnings)
     if as_json:
         _print_json({"schema": 1, "command": pool.command, "commands": commands, "next": lines})

@@ -26,11 +26,11 @@ from builder.cert_policy import ca_verdict, cert_problems
 from builder.errors import UserError
 from builder.model import Cluster, Node
 from builder.render import ca_spec
-from builder.state import NOMAD_CA, CAFiles, Event, State
+from builder.state import NOMAD_CA, CAFiles, Event, State, way_out
 
 STATUS_FORMAT = 1
 # Worst first: a node's state is the worst that applies.
-STATES = ("missing", "expired", "stale", "expiring", "ok")
+STATES = ("damaged", "missing", "expired", "stale", "expiring", "ok")
 
 
 def _now() -> datetime:
@@ -63,7 +63,7 @@ class CertReport:
 class AuthorityStatus:
     """A CA's state and that of every node certificate it signs."""
 
-    state: str  # ok | expiring | expired | missing
+    state: str  # ok | expiring | expired | missing | damaged (its key or certificate)
     reason: str | None
     ca: pki.CertInfo | None
     nodes: list[CertReport]
@@ -110,6 +110,7 @@ class StatusReport:
     consul: AuthorityStatus | None  # [consul.agent] on
     rotations: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    damage: list[dict[str, str | None]] = field(default_factory=list)  # see _store_damage
 
     # Nomad's, by the names callers have always used
     @property
@@ -134,6 +135,7 @@ class StatusReport:
             self.nomad.action_needed
             or (self.consul is not None and self.consul.action_needed)
             or any(r is not None for r in self.rotations.values())
+            or bool(self.damage)
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -149,6 +151,7 @@ class StatusReport:
             "nodes": nomad["nodes"],
             "consul": self.consul.as_json(self.now) if self.consul is not None else None,
             "rotations": self.rotations,
+            "damage": self.damage,
             "warnings": self.warnings,
         }
 
@@ -174,11 +177,22 @@ def _cert_reports(
     now: datetime,
     within: timedelta | None = None,
     auth: Authority = NOMAD,
+    skip: frozenset[str] = frozenset(),
+    damage: dict[str, str] | None = None,
 ) -> list[CertReport]:
+    """`skip`: nodes left out; `damage`: {store file: refusal}, a node whose key or
+    certificate is in it is reported "damaged" without reading either."""
     ca_end = pki.inspect_cert(ca[1]).not_after if ca is not None else None
     out = []
     for node in cluster.nodes:
+        if node.name in skip:  # lost or changed: replaced without reading it
+            continue
         files = auth.cert_files(st, node.name)
+        broken = [damage[rel] for rel in (files.key, files.cert) if damage and rel in damage]
+        if broken:
+            role = auth.role(cluster, node)
+            out.append(CertReport(node.name, role, "damaged", tuple(broken), None, None))
+            continue
         info = st.cert_info(node.name, files)
         problems: list[str] = []
         if info is not None:
@@ -203,12 +217,44 @@ def _stored_ca(st: State, files: CAFiles = NOMAD_CA) -> tuple[bytes, bytes] | No
     return key, cert
 
 
+def _store_damage(cluster: Cluster, st: State) -> dict[str, str]:
+    """{store file: its one-line refusal} for every CA, node and gossip key file that is
+    lost or changed since the store wrote it; reads only."""
+    rels = []
+    for auth in authorities(cluster):
+        rels += [auth.ca_files.key, auth.ca_files.cert]
+        for node in cluster.nodes:
+            pair = auth.cert_files(st, node.name)
+            rels += [pair.key, pair.cert]
+    if cluster.servers:
+        rels.append(rotation.NOMAD_GOSSIP.current)
+    if consul.enabled(cluster):
+        rels.append(rotation.CONSUL_GOSSIP.current)
+    found = {rel: st.problem(rel) for rel in rels}
+    return {rel: problem for rel, problem in found.items() if problem is not None}
+
+
+def _damage_json(damage: dict[str, str]) -> list[dict[str, str | None]]:
+    return [
+        {"file": rel, "problem": problem, "way_out": way_out(rel) or None}
+        for rel, problem in damage.items()
+    ]
+
+
 def _authority_status(
-    cluster: Cluster, st: State, auth: Authority, now: datetime
+    cluster: Cluster, st: State, auth: Authority, now: datetime, damage: dict[str, str]
 ) -> AuthorityStatus:
-    ca = _stored_ca(st, auth.ca_files)
+    files = auth.ca_files
+    broken = [damage[rel] for rel in (files.key, files.cert) if rel in damage]
+    if broken:
+        cert = None if files.cert in damage else st.read_file(files.cert)
+        ca = (b"", cert) if cert is not None else None  # (only its certificate is used)
+        nodes = _cert_reports(cluster, st, ca, now, auth=auth, damage=damage)
+        info = pki.inspect_cert(cert) if cert is not None else None
+        return AuthorityStatus("damaged", "; ".join(broken), info, nodes)
+    ca = _stored_ca(st, files)
     ca_info = pki.inspect_cert(ca[1]) if ca is not None else None
-    nodes = _cert_reports(cluster, st, ca, now, auth=auth)
+    nodes = _cert_reports(cluster, st, ca, now, auth=auth, damage=damage)
     if ca_info is None:
         missing = f"no {auth.title} yet: `nomad-build pki renew` or a build makes it"
         return AuthorityStatus("missing", missing, None, nodes)
@@ -231,12 +277,15 @@ def status(
     cluster, directory = _load(cluster_file, state_dir)
     now = clock()
     with State.open(directory, create=False, clock=clock) as st:
-        nomad = _authority_status(cluster, st, NOMAD, now)
+        damage = _store_damage(cluster, st)
+        nomad = _authority_status(cluster, st, NOMAD, now, damage)
         consul_status = (
-            _authority_status(cluster, st, CONSUL, now) if consul.enabled(cluster) else None
+            _authority_status(cluster, st, CONSUL, now, damage) if consul.enabled(cluster) else None
         )
         rotations = rotation.status(st)
-        return StatusReport(cluster, now, nomad, consul_status, rotations, list(st.warnings))
+        return StatusReport(
+            cluster, now, nomad, consul_status, rotations, list(st.warnings), _damage_json(damage)
+        )
 
 
 # ---------------------------------------------------------------- renew
@@ -286,13 +335,23 @@ def renew(
     chosen = _chosen(cluster, only)
     within = timedelta(days=within_days) if within_days is not None else None
     # The read-only pass first: a damaged store is refused before anything is written.
+    # Only --rekey of a named node replaces its lost or changed pair (the way out the
+    # refusal names); every other damaged file is still refused.
     with State.open(directory, create=False, clock=clock) as ro:
+        damaged = {a.name: _damaged_pairs(ro, a, wanted) if rekey else {} for a in chosen}
         for auth in chosen:
-            _cert_reports(cluster, ro, _stored_ca(ro, auth.ca_files), clock(), auth=auth)
+            ca = _stored_ca(ro, auth.ca_files)
+            _cert_reports(cluster, ro, ca, clock(), auth=auth, skip=frozenset(damaged[auth.name]))
     with State.open(directory, create=True, clock=clock) as st:
         for auth in chosen:
-            _renew_authority(cluster, st, auth, wanted, all_nodes, within, rekey)
-        lines = []
+            _renew_authority(
+                cluster, st, auth, wanted, all_nodes, within, rekey, damaged[auth.name]
+            )
+        lines = [
+            _replaced_line(st, node, why) for a in chosen for node, why in damaged[a.name].items()
+        ]
+        if any(damaged.values()):
+            rotation.record_lost(st, "node_key", sorted({n for d in damaged.values() for n in d}))
         if any(e.kind == "reissued" for e in st.events):
             lines.append(
                 "next: `nomad-build build` (only the affected packages get a new version), "
@@ -310,6 +369,7 @@ def _renew_authority(
     all_nodes: bool,
     within: timedelta | None,
     rekey: bool,
+    damaged: dict[str, str],
 ) -> None:
     ca = st.ca(auth.ca_spec(cluster), auth.ca_files)
     assert ca is not None
@@ -318,10 +378,14 @@ def _renew_authority(
     elif cluster.servers:
         st.gossip_key()
     now = st.clock()
-    reports = {r.node: r for r in _cert_reports(cluster, st, ca, now, within, auth)}
+    reports = {
+        r.node: r for r in _cert_reports(cluster, st, ca, now, within, auth, frozenset(damaged))
+    }
     forced: dict[str, str] = {}
     targets: Sequence[Node] = wanted or cluster.nodes
     for node in targets:
+        if node.name in damaged:
+            continue
         r = reports[node.name]
         if wanted or all_nodes:
             why = "new key pair (--rekey)" if rekey else "asked for (--node/--all)"
@@ -331,11 +395,39 @@ def _renew_authority(
     for node in targets:
         spec = auth.cert_spec(cluster, node)
         files = auth.cert_files(st, node.name)
-        if node.name in forced and reports[node.name].info is not None:
+        if node.name in damaged:
+            reason = f"{damaged[node.name]}: new key pair (--rekey)"
+            st.reissue_node_cert(
+                node.name, spec, ca, rekey=True, reason=reason, files=files, replace_damaged=True
+            )
+        elif node.name in forced and reports[node.name].info is not None:
             reason = forced[node.name]
             st.reissue_node_cert(node.name, spec, ca, rekey=rekey, reason=reason, files=files)
         else:
             st.node_cert(node.name, spec, ca, files)
+
+
+def _damaged_pairs(st: State, auth: Authority, wanted: Sequence[Node]) -> dict[str, str]:
+    """{node: which of its files is lost or changed} among `wanted`, for `auth`."""
+    out = {}
+    for node in wanted:
+        files = auth.cert_files(st, node.name)
+        bad = [rel for rel in (files.key, files.cert) if st.problem(rel) is not None]
+        if bad:
+            out[node.name] = " and ".join(f"{rel} ({_lost_or_changed(st, rel)})" for rel in bad)
+    return out
+
+
+def _lost_or_changed(st: State, rel: str) -> str:
+    return "changed" if (st.directory / rel).exists() else "lost"
+
+
+def _replaced_line(st: State, node: str, why: str) -> str:
+    return (
+        f"replaced {node}'s {why} with a new key pair and certificate (recorded in "
+        f"{st.directory / rotation.RECORD}); redeploy {node}: `nomad-build build`, then "
+        "upgrade its package(s)"
+    )
 
 
 # ---------------------------------------------------------------- operator certificate

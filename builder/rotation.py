@@ -30,6 +30,15 @@ Gossip (`pki rotate-gossip`, then `pki rotate-gossip --finish`):
   agent, clients too, holds that key): `consul keyring -install/-use/-remove`, files
   consul-gossip.key, consul-gossip/next.key, consul-gossip/history/<n>.key, record
   "consul_gossip"; after --finish every node's Consul package carries the new key.
+
+Lost for good (no backup), `--lost` (the way out builder.state.way_out names): nothing
+of the lost secret is needed. `pki rotate-ca --lost` makes a new CA current at once (the
+next generation if a rotation is in stage 1) and re-issues every node certificate; the
+lost CA's certificate, if intact, stays in the bundle as ca/previous.pem until the next
+`pki rotate-ca` (record stage 2). `pki rotate-gossip --lost` makes a new key (or the one
+a rotation already installs) current at once. The signing keys' `--lost` is further down.
+Each is kept in rotation.json's history with "lost": true; a changed file's bytes are
+kept in a `damaged/` directory of the store, never deleted.
 """
 
 from __future__ import annotations
@@ -59,6 +68,17 @@ def _record(st: State) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"{st.directory / RECORD}: damaged; restore it from your backup")
     return data
+
+
+def record_lost(st: State, kind: str, what: list[str] | None = None) -> None:
+    """Keep in rotation.json's history that a lost or changed secret of `kind` was
+    replaced deliberately (and of which nodes, `what`)."""
+    data = _record(st)
+    entry: dict[str, Any] = {"kind": kind, "finished": _stamp(st), "lost": True}
+    if what:
+        entry["nodes"] = what
+    data.setdefault("history", []).append(entry)
+    _save(st, data)
 
 
 def _save(st: State, data: dict[str, Any]) -> None:
@@ -170,6 +190,117 @@ def rotate_ca(cluster: Cluster, st: State, auth: Authority = NOMAD) -> list[str]
     return [f"{auth.title} rotation stage {stage} of 3: {_ca_next(auth, stage)}"]
 
 
+def replace_lost_ca(cluster: Cluster, st: State, auth: Authority = NOMAD) -> list[str]:
+    """`pki rotate-ca --lost`: `auth`'s CA key or certificate is lost or changed (no
+    backup). Nothing can sign for the lost CA, so a new CA becomes current at once and
+    re-issues every node certificate: the next generation if a rotation is in stage 1
+    (nodes rolled out since trust it already), else a fresh one. The lost CA's
+    certificate, if intact, stays in the bundle (nodes upgraded keep trusting those not
+    yet upgraded) until `pki rotate-ca` is run once more after the rollout.
+    Refused while the CA is sound (rotate it in stages)."""
+    if auth not in authorities(cluster):
+        raise UserError(
+            f"{cluster.source}: {_command(auth)} --lost: consul.agent.enabled is not true, "
+            "so there is no Consul CA"
+        )
+    files = auth.ca_files
+    bad = [rel for rel in (files.key, files.cert) if st.problem(rel) is not None]
+    if not bad:
+        raise _not_lost(st, files.key, _command(auth), auth.rotate)
+    _require_sound_pairs(cluster, st, auth)  # refused before anything is written
+    data = _record(st)
+    old_cert = st.read_file(files.cert) if files.cert not in bad else None
+    key, cert, lines = _lost_ca_successor(cluster, st, data, auth)
+    _keep_damaged(st, bad, f"{files.staging}/damaged")
+    made = {files.key: (key, True), files.cert: (cert, True)}
+    if old_cert is not None:
+        made[f"{files.staging}/previous.pem"] = (old_cert, True)
+    st.write_files(made)
+    st.remove_files([f"{files.staging}/next.key", f"{files.staging}/next.pem"])
+    st.events.append(Event("created", auth.title, "the old one was lost or changed"))
+    _reissue_all(cluster, st, auth, (key, cert), f"{_command(auth)} --lost: signed by the new CA")
+    data.setdefault("history", []).append(
+        {"kind": auth.record, "finished": _stamp(st), "lost": True}
+    )
+    nodes = "every node" if auth is NOMAD else "every node's Consul package"
+    lines.append(
+        f"every node certificate is now signed by it: build and roll out {nodes} now; "
+        "until then a node not yet upgraded may refuse the upgraded ones"
+    )
+    data.pop(auth.record, None)
+    if old_cert is not None:
+        data[auth.record] = {
+            "stage": 2,
+            "since": _stamp(st),
+            "packages": _package_digests(cluster, st, auth),
+            "lost": True,
+        }
+        lines.append(
+            f"the lost {auth.title}'s certificate stays trusted beside the new one until "
+            f"{nodes} is rolled out: then run {auth.rotate} once more to drop it"
+        )
+    _save(st, data)
+    return lines
+
+
+def _require_sound_pairs(cluster: Cluster, st: State, auth: Authority) -> None:
+    for node in cluster.nodes:
+        where = auth.cert_files(st, node.name)
+        for rel in (where.key, where.cert):
+            problem = st.problem(rel)
+            if problem is not None:
+                raise UserError(problem)
+
+
+def _lost_ca_successor(
+    cluster: Cluster, st: State, data: dict[str, Any], auth: Authority
+) -> tuple[bytes, bytes, list[str]]:
+    """The CA that replaces a lost one, and what to say about it. A rotation under way
+    ends here: in stage 1 its next generation is promoted; in stage 2 (the lost CA was
+    the new one) the generation before it is archived as stage 3 would."""
+    rec = data.get(auth.record)
+    staging = auth.ca_files.staging
+    if rec is not None and rec["stage"] == 1:
+        key = st.read_file(f"{staging}/next.key")
+        cert = st.read_file(f"{staging}/next.pem")
+        if key is not None and cert is not None:
+            return (
+                key,
+                cert,
+                [
+                    f"the {auth.title} of the rotation under way (stage 1) replaces the lost one; "
+                    "nodes that run a stage-1 package trust it already"
+                ],
+            )
+    if rec is not None and rec["stage"] == 2:
+        _ca_archive(st, auth)
+    spec = auth.ca_spec(cluster)
+    key, cert = pki.create_ca(
+        common_name=f"{spec.common_name} G{_generation(data, auth.record)}",
+        permitted_dns=spec.permitted_dns,
+        days=spec.days,
+        now=st.clock(),
+    )
+    return key, cert, [f"a new {auth.title} replaces the lost one"]
+
+
+def _reissue_all(
+    cluster: Cluster, st: State, auth: Authority, ca: tuple[bytes, bytes], reason: str
+) -> None:
+    """Every node certificate `auth`'s CA signed, signed again by `ca` (same keys)."""
+    for node in cluster.nodes:
+        where = auth.cert_files(st, node.name)
+        if st.cert_info(node.name, where) is not None:
+            st.reissue_node_cert(
+                node.name,
+                auth.cert_spec(cluster, node),
+                ca,
+                rekey=False,
+                reason=reason,
+                files=where,
+            )
+
+
 def _ca_begin(cluster: Cluster, st: State, data: dict[str, Any], auth: Authority) -> int:
     """Stage 1: the next generation, which every node is sent to trust beside the old."""
     spec = auth.ca_spec(cluster)
@@ -205,27 +336,21 @@ def _ca_switch(cluster: Cluster, st: State, auth: Authority, ca: tuple[bytes, by
         }
     )
     st.remove_files([f"{files.staging}/next.key", f"{files.staging}/next.pem"])
-    for node in cluster.nodes:
-        where = auth.cert_files(st, node.name)
-        if st.cert_info(node.name, where) is not None:
-            st.reissue_node_cert(
-                node.name,
-                auth.cert_spec(cluster, node),
-                (nkey, ncert),
-                rekey=False,
-                reason=f"{_command(auth)} stage 2: signed by the new CA",
-                files=where,
-            )
+    reason = f"{_command(auth)} stage 2: signed by the new CA"
+    _reissue_all(cluster, st, auth, (nkey, ncert), reason)
 
 
 def _ca_archive(st: State, auth: Authority) -> None:
     """Stage 3: the old generation leaves the bundle, kept in <staging>/archive/."""
     staging = auth.ca_files.staging
     old = st.read_file(f"{staging}/previous.pem")
-    old_key = st.read_file(f"{staging}/previous.key")
-    if old is not None and old_key is not None:
+    old_key = st.read_file(f"{staging}/previous.key")  # None after `--lost`
+    if old is not None:
         archive = f"{staging}/archive/{pki.inspect_cert(old).serial:x}"
-        st.write_files({f"{archive}.pem": (old, True), f"{archive}.key": (old_key, True)})
+        kept = {f"{archive}.pem": (old, True)}
+        if old_key is not None:
+            kept[f"{archive}.key"] = (old_key, True)
+        st.write_files(kept)
     st.remove_files([f"{staging}/previous.key", f"{staging}/previous.pem"])
 
 
@@ -242,6 +367,7 @@ class GossipPool:
     tool: str  # the keyring command, before install/use/remove
     run_on: str
     finished: str
+    list_keys: str  # the command that shows the keys the running pool holds
 
 
 NOMAD_GOSSIP = GossipPool(
@@ -254,6 +380,7 @@ NOMAD_GOSSIP = GossipPool(
     run_on="one server",
     finished="gossip key rotated: build and roll out the servers (their `encrypt` now "
     "carries the new key, used only when a server is bootstrapped afresh)",
+    list_keys="nomad operator gossip keyring list",
 )
 # Consul keeps its keyring in <data_dir>/serf/local.keyring and, like Nomad, ignores a
 # changed `encrypt` once that exists: the running pool changes keys with `consul keyring`.
@@ -267,7 +394,71 @@ CONSUL_GOSSIP = GossipPool(
     run_on="one Consul server",
     finished="Consul gossip key rotated: build and roll out every node (every Consul "
     "agent's `encrypt` now carries the new key, used only by an agent started afresh)",
+    list_keys="consul keyring -list",
 )
+
+
+def _require_pool(cluster: Cluster, pool: GossipPool) -> None:
+    if pool is CONSUL_GOSSIP and not consul.enabled(cluster):
+        raise UserError(
+            f"{cluster.source}: {pool.command}: consul.agent.enabled is not true, so "
+            "there is no Consul gossip key"
+        )
+    if pool is NOMAD_GOSSIP and not cluster.servers:
+        raise UserError(f"{pool.command}: this cluster has no servers")
+
+
+def _not_lost(st: State, rel: str, command: str, rotate: str) -> UserError:
+    return UserError(
+        f"{command} --lost: {st.directory / rel} is not lost nor changed; "
+        f"replace it in stages with {rotate}"
+    )
+
+
+def _keep_damaged(st: State, rels: list[str], where: str) -> None:
+    """A changed secret's bytes are not destroyed: kept (0600) in <where>/ for a look."""
+    kept = {}
+    for rel in rels:
+        path = st.directory / rel
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise UserError(f"{path}: not a file; move it aside, then run this again")
+        if path.is_file():
+            kept[f"{where}/{_stamp(st)}-{rel.replace('/', '_')}"] = (path.read_bytes(), True)
+    if kept:
+        st.write_files(kept)
+
+
+def replace_lost_gossip(
+    cluster: Cluster, st: State, pool: GossipPool
+) -> tuple[list[str], list[str]]:
+    """`pki rotate-gossip --lost`: the current key is lost or changed (no backup). The
+    running pool still holds it in its keyring, so a new key becomes current at once
+    and the printed keyring sequence installs it there; the old key is removed by what
+    the keyring lists. Refused while the key is sound (rotate it in two steps)."""
+    _require_pool(cluster, pool)
+    if st.problem(pool.current) is None:
+        raise _not_lost(st, pool.current, pool.command, f"`nomad-build {pool.command}`")
+    data = _record(st)
+    rec = data.pop(pool.record, None)
+    upcoming = st.read_file(pool.next) if rec is not None else None  # already installed?
+    new = upcoming.decode().strip() if upcoming is not None else pki.generate_gossip_key()
+    _keep_damaged(st, [pool.current], f"{pool.history}/damaged")
+    st.write_files({pool.current: ((new + "\n").encode(), True)})
+    if rec is not None:
+        st.remove_files([pool.next])
+    data.setdefault("history", []).append(
+        {"kind": pool.record, "finished": _stamp(st), "lost": True}
+    )
+    _save(st, data)
+    what = "gossip key" if pool is NOMAD_GOSSIP else "Consul gossip key"
+    st.events.append(Event("created", what, "the old one was lost or changed"))
+    commands = [pool.tool.format(verb="install", key=new), pool.tool.format(verb="use", key=new)]
+    return commands, [
+        f"run these on {pool.run_on}: the running pool still knows the lost key; then "
+        f"`{pool.list_keys}` and remove every other key with "
+        f"`{pool.tool.format(verb='remove', key='<old key>')}`",
+        pool.finished,
+    ]
 
 
 def gossip_commands(pool: GossipPool, new: str, old: str) -> list[str]:
@@ -592,10 +783,63 @@ def signify_shipped(cluster: Cluster, st: State) -> list[str]:
     return names
 
 
+def _rotation_key(rec: dict[str, Any], kind: str) -> str:
+    """The store file of the key a signing-key rotation holds beside the current one: the
+    next key in stage 1, the previous one in stage 2."""
+    if kind == "apt_key":
+        return APT_NEXT if rec["stage"] == 1 else APT_PREVIOUS
+    return f"{rec['key'] if rec['stage'] == 1 else rec['previous']}.sec"
+
+
+def _lost_rotation_key(st: State, rec: dict[str, Any] | None, kind: str) -> str | None:
+    """That key's file, if it is lost or changed (None: sound, or no rotation)."""
+    if rec is None:
+        return None
+    rel = _rotation_key(rec, kind)
+    return rel if st.problem(rel) is not None else None
+
+
+def _end_rotation_without(st: State, data: dict[str, Any], kind: str, lost: str) -> list[str]:
+    """The current key is sound but the rotation's other key (`lost`) is not: the
+    rotation ends without it. In stage 1 it is abandoned (the current key keeps
+    signing; a new rotation gets a name no node has seen); in stage 2 the previous key
+    only waited to be archived. Its public half, if any, is archived."""
+    rec = data.pop(kind)
+    flag = _FLAG[kind]
+    archive = "apt-signing-archive" if kind == "apt_key" else "signify-archive"
+    _keep_damaged(st, [lost], f"{archive}/damaged")
+    gone = [lost]
+    if kind == "openbsd_key":
+        name = lost.removesuffix(".sec")
+        pub = st.read_file(f"{name}.pub")
+        if pub is not None:
+            st.write_files({f"{archive}/{name}.pub": (pub, False)})
+        gone.append(f"{name}.pub")
+    st.remove_files(gone)
+    entry = {"kind": kind, "finished": _stamp(st), "lost": True, "stage": rec["stage"]}
+    data.setdefault("history", []).append(entry)
+    _save(st, data)
+    what = "apt signing key" if kind == "apt_key" else "OpenBSD signing key"
+    if rec["stage"] == 1:
+        st.events.append(Event("abandoned", f"{what} rotation", f"{lost} was lost"))
+        return [
+            f"the rotation's new key ({lost}) was lost: the rotation is abandoned and the "
+            "current key keeps signing; build and roll out every "
+            f"{_OS_TITLE[_SIGNING_OS[kind]]} node, then start again with "
+            f"`nomad-build pki rotate-signing-key --{flag}`"
+        ]
+    st.events.append(Event("archived", f"old {what}", f"{lost} was lost: stage 3"))
+    return [
+        f"the previous key ({lost}) was lost: the rotation is done without archiving it; "
+        f"build and roll out every {_OS_TITLE[_SIGNING_OS[kind]]} node"
+    ]
+
+
 def replace_lost_key(cluster: Cluster, st: State, kind: str) -> list[str]:
     """`--lost`: the current key is gone or damaged for good (no backup). A new key becomes
     current at once; nodes cannot be sent it signed by a key they trust, so it is installed
-    on each by hand. Refused while the current key is intact (rotate it in stages)."""
+    on each by hand. With the current key intact, a rotation's other key that is lost ends
+    that rotation (_end_rotation_without); else refused (rotate it in stages)."""
     from builder import openpgp, signify
 
     _require_nodes(cluster, kind)
@@ -607,12 +851,17 @@ def replace_lost_key(cluster: Cluster, st: State, kind: str) -> list[str]:
     except UserError:
         intact = False
     if intact:
-        raise UserError(
-            f"pki rotate-signing-key --{flag} --lost: {st.directory / current} is intact; "
-            f"rotate it in stages with `nomad-build pki rotate-signing-key --{flag}`"
-        )
+        other = _lost_rotation_key(st, data.get(kind), kind)
+        if other is None:
+            raise UserError(
+                f"pki rotate-signing-key --{flag} --lost: {st.directory / current} is intact; "
+                f"rotate it in stages with `nomad-build pki rotate-signing-key --{flag}`"
+            )
+        return _end_rotation_without(st, data, kind, other)
     rec = data.pop(kind, None)
     data.setdefault("history", []).append({"kind": kind, "finished": _stamp(st), "lost": True})
+    archive = "apt-signing-archive" if kind == "apt_key" else "signify-archive"
+    _keep_damaged(st, [current], f"{archive}/damaged")
     if kind == "apt_key":
         st.remove_files([APT_KEY, APT_NEXT, APT_PREVIOUS])
         made = openpgp.generate_key(f"nomad-build {cluster.name}")

@@ -122,17 +122,26 @@ def _utcnow() -> datetime:
 
 
 def way_out(rel: str) -> str:
-    """The deliberate command that replaces the store file `rel` ('' if only a restore)."""
+    """The deliberate command that replaces the lost or changed store file `rel` ('' if
+    only a restore from a backup brings it back). Each one works without the file
+    (tests/test_way_out.py runs every one)."""
     parts = rel.split("/")
-    if parts[0] == "ca":
-        return "nomad-build pki rotate-ca"
+    if rel in (_CA_KEY, _CA_CERT):
+        return "nomad-build pki rotate-ca --lost"
+    if rel in ("consul-ca.key", "consul-ca.pem"):
+        return "nomad-build pki rotate-ca --consul --lost"
     if rel == "gossip.key":
-        return "nomad-build pki rotate-gossip"
-    if parts[0] == "nodes" and len(parts) == 3:
+        return "nomad-build pki rotate-gossip --lost"
+    if rel == "consul-gossip.key":
+        return "nomad-build pki rotate-gossip --consul --lost"
+    if parts[0] == "nodes" and len(parts) == 3 and parts[2] in ("key.pem", "cert.pem"):
         return f"nomad-build pki renew --node {parts[1]} --rekey"
-    if rel.endswith((".sec", ".pub")):
+    if len(parts) == 1 and rel.startswith("consul-") and rel.endswith((".key", ".pem")):
+        node = rel.removeprefix("consul-").rsplit(".", 1)[0]
+        return f"nomad-build pki renew --node {node} --rekey --only consul"
+    if len(parts) == 1 and rel.endswith(".sec"):
         return "nomad-build pki rotate-signing-key --openbsd --lost"
-    if rel == "apt-signing.key":
+    if rel in ("apt-signing.key", "apt-signing-next.key", "apt-signing-previous.key"):
         return "nomad-build pki rotate-signing-key --apt --lost"
     return ""
 
@@ -700,6 +709,18 @@ class State:
                 self._settle(rel, raw, status)
             return raw
 
+    def problem(self, rel: str) -> str | None:
+        """The one-line refusal a read of store file `rel` meets (lost, changed since
+        written, unreadable), or None (sound, or never made). Changes nothing but, in a
+        writable store, loose directory modes, as every read does."""
+        with self._mutex:
+            self._check_open()
+            try:
+                self._load(rel, fix_mode=False)
+            except UserError as e:
+                return str(e)
+            return None
+
     def write_files(self, files: Mapping[str, tuple[bytes, bool]]) -> None:
         """Create or replace store files deliberately: {rel: (bytes, secret?)}. Secret files
         are 0600 and their digest is recorded; public ones 0644."""
@@ -746,18 +767,25 @@ class State:
         rekey: bool,
         reason: str,
         files: CertFiles | None = None,
+        replace_damaged: bool = False,
     ) -> tuple[bytes, bytes]:
         """Re-issue `node`'s certificate (or the one `files` names) now, whether or not it
         still fits; `rekey` makes a new key pair (a compromised key), else the stored key
-        is kept."""
+        is kept. `replace_damaged` (with `rekey`): the pair may be lost or changed, nothing
+        of it is read (`pki renew --node N --rekey`, the way out a refusal names)."""
         with self._mutex:
             self._check_open()
             if not self.writable:
                 raise ValueError("reissue_node_cert needs a writable store")
+            if replace_damaged and not rekey:
+                raise ValueError("replace_damaged needs rekey: the old key is not trusted")
             files = files or self.nomad_cert_files(node)
             key_rel, cert_rel = files.key, files.cert
-            key, _ = self._load(key_rel)
-            cert, _ = self._load(cert_rel)
+            if replace_damaged:
+                key, cert = self._on_disk(key_rel), self._on_disk(cert_rel)
+            else:
+                key, _ = self._load(key_rel)
+                cert, _ = self._load(cert_rel)
             self._check_issue(spec, ca, files.ca)
             keep = None if rekey or key is None else key
             new_key, new_cert = self._sign(spec, ca, keep)
@@ -837,6 +865,18 @@ class State:
             return self._path(rel).read_bytes()
         except FileNotFoundError:
             return None
+
+    def _on_disk(self, rel: str) -> bytes | None:
+        """What `rel` holds now, whatever the ledger says (the old bytes of a deliberate
+        replacement); a directory or an unreadable file in its place is refused."""
+        try:
+            return self._path(rel).read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise UserError(
+                f"{self._path(rel)}: {e.strerror}; move it aside, then run this again"
+            ) from None
 
     def _deferred_data(self, rel: str) -> bytes | None:
         """The bytes a write deferred by batch() will give `rel`, if one is pending."""

@@ -339,7 +339,7 @@ def test_a_ca_moved_away_is_refused_not_replaced(sdir: Path, clock: Clock) -> No
             st.ca(CA)
         assert str(e.value) == (
             f"{sdir / 'ca' / 'ca.key'}: missing, but this store created it before; restore it "
-            "from your backup, or replace it deliberately with `nomad-build pki rotate-ca`"
+            "from your backup, or replace it deliberately with `nomad-build pki rotate-ca --lost`"
         )
     assert not (sdir / "ca").exists()
 

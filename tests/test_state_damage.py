@@ -175,8 +175,8 @@ def _dir_instead(rel: str) -> Callable[[Path], None]:
     return f
 
 
-ROTATE_CA = "`nomad-build pki rotate-ca`"
-ROTATE_GOSSIP = "`nomad-build pki rotate-gossip`"
+ROTATE_CA = "`nomad-build pki rotate-ca --lost`"
+ROTATE_GOSSIP = "`nomad-build pki rotate-gossip --lost`"
 ROTATE_APT = "`nomad-build pki rotate-signing-key --apt --lost`"
 ROTATE_BSD = "`nomad-build pki rotate-signing-key --openbsd --lost`"
 
@@ -251,7 +251,7 @@ def test_messages(sdir: Path, keys: dict[str, bytes]) -> None:
     (sdir / "ca/ca.key").unlink()
     assert both_refuse(sdir, keys) == (
         f"{sdir}/ca/ca.key: missing, but this store created it before; restore it from your "
-        "backup, or replace it deliberately with `nomad-build pki rotate-ca`"
+        "backup, or replace it deliberately with `nomad-build pki rotate-ca --lost`"
     )
 
 
