@@ -26,11 +26,9 @@ only). The boot test bakes it into its VM image beside the stand-in nomad.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
+
+from standin_deb import build_standin_deb, parse_ok_line
 
 __all__ = ["STANDIN_VERSION", "build_fake_consul_deb", "parse_standin_line"]
 
@@ -58,43 +56,21 @@ FILES = (
     ("consul.service", "usr/lib/systemd/system/consul.service", 0o644),
     ("consul.hcl", "etc/consul.d/consul.hcl", 0o644),
 )
-SCRIPTS = ("preinst", "postinst", "postrm")
 
 
 def build_fake_consul_deb(out_dir: Path) -> Path:
     """Build consul_<STANDIN_VERSION>_all.deb into out_dir (byte-stable); its path."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    deb = out_dir / f"consul_{STANDIN_VERSION}_all.deb"
-    with tempfile.TemporaryDirectory(prefix="fake-consul-") as tmp:
-        root = Path(tmp) / "root"
-        (root / "DEBIAN").mkdir(parents=True)
-        (root / "DEBIAN/control").write_text(CONTROL)
-        (root / "DEBIAN/conffiles").write_text("/etc/consul.d/consul.hcl\n")
-        for script in SCRIPTS:
-            shutil.copyfile(HERE / script, root / "DEBIAN" / script)
-            (root / "DEBIAN" / script).chmod(0o755)
-        for src, dest, mode in FILES:
-            target = root / dest
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(HERE / src, target)
-            target.chmod(mode)
-        for d in sorted(p for p in root.rglob("*") if p.is_dir()):
-            d.chmod(0o755)
-        root.chmod(0o755)
-        env = {**os.environ, "SOURCE_DATE_EPOCH": "1700000000"}
-        subprocess.run(
-            ["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(root), str(deb)],
-            check=True,
-            capture_output=True,
-            env=env,
-        )
-    return deb
+    return build_standin_deb(
+        HERE,
+        out_dir,
+        package="consul",
+        version=STANDIN_VERSION,
+        control=CONTROL,
+        files=FILES,
+        conffiles=["/etc/consul.d/consul.hcl"],
+    )
 
 
 def parse_standin_line(line: str) -> dict[str, str]:
     """The key=value fields of a ``consul-standin: OK ...`` line (ValueError otherwise)."""
-    prefix = "consul-standin: OK "
-    if not line.startswith(prefix):
-        raise ValueError(f"not a consul-standin OK line: {line!r}")
-    return dict(field.split("=", 1) for field in line[len(prefix) :].split())
+    return parse_ok_line("consul", line)

@@ -24,11 +24,9 @@ package in their VM.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
+
+from standin_deb import build_standin_deb, parse_ok_line
 
 __all__ = ["STANDIN_VERSION", "build_fake_nomad_deb", "parse_standin_line"]
 
@@ -56,43 +54,21 @@ FILES = (
     ("nomad.service", "usr/lib/systemd/system/nomad.service", 0o644),
     ("nomad.hcl", "etc/nomad.d/nomad.hcl", 0o644),
 )
-SCRIPTS = ("preinst", "postinst", "postrm")
 
 
 def build_fake_nomad_deb(out_dir: Path) -> Path:
-    """Build nomad_<STANDIN_VERSION>_all.deb into out_dir (byte-stable) and return its path."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    deb = out_dir / f"nomad_{STANDIN_VERSION}_all.deb"
-    with tempfile.TemporaryDirectory(prefix="fake-nomad-") as tmp:
-        root = Path(tmp) / "root"
-        (root / "DEBIAN").mkdir(parents=True)
-        (root / "DEBIAN/control").write_text(CONTROL)
-        (root / "DEBIAN/conffiles").write_text("/etc/nomad.d/nomad.hcl\n")
-        for script in SCRIPTS:
-            shutil.copyfile(HERE / script, root / "DEBIAN" / script)
-            (root / "DEBIAN" / script).chmod(0o755)
-        for src, dest, mode in FILES:
-            target = root / dest
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(HERE / src, target)
-            target.chmod(mode)
-        for d in sorted(p for p in root.rglob("*") if p.is_dir()):
-            d.chmod(0o755)
-        root.chmod(0o755)
-        env = {**os.environ, "SOURCE_DATE_EPOCH": "1700000000"}
-        subprocess.run(
-            ["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(root), str(deb)],
-            check=True,
-            capture_output=True,
-            env=env,
-        )
-    return deb
+    """Build nomad_<STANDIN_VERSION>_all.deb into out_dir (byte-stable); its path."""
+    return build_standin_deb(
+        HERE,
+        out_dir,
+        package="nomad",
+        version=STANDIN_VERSION,
+        control=CONTROL,
+        files=FILES,
+        conffiles=["/etc/nomad.d/nomad.hcl"],
+    )
 
 
 def parse_standin_line(line: str) -> dict[str, str]:
     """The key=value fields of a ``nomad-standin: OK ...`` line (ValueError otherwise)."""
-    prefix = "nomad-standin: OK "
-    if not line.startswith(prefix):
-        raise ValueError(f"not a nomad-standin OK line: {line!r}")
-    return dict(field.split("=", 1) for field in line[len(prefix) :].split())
+    return parse_ok_line("nomad", line)
