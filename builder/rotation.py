@@ -133,11 +133,16 @@ def _package_digests(cluster: Cluster, st: State, auth: Authority = NOMAD) -> di
 
 
 def _require_rebuilt(cluster: Cluster, st: State, rec: dict[str, Any], auth: Authority) -> None:
-    now = _package_digests(cluster, st, auth)
+    _require_rolled_out(_package_digests(cluster, st, auth), rec, _command(auth))
+
+
+def _require_rolled_out(now: dict[str, str | None], rec: dict[str, Any], command: str) -> None:
+    """Refuse the next stage while a node's package digest is still the one recorded when
+    stage `rec` began (or it has none): its new package was not built yet."""
     behind = [n for n, d in now.items() if d is None or d == rec["packages"].get(n)]
     if behind:
         raise UserError(
-            f"{_command(auth)}: stage {rec['stage']} is not rolled out: no new package was built "
+            f"{command}: stage {rec['stage']} is not rolled out: no new package was built "
             f"for {', '.join(behind)} since it began; run `nomad-build build`, install the "
             "packages on every node, then run this again"
         )
@@ -596,13 +601,7 @@ def _os_digests(cluster: Cluster, st: State, os_name: str) -> dict[str, str | No
 
 def _require_os_rebuilt(cluster: Cluster, st: State, rec: dict[str, Any], kind: str) -> None:
     now = _os_digests(cluster, st, _SIGNING_OS[kind])
-    behind = [n for n, d in now.items() if d is None or d == rec["packages"].get(n)]
-    if behind:
-        raise UserError(
-            f"pki rotate-signing-key --{_FLAG[kind]}: stage {rec['stage']} is not rolled out: "
-            f"no new package was built for {', '.join(behind)} since it began; run "
-            "`nomad-build build`, install the packages on every node, then run this again"
-        )
+    _require_rolled_out(now, rec, f"pki rotate-signing-key --{_FLAG[kind]}")
 
 
 def signify_key_name(cluster: Cluster, generation: int) -> str:
