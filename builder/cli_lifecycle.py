@@ -256,13 +256,8 @@ def pki_rotate_ca(
             lines = rotation.rotate_ca(cluster, st, auth)
         events, warnings = list(st.events), list(st.warnings)
         stage = rotation.status(st)[auth.record]
-    if as_json:
-        command = "pki rotate-ca --consul" if consul_ca else "pki rotate-ca"
-        _print_json({"schema": 1, "command": command, "status": stage, "next": lines})
-    else:
-        _events(events, warnings)
-        for line in lines:
-            click.echo(line)
+    command = "pki rotate-ca --consul" if consul_ca else "pki rotate-ca"
+    _rotation_step(as_json, command, stage, lines, events, warnings)
 
 
 @pki.command("rotate-signing-key")
@@ -310,13 +305,26 @@ def pki_rotate_signing_key(
             lines = rotation.rotate_signify_key(cluster, st)
         events, warnings = list(st.events), list(st.warnings)
         stage = rotation.status(st)[kind]
+    command = f"pki rotate-signing-key --{'apt' if apt else 'openbsd'}"
+    _rotation_step(as_json, command, stage, lines, events, warnings)
+
+
+def _rotation_step(
+    as_json: bool,
+    command: str,
+    stage: object,
+    lines: list[str],
+    events: list[Event],
+    warnings: list[str],
+) -> None:
+    """What a staged rotation step did: its rotation_step document, or the events and
+    the operator's next steps."""
     if as_json:
-        command = f"pki rotate-signing-key --{'apt' if apt else 'openbsd'}"
         _print_json({"schema": 1, "command": command, "status": stage, "next": lines})
-    else:
-        _events(events, warnings)
-        for line in lines:
-            click.echo(line)
+        return
+    _events(events, warnings)
+    for line in lines:
+        click.echo(line)
 
 
 @pki.command("rotate-gossip")
