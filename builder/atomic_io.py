@@ -164,9 +164,9 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def tighten(path: Path, mode: int) -> None:
+def tighten(path: str | Path, mode: int) -> None:
     """Take away permission bits beyond `mode` (never through a symlink)."""
-    st = path.lstat()
+    st = os.lstat(path)
     if stat.S_ISLNK(st.st_mode):
         return
     cur = stat.S_IMODE(st.st_mode)
@@ -242,11 +242,41 @@ def write_atomic(files: Sequence[tuple[Path, bytes, int]]) -> None:
 
 def sweep_temps(root: Path) -> None:
     """Under the lock: drop the temps a dead run left behind."""
-    for dirpath, _dirs, files in os.walk(root):
-        for f in files:
-            if TMP_RE.match(f):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(dirpath, f))
+    for dirpath, name in walk_files(str(root)):
+        if TMP_RE.match(name):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{dirpath}/{name}")
+
+
+def walk_files(top: str) -> Iterable[tuple[str, str]]:
+    """(directory, name) of every non-directory under `top`, never following links: one
+    scandir per directory (os.walk stats each subdirectory again to see if it is a
+    link; thousands of them in dist/)."""
+    stack = [top]
+    while stack:
+        dirpath = stack.pop()
+        try:
+            entries = list(os.scandir(dirpath))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(entry.path)
+            else:
+                yield dirpath, entry.name
+
+
+def read_all(fd: int, size: int) -> bytes:
+    """Everything left to read from `fd`, whose fstat size is `size`: one read() and one
+    buffer for a file that is that size (a buffered file object costs more than the read
+    for the thousands of small files a run checks); else read to the end."""
+    data = os.read(fd, size + 1)
+    if len(data) == size:
+        return data
+    chunks = [data]  # grew, shrank, or a read stopped short (>2 GiB): to the end
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _unique(paths: Iterable[Path]) -> list[Path]:

@@ -126,6 +126,8 @@ def ca_verdict(info: CertInfo, spec: CASpec, now: datetime) -> tuple[str | None,
 
 def _diff(label: str, old: set[str], new: set[str], key: Callable[[str], object]) -> str | None:
     """'<label> changed: +added -removed', comparing by `key` (case/notation-insensitive)."""
+    if old == new:  # the usual answer, without a key per name
+        return None
     old_k = {key(x): x for x in old}
     new_k = {key(x): x for x in new}
     if old_k.keys() == new_k.keys():

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from builder import cluster as cluster_mod
 from builder import consul, incremental, membership, output_dir, publish, report, rotation
@@ -34,7 +34,7 @@ from builder.os_profile import PROFILES, profile
 from builder.pki import CertInfo, inspect_cert
 from builder.render import NodeSecrets, ca_spec, cert_spec, node_secrets, render_tree
 from builder.report import Change, Report
-from builder.state import Event, State
+from builder.state import Event, State, Verified
 from builder.writers import Artifact, BuildInputs, Keys, Output, Writer, all_writers, writer
 
 PACKAGE_WRITERS = {"deb": "deb", "openbsd": "openbsd-pkg"}  # package format -> writer
@@ -156,6 +156,7 @@ class Plan:
     known_versions: dict[tuple[str, str], int] = field(default_factory=dict)  # in state/
     certificates: dict[str, CertStatus] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)  # "load", "plan" (the rest)
+    verified: Verified | None = None  # the certificate pairs the plan found sound
 
     def outputs(self) -> list[Output]:
         """Every path the jobs will produce, with the versions known now."""
@@ -222,6 +223,7 @@ def _plan(request: Request) -> Plan:
             st.require_versions_at_least(output_dir.published_versions(request.out_dir))
         p.events, p.warnings = list(st.events), [*cluster.warnings, *advice, *st.warnings]
         p.warnings += membership.explain(cluster, st)  # refuses a change that loses quorum
+        p.verified = st.verified()
     p.timings = {"load": loaded - start, "plan": time.perf_counter() - loaded}
     return p
 
@@ -467,7 +469,7 @@ def _current_versions(p: Plan, st: State) -> dict[str, int]:
 @dataclass
 class Result:
     artifacts: list[Artifact]
-    published: list[Path]
+    published: Sequence[Path]
     events: list[Event]
     warnings: list[str]
     trees: Mapping[str, NodeTree]
@@ -513,7 +515,10 @@ def execute(p: Plan) -> Result:
 
 def _execute(p: Plan) -> Result:
     timings: dict[str, float] = dict(p.timings)
-    with State.open(p.state_dir, create=True, wait=p.request.wait) as st:
+    with contextlib.ExitStack() as stack:
+        st = stack.enter_context(
+            State.open(p.state_dir, create=True, wait=p.request.wait, verified=p.verified)
+        )
         with _timed(timings, "secrets"):
             secrets = _secrets(p, st, p.nodes)
             trees = _trees(p, st, secrets)
@@ -524,6 +529,8 @@ def _execute(p: Plan) -> Result:
             mtime = int(inspect_cert(secrets.ca[1]).not_before.timestamp())
         assert mtime is not None
         previous = incremental.Previous.load(p.out_dir) if p.request.command == "build" else None
+        if previous is not None:
+            stack.callback(previous.close)
         inputs = BuildInputs(
             p.cluster,
             mtime,
@@ -784,7 +791,8 @@ class _Built:
         digests = self.digests
         wants = [digests.per_node(w.name, n, None, self._upstream(w, n)) for n in nodes]
         found: list[list[Artifact] | None] = [None] * len(nodes)
-        if self.previous is not None:  # (threads measured slower: little to overlap)
+        if self.previous is not None:
+            self.previous.prefetch(w.name, zip([n.name for n in nodes], wants, strict=True))
             found = [self._take(w, n.name, want) for n, want in zip(nodes, wants, strict=True)]
         missing = [i for i, arts in enumerate(found) if arts is None]
         for i, arts in zip(missing, self._build_each(w, [nodes[i] for i in missing]), strict=True):
@@ -834,13 +842,14 @@ class _Built:
             if self.previous is None or current is None:
                 return None
             old = self.previous.take(w.name, nodes[i].name, wants[i])
-            if old is None or current != (versions[vkeys[i]], self.sha(old[0])):
+            if old is None or current != (versions[vkeys[i]], self.previous.sha256(old[0].path)):
                 return None
             self._accept(old)
             return old[0]
 
         found: list[Artifact | None] = [None] * len(nodes)
         if self.previous is not None:
+            self.previous.prefetch(w.name, zip([n.name for n in nodes], wants, strict=True))
             found = [reuse(i) for i in range(len(nodes))]
         reused = [a is not None for a in found]
         missing = [i for i, a in enumerate(found) if a is None]
@@ -888,9 +897,29 @@ def _digest(artifact: Artifact) -> str:
     return hashlib.sha256(artifact.data).hexdigest()
 
 
+class _Under(Sequence[Path]):
+    """Paths under a directory, each made when read (a build publishes thousands and
+    few callers read them)."""
+
+    def __init__(self, top: Path, rels: list[str]) -> None:
+        self._top, self._rels = top, rels
+
+    def __len__(self) -> int:
+        return len(self._rels)
+
+    @overload
+    def __getitem__(self, i: int) -> Path: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[Path]: ...
+    def __getitem__(self, i: int | slice) -> Path | Sequence[Path]:
+        if isinstance(i, slice):
+            return [self._top / rel for rel in self._rels[i]]
+        return self._top / self._rels[i]
+
+
 def _publish(
     p: Plan, b: _Built, trees: _Trees, previous: Mapping[str, Mapping[str, Any]] | None
-) -> list[Path]:
+) -> Sequence[Path]:
     out = p.out_dir
     assert out is not None
     artifacts, packages = b.artifacts, b.packages
@@ -900,7 +929,7 @@ def _publish(
     if p.request.command == "render":
         return output_dir.write_root(out, trees[p.nodes[0].name])
     if p.request.command == "build":
-        paths = [out / a.path for a in artifacts]
+        paths = _Under(out, [a.path for a in artifacts])
         reused = b.previous.reused if b.previous is not None else set()
         everything_reused = (
             b.built == 0 and not p.replace_out and {a.path for a in artifacts} <= reused
@@ -918,10 +947,10 @@ def _publish(
         )
         publish.publish_tree(out, [*artifacts, mark], unchanged=reused)
         return paths
-    paths = publish.publish_files(out, artifacts)
+    written = publish.publish_files(out, artifacts)
     files = _tree_files(b, trees, previous)
     publish.publish_files(out, [output_dir.marker(artifacts, packages, previous, files)])
-    return paths
+    return written
 
 
 def node_names(cluster_file: Path) -> list[str]:

@@ -33,6 +33,7 @@ import binascii
 import contextlib
 import json
 import os
+import stat
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -146,6 +147,19 @@ def way_out(rel: str) -> str:
     return ""
 
 
+@dataclass(frozen=True, eq=False, repr=False)  # repr would print key material
+class Verified:
+    """The certificate pairs a read-only store found sound (State.verified()): a writing
+    run that opens the store moments later, finds its ledger byte-identical (so no run
+    wrote anything in between: every write goes through the ledger) and each pair's files
+    still holding these exact bytes, takes the pair as verified instead of checking the
+    certificate against the ledger's facts, the spec and the CA again."""
+
+    ledger: bytes
+    pairs: Mapping[str, tuple[CertSpec, bytes | None, str, bytes, bytes]]
+    # cert rel -> (spec, CA certificate, key rel, key bytes, cert bytes)
+
+
 @dataclass(eq=False, repr=False)  # repr would print key material held in the caches
 class State:
     """Get-or-create access to the cluster's secrets. Open with `State.open()`.
@@ -175,6 +189,10 @@ class State:
     _tightened: set[str] = field(default_factory=set)  # directories checked by _tighten
     _modes: dict[str, int] = field(default_factory=dict)  # st_mode of files as _read found them
     _bundle: dict[CAFiles, bytes] = field(default_factory=dict)  # ca_bundle(), read once
+    _sound: dict[str, tuple[CertSpec, bytes | None, str, bytes, bytes]] = field(
+        default_factory=dict
+    )  # read-only: the pairs node_cert() found sound, for verified()
+    _carried: Verified | None = None  # writable: what the plan's store verified
 
     def __repr__(self) -> str:
         mode = "writable" if self.writable else "read-only"
@@ -191,6 +209,7 @@ class State:
         clock: Callable[[], datetime] | None = None,
         adopt: bool = False,
         wait: float = 0.0,
+        verified: Verified | None = None,
     ) -> State:
         """create=True: make the dir (0700) and take the run lock; else read-only, no writes.
 
@@ -213,6 +232,8 @@ class State:
                 else Ledger(directory / LEDGER_NAME, {}, exists=False)
             )
             st._check_ledger_exists(adopt)
+            if create and verified is not None and st._ledger.loaded == verified.ledger:
+                st._carried = verified
         except BaseException:
             st.close()
             raise
@@ -460,9 +481,35 @@ class State:
             cached = self._nodes.get(files.cert)
             if cached is not None and cached[0] == spec and cached[1] == ca_cert:
                 return cached[2]
-            result = self._node_cert_uncached(files, spec, ca)
+            result = self._carried_pair(files, spec, ca_cert)
+            if result is None:
+                result = self._node_cert_uncached(files, spec, ca)
             self._nodes[files.cert] = (spec, ca_cert, result)
             return result
+
+    def verified(self) -> Verified | None:
+        """Read-only: the pairs found sound so far, for the writing run (None: the store
+        has no ledger file yet)."""
+        ledger = self._ledger
+        if self.writable or ledger is None or ledger.loaded is None:
+            return None
+        return Verified(ledger.loaded, dict(self._sound))
+
+    def _carried_pair(
+        self, files: CertFiles, spec: CertSpec, ca_cert: bytes | None
+    ) -> tuple[bytes, bytes] | None:
+        """The pair the plan's store verified, if the files still hold exactly its bytes
+        (read again: a byte compare, not a check of what the bytes say)."""
+        known = self._carried.pairs.get(files.cert) if self._carried is not None else None
+        if known is None or known[0] != spec or known[1] != ca_cert or known[2] != files.key:
+            return None
+        key, cert = self._read(files.key), self._read(files.cert)
+        if key != known[3] or cert != known[4]:
+            return None
+        assert key is not None and cert is not None
+        self._tighten(files.key, file=True)
+        self._tighten(files.cert, file=True)
+        return key, cert
 
     def nomad_cert_files(self, node: str) -> CertFiles:
         """Where `node`'s (Nomad) certificate and key live."""
@@ -483,6 +530,9 @@ class State:
             assert key is not None and cert is not None
             self._settle(key_rel, key, key_status)
             self._settle(cert_rel, cert, cert_status)
+            if not self.writable and key_status is cert_status is Status.OK:
+                ca_cert = ca[1] if ca is not None else None
+                self._sound[cert_rel] = (spec, ca_cert, key_rel, key, cert)
             return key, cert
         self._check_issue(spec, ca, files.ca)
         kind = "created" if reason == "new" else "reissued"
@@ -886,17 +936,22 @@ class State:
         return None
 
     def _read(self, rel: str) -> bytes | None:
-        try:
-            with open(f"{self.directory}/{rel}", "rb") as f:  # a str: thousands of reads
-                self._modes[rel] = os.fstat(f.fileno()).st_mode  # for _tighten
-                data = f.read()
+        try:  # a str path and a bare fd: thousands of reads
+            fd = os.open(f"{self.directory}/{rel}", os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
-        except IsADirectoryError:
-            raise self._refuse(rel, "is a directory, expected a file") from None
         except OSError as e:
             raise self._refuse(rel, f"unreadable ({e.strerror})") from None
-        return data
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise self._refuse(rel, "is a directory, expected a file")
+            self._modes[rel] = st.st_mode  # for _tighten
+            return atomic_io.read_all(fd, st.st_size)
+        except OSError as e:
+            raise self._refuse(rel, f"unreadable ({e.strerror})") from None
+        finally:
+            os.close(fd)
 
     def _tighten(self, rel: str, *, file: bool) -> None:
         """Writable: take group/other bits off a sound file (if `file`) and its dirs."""
@@ -910,7 +965,8 @@ class State:
             parent = "/".join(parents[:depth])
             if parent not in self._tightened:  # once per run: thousands of files share them
                 self._tightened.add(parent)
-                atomic_io.tighten(self._path(parent) if parent else self.directory, _DIR_MODE)
+                where = f"{self.directory}/{parent}" if parent else self.directory  # (a str:
+                atomic_io.tighten(where, _DIR_MODE)  # a directory per node)
 
     def _load(
         self, rel: str, *, lost_ok: bool = False, fix_mode: bool = True

@@ -12,17 +12,21 @@ import json
 import multiprocessing
 import os
 import random
+import re
 import shutil
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from builder import archive, data, incremental, pipeline, render, seed
+from builder import archive, data, incremental, lifecycle, pipeline, render, seed
 from builder.archive import TarEntry
+from builder.errors import UserError
+from builder.state import CertFiles, State
 from builder.writers import deb, openbsd_pkg
 
 from conftest import REPO, mixed_text, tree_fingerprint
@@ -268,10 +272,18 @@ def test_template_change_rebuilds_every_node_of_that_role(site: Path, data_copy:
 # ---------------------------------------------------------------- reuse is verified
 
 
-def test_a_damaged_file_in_dist_is_rebuilt_not_reused(site: Path) -> None:
+@pytest.mark.parametrize("suffix", [".iso", ".deb", ".tgz"])
+@pytest.mark.parametrize("threads", [False, True], ids=["one-thread", "two-threads"])
+def test_a_damaged_file_in_dist_is_rebuilt_not_reused(
+    site: Path, monkeypatch: pytest.MonkeyPatch, suffix: str, threads: bool
+) -> None:
+    """Whether reuse checks read a file in this thread or verify it ahead in two
+    (prefetch: large outputs), a file whose bytes differ from its sha256 is rebuilt."""
+    if threads:
+        monkeypatch.setattr(incremental, "_PARALLEL_BYTES", 0)
     build(site)
     fingerprint = tree_fingerprint(site / "dist")
-    entry = next(p for p, e in marker(site).items() if p.endswith(".iso") and e.get("node"))
+    entry = next(p for p, e in marker(site).items() if p.endswith(suffix) and e.get("node"))
     path = site / "dist" / entry
     data_ = bytearray(path.read_bytes())
     data_[len(data_) // 2] ^= 0xFF  # same size, other bytes
@@ -281,6 +293,68 @@ def test_a_damaged_file_in_dist_is_rebuilt_not_reused(site: Path) -> None:
 
     assert again.built > 0 and entry not in again.reused
     assert tree_fingerprint(site / "dist") == fingerprint  # restored exactly
+
+
+# ---------------------------------------------------------------- what the plan verified
+
+
+def plan_build(site: Path) -> pipeline.Plan:
+    return pipeline.plan(pipeline.Request("build", site / "cluster.toml", out_dir=site / "dist"))
+
+
+def test_the_writing_run_takes_the_pairs_its_plan_verified(
+    site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    build(site)
+    p = plan_build(site)
+    assert p.verified is not None
+    assert len(p.verified.pairs) == len(p.cluster.nodes)  # every node's pair, found sound
+    checked: list[str] = []
+    full_check = State._node_cert_uncached
+
+    def counted(self: State, files: CertFiles, *args: Any) -> tuple[bytes, bytes] | None:
+        checked.append(files.cert)
+        return full_check(self, files, *args)
+
+    monkeypatch.setattr(State, "_node_cert_uncached", counted)
+    result = pipeline.execute(p)
+    assert checked == [] and result.built == 0
+
+
+def test_a_pair_changed_after_the_plan_is_checked_again_and_refused(site: Path) -> None:
+    build(site)
+    p = plan_build(site)
+    cert = site / "state" / "nodes" / CLIENT / "cert.pem"
+    pem = cert.read_bytes()
+    cert.write_bytes(pem.replace(b"\n", b"\r\n", 1))  # other bytes, same certificate
+    state_before, dist_before = tree_fingerprint(site / "state"), tree_fingerprint(site / "dist")
+
+    with pytest.raises(UserError, match=re.escape(f"{cert}: changed since nomad-build wrote it")):
+        pipeline.execute(p)
+    assert tree_fingerprint(site / "state") == state_before
+    assert tree_fingerprint(site / "dist") == dist_before
+
+
+def test_a_store_written_between_plan_and_execute_is_verified_again(site: Path) -> None:
+    """Another run renews a node's pair after this run planned: the ledger changed, so
+    nothing the plan verified is taken; the build carries the renewed pair."""
+    build(site)
+    p = plan_build(site)
+    old_cert = (site / "state" / "nodes" / CLIENT / "cert.pem").read_bytes()
+    lifecycle.renew(site / "cluster.toml", None, nodes=[CLIENT], rekey=True)
+    new_cert = (site / "state" / "nodes" / CLIENT / "cert.pem").read_bytes()
+    assert new_cert != old_cert
+
+    result = pipeline.execute(p)
+
+    package = next(a for a in result.artifacts if a.node == CLIENT and a.path.endswith(".tgz"))
+    assert new_cert in archive_files(package.data).values()
+    assert old_cert not in archive_files(package.data).values()
+
+
+def archive_files(tgz: bytes) -> dict[str, bytes]:
+    with tarfile.open(fileobj=io.BytesIO(tgz), mode="r:gz") as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}  # type: ignore[union-attr]
 
 
 def test_a_foreign_file_in_dist_is_removed(site: Path) -> None:
