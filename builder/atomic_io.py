@@ -109,7 +109,7 @@ _SYNC_THREADS = 32  # fsync releases the GIL; the journal commits concurrent syn
 _SYNCFS_FROM = 64  # this many paths or more: one syncfs per filesystem instead
 
 
-def fsync_all(paths: Iterable[Path]) -> None:
+def fsync_all(paths: Iterable[str | Path]) -> None:
     """Make every file or directory durable in one pass: for many, one syncfs(2) of each
     filesystem they are on (one journal commit, whatever their number); for a few, fsync
     each (in parallel threads: concurrent syncs share journal commits)."""
@@ -134,14 +134,14 @@ def libc() -> ctypes.CDLL | None:
         return ctypes.CDLL(name, use_errno=True) if name else None
 
 
-def _syncfs_all(paths: Sequence[Path]) -> bool:
+def _syncfs_all(paths: Sequence[str | Path]) -> bool:
     """syncfs(2) once per filesystem the paths are on; False where there is none
     (not Linux), and the caller fsyncs each path."""
     lib = libc()
     syncfs = getattr(lib, "syncfs", None) if lib is not None else None
     if syncfs is None:
         return False
-    one_per_device: dict[int, Path] = {}
+    one_per_device: dict[int, str | Path] = {}
     for p in paths:
         one_per_device.setdefault(os.lstat(p).st_dev, p)
     for p in one_per_device.values():
@@ -155,8 +155,8 @@ def _syncfs_all(paths: Sequence[Path]) -> bool:
     return True
 
 
-def _fsync_path(path: Path) -> None:
-    flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_DIRECTORY if path.is_dir() else 0)
+def _fsync_path(path: str | Path) -> None:
+    flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_DIRECTORY if os.path.isdir(path) else 0)
     fd = os.open(path, flags)
     try:
         os.fsync(fd)
@@ -242,28 +242,29 @@ def write_atomic(files: Sequence[tuple[Path, bytes, int]]) -> None:
 
 def sweep_temps(root: Path) -> None:
     """Under the lock: drop the temps a dead run left behind."""
-    for dirpath, name in walk_files(str(root)):
-        if TMP_RE.match(name):
+    for path in scan_tree(str(root))[1]:
+        if TMP_RE.match(os.path.basename(path)):
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(f"{dirpath}/{name}")
+                os.unlink(path)
 
 
-def walk_files(top: str) -> Iterable[tuple[str, str]]:
-    """(directory, name) of every non-directory under `top`, never following links: one
-    scandir per directory (os.walk stats each subdirectory again to see if it is a
-    link; thousands of them in dist/)."""
+def scan_tree(top: str) -> tuple[list[str], list[str]]:
+    """(directories, other files) under `top`, as paths, parents before their children,
+    never following links: one scandir per directory (os.walk stats each subdirectory
+    again to see if it is a link; thousands of them in dist/)."""
+    dirs: list[str] = []
+    files: list[str] = []
     stack = [top]
     while stack:
-        dirpath = stack.pop()
+        path = stack.pop()
         try:
-            entries = list(os.scandir(dirpath))
-        except (FileNotFoundError, NotADirectoryError):
+            entries = list(os.scandir(path))
+        except OSError:  # gone, or unreadable: skipped, as os.walk does
             continue
+        dirs.append(path)
         for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                stack.append(entry.path)
-            else:
-                yield dirpath, entry.name
+            (stack if entry.is_dir(follow_symlinks=False) else files).append(entry.path)
+    return dirs, files
 
 
 def read_all(fd: int, size: int) -> bytes:
@@ -279,5 +280,5 @@ def read_all(fd: int, size: int) -> bytes:
     return b"".join(chunks)
 
 
-def _unique(paths: Iterable[Path]) -> list[Path]:
+def _unique(paths: Iterable[str | Path]) -> list[str | Path]:
     return list(dict.fromkeys(paths))

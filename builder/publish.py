@@ -13,7 +13,7 @@ import ctypes
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -49,13 +49,15 @@ def publish_files(out: Path, artifacts: Iterable[Artifact]) -> list[Path]:
 
 def publish_tree(
     out: Path, artifacts: Iterable[Artifact], *, unchanged: Collection[str] = ()
-) -> list[Path]:
+) -> None:
     """Replace the whole of `out` with exactly these artifacts, in one step.
 
     The new tree is assembled inside a 0700 staging directory beside `out` (it holds
     secret-bearing copies): files the caller knows are unchanged in `out` (`unchanged`,
-    verified by hash) are hard-linked from it, the others written plainly (the staging
-    directory is private; nothing there is visible until the swap); then ONE fsync pass
+    verified by hash) are hard-linked from it, an artifact holding the very bytes of one
+    placed before it (a repository's copy of a package) is hard-linked to that file, the
+    others written plainly (the staging directory is private; nothing there is visible
+    until the swap); then ONE fsync pass
     over every new file and directory, the swap with `out`, and an fsync of the parent.
     The old tree goes with the staging directory.
     """
@@ -70,63 +72,53 @@ def publish_tree(
         top, old_top = str(tree), str(out)
         made: set[str] = {top}
         to_sync: list[str] = []
-        paths = []
+        written: dict[int, tuple[str, bool]] = {}  # id(data) -> (file, secret) placed here
         for a in artifacts:
-            target = os.path.join(top, a.path)
+            target = f"{top}/{a.path}"  # (an artifact path is relative, "/"-separated)
             parent = os.path.dirname(target)
             if parent not in made:
                 os.makedirs(parent, exist_ok=True)
                 while parent not in made and parent != top:
                     made.add(parent)
                     parent = os.path.dirname(parent)
-            old = os.path.join(old_top, a.path)
-            if not ((a.path in unchanged or _same(old, a.data)) and _link(old, target)):
+            old = f"{old_top}/{a.path}"
+            # The very bytes of an artifact placed just before (a repository's copy of
+            # a package), with its mode: one file under both names.
+            twin = written.get(id(a.data))
+            if (a.path in unchanged or _same(old, a.data)) and _link(old, target):
+                pass
+            elif not (twin is not None and twin[1] == a.secret and _link(twin[0], target)):
                 _write_new(target, a.data, _mode(a))
                 to_sync.append(target)
-            paths.append(out / a.path)
-        atomic_io.fsync_all(Path(p) for p in [*to_sync, *made])
+            written.setdefault(id(a.data), (target, a.secret))
+        atomic_io.fsync_all([*to_sync, *made])
         _swap(tree, out)
         atomic_io.fsync_dir(out.parent)
     finally:
         remove_tree(stage)
-    return paths
 
 
-_REMOVE_THREADS = 8
+_REMOVE_THREADS = 4
 
 
 def remove_tree(top: Path) -> None:
-    """rm -rf `top` (never following links), its unlinks in parallel threads: on ext4
-    concurrent unlinks share journal commits (~3x faster than one after another for
-    the thousands of files of a replaced dist/). Errors are ignored, as rmtree's."""
-    files: list[str] = []
-    levels: dict[int, list[str]] = {}
-    for dirpath, dirnames, filenames in os.walk(top):
-        depth = dirpath.count(os.sep)
-        levels.setdefault(depth, []).append(dirpath)
-        files += [os.path.join(dirpath, f) for f in filenames]
-        # symlinks to directories are listed as dirs but not walked: unlink them
-        for d in dirnames:
-            if os.path.islink(os.path.join(dirpath, d)):
-                files.append(os.path.join(dirpath, d))
+    """rm -rf `top` (never following links): the unlinks on a few threads, then the
+    directories, deepest first. Measured on the ~3,500 files of a replaced dist/: 2x
+    faster than os.walk and a thread pool per depth on tmpfs, 1.3x on ext4 (more threads
+    gained nothing on 2 cores). Errors are ignored, as rmtree's."""
+    dirs, files = atomic_io.scan_tree(str(top))
 
-    def quietly(fn: Callable[[str], None]) -> Callable[[list[str]], None]:
-        def run(paths: list[str]) -> None:
-            for path in paths:
-                with contextlib.suppress(OSError):
-                    fn(path)
+    def unlink_each(paths: list[str]) -> None:
+        for path in paths:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
-        return run
-
-    def each(fn: Callable[[list[str]], None], paths: list[str]) -> None:
-        # a chunk of paths per thread (a task per path costs more than the unlink)
-        size = max(1, -(-len(paths) // _REMOVE_THREADS))
-        list(pool.map(fn, [paths[i : i + size] for i in range(0, len(paths), size)]))
-
+    size = max(1, -(-len(files) // _REMOVE_THREADS))  # a chunk per thread, not a task per file
     with ThreadPoolExecutor(max_workers=_REMOVE_THREADS) as pool:
-        each(quietly(os.unlink), files)
-        for depth in sorted(levels, reverse=True):  # children before parents
-            each(quietly(os.rmdir), levels[depth])
+        list(pool.map(unlink_each, [files[i : i + size] for i in range(0, len(files), size)]))
+    for path in reversed(dirs):  # children before parents
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
     shutil.rmtree(top, ignore_errors=True)  # whatever is left (normally nothing)
 
 

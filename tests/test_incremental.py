@@ -295,6 +295,34 @@ def test_a_damaged_file_in_dist_is_rebuilt_not_reused(
     assert tree_fingerprint(site / "dist") == fingerprint  # restored exactly
 
 
+def test_a_repository_copy_is_one_file_with_its_package_and_verified_on_its_own(
+    site: Path,
+) -> None:
+    build(site)
+    listed = marker(site)
+    for prefix, suffix, package_dir in (
+        ("repo/debian/pool/", ".deb", "debian/"),
+        ("repo/openbsd/", ".tgz", "openbsd/"),
+    ):
+        pool = next(p for p in listed if p.startswith(prefix) and p.endswith(suffix))
+        package = package_dir + pool.rsplit("/", 1)[1]
+        assert (site / "dist" / pool).stat().st_ino == (site / "dist" / package).stat().st_ino
+    fingerprint = tree_fingerprint(site / "dist")
+    # a file of its own with other bytes in the copy's place: checked on its own, rebuilt
+    path = site / "dist" / pool
+    data_ = bytearray(path.read_bytes())
+    data_[len(data_) // 2] ^= 0xFF
+    path.unlink()
+    path.write_bytes(bytes(data_))
+    path.chmod(0o600)
+
+    again = build(site)
+
+    assert pool not in again.reused and package in again.reused
+    assert tree_fingerprint(site / "dist") == fingerprint
+    assert (site / "dist" / pool).stat().st_ino == (site / "dist" / package).stat().st_ino
+
+
 # ---------------------------------------------------------------- what the plan verified
 
 
