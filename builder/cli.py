@@ -426,6 +426,7 @@ cli_lifecycle.register(cli)  # pki, state, audit
 
 def main() -> None:
     """Run the CLI; a usage error is one line on stderr and exit 2, like any bad input."""
+    pipeline.collect_rarely()  # one command per process
     try:
         cli.main(prog_name="nomad-build", standalone_mode=False)
     except click.ClickException as e:

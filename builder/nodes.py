@@ -18,7 +18,17 @@ from typing import Any
 from builder import nomad_schema
 from builder.model import ImageSettings, Node, PackageSettings, freeze
 from builder.os_profile import OSProfile, profile
-from builder.settings import FQDN_MAX, LAYER, MERGED_TABLES, NODE, ROLES, Reader, Table, describe
+from builder.settings import (
+    FQDN_MAX,
+    LAYER,
+    MERGED_TABLES,
+    NODE,
+    ROLES,
+    Reader,
+    Table,
+    describe,
+    parse_ip,
+)
 
 
 def read_layers(
@@ -177,7 +187,7 @@ _PATHS = ("config_dir", "tls_dir", "data_dir")
 
 
 def _canonical(ip: str) -> str:
-    return str(ipaddress.ip_address(ip))
+    return str(parse_ip(ip))
 
 
 def openbsd_name(name: str) -> str:

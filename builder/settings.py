@@ -9,6 +9,7 @@ cluster live in the loader and in builder.cross_checks.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import urllib.parse
@@ -157,13 +158,22 @@ def is_dns_name(name: str) -> bool:
     )
 
 
+_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+
+
+@functools.lru_cache(maxsize=1 << 14)  # each address is checked, then written canonically
+def parse_ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """ipaddress.ip_address, once per distinct string (thousands of nodes)."""
+    return ipaddress.ip_address(value)
+
+
 def address_problem(value: str, *, allow_any: bool = False) -> str | None:
     """What keeps `value` from being a node's own address (None: it is one).
     allow_any: a bind address may be the unspecified one (0.0.0.0: every interface)."""
     if "%" in value:
         return f"{value!r} has a zone index; give an address without %<zone>"
     try:
-        ip = ipaddress.ip_address(value)
+        ip = parse_ip(value)
     except ValueError:
         return f"{value!r} is not an IP address"
     if ip.is_unspecified and not allow_any:
@@ -172,7 +182,7 @@ def address_problem(value: str, *, allow_any: bool = False) -> str | None:
         return f"{value!r} is a loopback address; give the node's own"
     if ip.is_multicast:
         return f"{value!r} is a multicast address; give the node's own"
-    if ip == ipaddress.IPv4Address("255.255.255.255"):
+    if ip == _BROADCAST:
         return f"{value!r} is the broadcast address; give the node's own"
     return None
 
