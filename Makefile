@@ -55,4 +55,4 @@ build/nomad-build: $(BINARY_STAMP) $(shell find builder recipes packaging images
 	@ls -l build/nomad-build
 
 clean:
-	rm -rf dist state build $(VENV) .cache
+	rm -rf dist .dist.spare state build $(VENV) .cache

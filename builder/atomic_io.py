@@ -248,12 +248,12 @@ def sweep_temps(root: Path) -> None:
                 os.unlink(path)
 
 
-def scan_tree(top: str) -> tuple[list[str], list[str]]:
-    """(directories, other files) under `top`, as paths, parents before their children,
-    never following links: one scandir per directory (os.walk stats each subdirectory
-    again to see if it is a link; thousands of them in dist/)."""
+def scan_tree(top: str) -> tuple[list[str], dict[str, int]]:
+    """(directories, other files -> their inode numbers) under `top`, as paths, parents
+    before their children, never following links: one scandir per directory (os.walk
+    stats each subdirectory again to see if it is a link; thousands of them in dist/)."""
     dirs: list[str] = []
-    files: list[str] = []
+    files: dict[str, int] = {}
     stack = [top]
     while stack:
         path = stack.pop()
@@ -263,7 +263,10 @@ def scan_tree(top: str) -> tuple[list[str], list[str]]:
             continue
         dirs.append(path)
         for entry in entries:
-            (stack if entry.is_dir(follow_symlinks=False) else files).append(entry.path)
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(entry.path)
+            else:
+                files[entry.path] = entry.inode()
     return dirs, files
 
 

@@ -32,8 +32,11 @@ from builder.writers import Artifact, Keys
 
 INPUTS_KEY = "inputs"  # the marker's key: "<writer>:<node or *>" -> {digest, paths}
 WHOLE = "*"  # the node part of the key of a writer that builds all its nodes at once
-# Below this many bytes to verify, reading in one thread is faster than two (measured:
-# the threads' start and hand-offs cost more than a few small files take to hash).
+# Verified ahead in two threads: files of at least _PARALLEL_FILE bytes (seed images),
+# when there are _PARALLEL_BYTES of them. Measured: for small files (packages, site
+# parts) the GIL hand-offs cost more than the hashing they overlap (3,000 nodes: 20 ms
+# slower); for a few MB, starting the threads costs more than it saves.
+_PARALLEL_FILE = 32 << 10
 _PARALLEL_BYTES = 4 << 20
 
 
@@ -181,6 +184,7 @@ class Previous:
         self._verified: dict[str, Artifact | None] = {}  # by prefetch(): path -> as read
         self._dir_fd: int | None = None
         self._inodes: dict[tuple[int, int], tuple[str, bytes]] = {}  # verified: sha256, bytes
+        self._file_ids: dict[str, tuple[int, int]] = {}  # path -> (st_dev, st_ino) verified
 
     @classmethod
     def load(cls, out: Path | None) -> Previous | None:
@@ -215,16 +219,18 @@ class Previous:
         return found
 
     def prefetch(self, writer: str, wants: Iterable[tuple[str | None, str]]) -> None:
-        """Verify now, on both cores, the files take() will be asked for: each
+        """Verify now, on both cores, the large files take() will be asked for: each
         (node, input digest) whose digest matches the marker's record. Hashing releases
-        the GIL, so two threads halve the time of the large files (seed images)."""
+        the GIL, so two threads halve the time of the seed images."""
         paths: list[str] = []
         for node, want in wants:
             paths += self._paths(writer, node, want) or ()
         todo = [p for p in dict.fromkeys(paths) if p not in self._verified]
         sizes = [self._size(p) for p in todo]
+        todo = [p for p, size in zip(todo, sizes, strict=True) if size >= _PARALLEL_FILE]
+        sizes = [size for size in sizes if size >= _PARALLEL_FILE]
         if sum(sizes) < _PARALLEL_BYTES:
-            return  # take() reads them: a thread costs more than it saves
+            return  # take() reads them
         order = sorted(range(len(todo)), key=sizes.__getitem__, reverse=True)
         halves = [[todo[i] for i in order[k::2]] for k in (0, 1)]  # as many bytes each
         with ThreadPoolExecutor(max_workers=2) as pool:
@@ -281,6 +287,10 @@ class Previous:
         """These taken artifacts are this run's: publishing keeps their files."""
         self.reused.update(a.path for a in artifacts)
 
+    def reused_files(self) -> dict[str, tuple[int, int]]:
+        """Each reused path -> the (st_dev, st_ino) of the file verified there."""
+        return {p: self._file_ids[p] for p in self.reused if p in self._file_ids}
+
     def _read(self, path: str) -> Artifact | None:
         entry = self.artifacts.get(path)
         if not isinstance(entry, dict):
@@ -309,6 +319,7 @@ class Previous:
             if digest_ != entry.get("sha256"):
                 return None
             self._inodes[(st.st_dev, st.st_ino)] = (digest_, data_)
+        self._file_ids[path] = (st.st_dev, st.st_ino)
         try:
             return Artifact(path, data_, bool(secret), node if isinstance(node, str) else None)
         except ValueError:

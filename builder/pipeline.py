@@ -932,7 +932,8 @@ def _publish(
         mark = incremental.add_inputs(
             output_dir.marker(artifacts, packages, files=files, digests=b.shas), b.records
         )
-        publish.publish_tree(out, [*artifacts, mark], unchanged=reused)
+        kept = b.previous.reused_files() if b.previous is not None else {}
+        publish.publish_tree(out, [*artifacts, mark], unchanged=kept)
         return paths
     written = publish.publish_files(out, artifacts)
     files = _tree_files(b, trees, previous)

@@ -9,10 +9,13 @@ over a run's measured duration, then asserts:
 - no staging directory was ever readable by others (polled while the run lived, and
   whatever survived the kill: mode 0700);
 - after the next successful build: dist/ is the complete new tree, and no staging
-  directory (a dot-entry beside or inside dist/) nor state temp file (.*.tmp-*) is left.
+  directory (a dot-entry beside or inside dist/) nor state temp file (.*.tmp-*) is left
+  but the spare (the replaced tree, kept for the next publish: 0700, its tree only).
 
-Trials run on a first build (empty directory) and on a rebuild after one node's meta
-changed, using the small mixed example (conftest.mixed_text).
+Trials run on a first build (empty directory: a tree assembled from scratch) and on a
+rebuild after one node's meta changed, using the small mixed example
+(conftest.mixed_text); the rebuild's directory has been built twice, so it brings the
+spare up to date in place (builder.publish).
 """
 
 from __future__ import annotations
@@ -60,12 +63,13 @@ def secrets(directory: Path) -> dict[str, bytes]:
 
 
 MARKER = ".nomad-build.json"  # dist/'s marker: nomad-build made this directory
+SPARE = ".dist.spare"  # the tree dist/ held before, for the next publish
 
 
 def staging_entries(directory: Path) -> list[Path]:
     """Dot-entries beside dist/ (in the build's directory) and anywhere inside dist/
-    (except the marker at its top)."""
-    found = [p for p in directory.iterdir() if p.name.startswith(".")]
+    (except the marker at its top), but the spare."""
+    found = [p for p in directory.iterdir() if p.name.startswith(".") and p.name != SPARE]
     dist = directory / "dist"
     if dist.is_dir():
         for root, dirs, files in os.walk(dist):
@@ -100,6 +104,7 @@ class Reference:
     built: Path  # a first build of mixed_text(): cluster.toml, state/, dist/
     old: Fingerprint  # its dist/
     new: Fingerprint  # dist/ after the meta change, built over (a copy of) its state
+    first_names: frozenset[str]  # the paths a first build publishes
 
 
 def timed_build(directory: Path) -> float:
@@ -112,15 +117,19 @@ def timed_build(directory: Path) -> float:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Reference:
     built = tmp_path_factory.mktemp("crash-reference")
-    (built / CLUSTER).write_text(mixed_text())
+    (built / CLUSTER).write_text(mixed_text().replace('"edge"', '"edge-0"', 1))
     first = timed_build(built)
+    first_names = frozenset(tree_fingerprint(built / "dist"))
+    (built / CLUSTER).write_text(mixed_text())
+    timed_build(built)  # a second build: the first tree is now the spare
+    assert sorted(os.listdir(built / SPARE)) == ["tree"]
     again = tmp_path_factory.mktemp("crash-reference-rebuild")
     copy_tree(built, again)
     (again / CLUSTER).write_text(changed_text())
     rebuild = timed_build(again)
     old, new = tree_fingerprint(built / "dist"), tree_fingerprint(again / "dist")
     assert old and new and old != new
-    return Reference(first, rebuild, built, old, new)
+    return Reference(first, rebuild, built, old, new, first_names)
 
 
 def run_and_kill(directory: Path, delay: float) -> tuple[bool, list[str]]:
@@ -139,7 +148,7 @@ def run_and_kill(directory: Path, delay: float) -> tuple[bool, list[str]]:
     deadline = time.monotonic() + delay
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            seen_open += open_to_others(staging_entries(directory))
+            seen_open += open_to_others([*staging_entries(directory), directory / SPARE])
             time.sleep(0.001)
         killed = proc.poll() is None
         if killed:
@@ -157,7 +166,7 @@ def run_and_kill(directory: Path, delay: float) -> tuple[bool, list[str]]:
 def after_the_kill(directory: Path, seen_open: list[str], before: dict[str, bytes]) -> None:
     """What must hold right after the kill, whatever the moment."""
     assert not seen_open, f"staging directories readable by others: {seen_open}"
-    survivors = staging_entries(directory)
+    survivors = [*staging_entries(directory), directory / SPARE]
     assert not open_to_others(survivors), open_to_others(survivors)
     check = nomad_build(directory, "check", "-c", CLUSTER)
     assert check.returncode == 0, check.stderr
@@ -170,6 +179,10 @@ def after_the_next_build(directory: Path, before: dict[str, bytes]) -> Fingerpri
     proc = nomad_build(directory, "build", "-c", CLUSTER)
     assert proc.returncode == 0, proc.stderr
     assert staging_entries(directory) == [], staging_entries(directory)
+    spare = directory / SPARE
+    if spare.exists():  # none after a first build (nothing was replaced)
+        assert stat.S_IMODE(spare.lstat().st_mode) == 0o700
+        assert os.listdir(spare) == ["tree"]  # not marked dirty
     assert state_temps(directory) == [], state_temps(directory)
     now = secrets(directory)
     for rel, data in before.items():
@@ -193,7 +206,7 @@ def test_killed_first_build(trial: int, tmp_path: Path, reference: Reference) ->
     final = after_the_next_build(tmp_path, made)
     # A fresh state has its own keys: the complete tree is the one its next build makes.
     assert left in ({}, final), "dist/ left half-written" if killed else "dist/ incomplete"
-    assert set(final) == set(reference.old)  # every artifact, by name
+    assert set(final) == reference.first_names  # every artifact, by name
 
 
 @pytest.mark.parametrize("trial", range(TRIALS))

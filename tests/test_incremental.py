@@ -280,6 +280,7 @@ def test_a_damaged_file_in_dist_is_rebuilt_not_reused(
     """Whether reuse checks read a file in this thread or verify it ahead in two
     (prefetch: large outputs), a file whose bytes differ from its sha256 is rebuilt."""
     if threads:
+        monkeypatch.setattr(incremental, "_PARALLEL_FILE", 0)
         monkeypatch.setattr(incremental, "_PARALLEL_BYTES", 0)
     build(site)
     fingerprint = tree_fingerprint(site / "dist")
