@@ -42,7 +42,24 @@ _NONE = "none"  # `pending` value: the file did not exist before the write
 
 
 def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    """hashlib's, once per bytes object: a run asks for the same file's digest several
+    times (its ledger status, then the facts about its certificate, its key, its CA),
+    and for the CA certificate's once per node."""
+    if len(data) > _MEMO_MAX:  # (the ledger's own bytes: not kept alive for nothing)
+        return hashlib.sha256(data).hexdigest()
+    known = _DIGESTS.get(id(data))
+    if known is not None and known[0] is data:
+        return known[1]
+    digest = hashlib.sha256(data).hexdigest()
+    if len(_DIGESTS) >= 1 << 16:  # a long-lived process (the tests) reads many stores
+        _DIGESTS.clear()
+    _DIGESTS[id(data)] = (data, digest)  # the bytes are kept: their id is not reused
+    return digest
+
+
+_MEMO_MAX = 16 << 10  # keys and certificates are a few KB
+
+_DIGESTS: dict[int, tuple[bytes, str]] = {}
 
 
 class Status(enum.Enum):
