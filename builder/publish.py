@@ -93,8 +93,9 @@ def publish_tree(
         os.chmod(tree, 0o755)
         _bring_up_to_date(tree, out, artifacts, unchanged, dirty=None)
         if kind != "foreign" and _keep_previous(stage, out):
-            os.rename(stage, spare)  # the replaced tree: the next publish's spare
-            atomic_io.fsync_dir(out.parent)
+            with contextlib.suppress(OSError):  # (published: a spare is only a gain)
+                os.rename(stage, spare)  # the replaced tree: the next publish's spare
+                atomic_io.fsync_dir(out.parent)
     finally:
         if stage.exists():
             remove_tree(stage)
@@ -143,19 +144,22 @@ def _bring_up_to_date(
     top, live_top = str(tree), str(out)  # str, not Path: thousands of files
     files: dict[str, int] = {}  # what `tree` holds: path -> inode number
     dirs = [top]
+    changed: list[str] = []  # files and directories to make durable
     if dirty is not None:
         _write_new(str(dirty), b"", 0o600)
         atomic_io.fsync_all([dirty, dirty.parent])
         dirs, files = atomic_io.scan_tree(top)
     device = os.lstat(top).st_dev
     skip = len(top) + 1
-    stale = {path[skip:] for path in files}
+    listed = {a.path for a in artifacts}
+    for path in files:  # first: a stale link where a directory goes is never followed
+        if path[skip:] not in listed:
+            os.unlink(path)
+            changed.append(os.path.dirname(path))
     known: set[str] = set(dirs)  # directories that exist in `tree`
     needed: set[str] = {top}
-    changed: list[str] = []  # files and directories to make durable
     placed: dict[int, tuple[str, bool]] = {}  # id(data) -> (file, secret) placed here
     for a in artifacts:
-        stale.discard(a.path)
         target = f"{top}/{a.path}"  # (an artifact path is relative, "/"-separated)
         parent = os.path.dirname(target)
         if parent not in needed:
@@ -173,9 +177,6 @@ def _bring_up_to_date(
             _put(target, a.data, _mode(a))
             changed += [target, parent]
         placed.setdefault(id(a.data), (target, a.secret))
-    for rel in stale:
-        os.unlink(f"{top}/{rel}")
-        changed.append(os.path.dirname(f"{top}/{rel}"))
     removed = {d for d in dirs if d not in needed}
     for d in reversed(dirs):  # children before parents
         if d in removed:

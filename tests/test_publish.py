@@ -8,6 +8,7 @@ The crash tests (tests/test_crash.py) kill builds on both paths; these pin each 
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import tempfile
 from pathlib import Path
@@ -156,3 +157,21 @@ def test_a_failed_update_of_the_spare_leaves_dist_as_it_was(tmp_path: Path) -> N
     assert sorted(os.listdir(tmp_path)) == ["dist"]  # the spare it could not finish: gone
     publish_tree(out, GEN3)
     assert files_of(out) == expected(GEN3)
+
+
+def test_a_link_in_the_spare_is_never_followed(tmp_path: Path) -> None:
+    out, spare = tmp_path / "dist", tmp_path / ".dist.spare"
+    publish_tree(out, GEN1)
+    publish_tree(out, GEN2)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    assert files_of(spare / "tree") == expected(GEN1)  # it has a/ and no c/
+    shutil.rmtree(spare / "tree" / "a")
+    for name in ("a", "c"):  # directories the next tree needs, as links to elsewhere
+        (spare / "tree" / name).symlink_to(outside)
+
+    publish_tree(out, GEN3, unchanged=verified(out, "a/one", "c/new"))
+
+    assert list(outside.iterdir()) == []  # nothing written through a link
+    assert files_of(out) == expected(GEN3)
+    assert not (out / "a").is_symlink() and not (out / "c").is_symlink()
