@@ -147,6 +147,11 @@ def way_out(rel: str) -> str:
     return ""
 
 
+# (spec, CA certificate, key path, key bytes, cert bytes, the facts the plan knew or
+# learnt about the certificate: the writing run records them)
+SoundPair = tuple[CertSpec, bytes | None, str, bytes, bytes, dict[str, object]]
+
+
 @dataclass(frozen=True, eq=False, repr=False)  # repr would print key material
 class Verified:
     """The certificate pairs a read-only store found sound (State.verified()): a writing
@@ -156,8 +161,7 @@ class Verified:
     certificate against the ledger's facts, the spec and the CA again."""
 
     ledger: bytes
-    pairs: Mapping[str, tuple[CertSpec, bytes | None, str, bytes, bytes]]
-    # cert rel -> (spec, CA certificate, key rel, key bytes, cert bytes)
+    pairs: Mapping[str, SoundPair]  # by the certificate's path in the store
 
 
 @dataclass(eq=False, repr=False)  # repr would print key material held in the caches
@@ -189,9 +193,7 @@ class State:
     _tightened: set[str] = field(default_factory=set)  # directories checked by _tighten
     _modes: dict[str, int] = field(default_factory=dict)  # st_mode of files as _read found them
     _bundle: dict[CAFiles, bytes] = field(default_factory=dict)  # ca_bundle(), read once
-    _sound: dict[str, tuple[CertSpec, bytes | None, str, bytes, bytes]] = field(
-        default_factory=dict
-    )  # read-only: the pairs node_cert() found sound, for verified()
+    _sound: dict[str, SoundPair] = field(default_factory=dict)  # read-only, for verified()
     _carried: Verified | None = None  # writable: what the plan's store verified
 
     def __repr__(self) -> str:
@@ -506,9 +508,12 @@ class State:
         key, cert = self._read(files.key), self._read(files.cert)
         if key != known[3] or cert != known[4]:
             return None
-        assert key is not None and cert is not None
+        assert key is not None and cert is not None and self._ledger is not None
         self._tighten(files.key, file=True)
         self._tighten(files.cert, file=True)
+        entry = self._ledger.entries.get(files.cert)
+        if known[5] and entry is not None and entry.sha256 is not None:
+            self._ledger.add_facts(files.cert, entry.sha256, known[5])  # kept at close
         return key, cert
 
     def nomad_cert_files(self, node: str) -> CertFiles:
@@ -532,7 +537,8 @@ class State:
             self._settle(cert_rel, cert, cert_status)
             if not self.writable and key_status is cert_status is Status.OK:
                 ca_cert = ca[1] if ca is not None else None
-                self._sound[cert_rel] = (spec, ca_cert, key_rel, key, cert)
+                facts = self._facts(cert_rel, ledger_sha256(cert))
+                self._sound[cert_rel] = (spec, ca_cert, key_rel, key, cert, facts)
             return key, cert
         self._check_issue(spec, ca, files.ca)
         kind = "created" if reason == "new" else "reissued"

@@ -16,6 +16,7 @@ import re
 import shutil
 import tarfile
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,11 @@ from hypothesis import strategies as st
 from builder import archive, data, incremental, lifecycle, pipeline, render, seed
 from builder.archive import TarEntry
 from builder.errors import UserError
+from builder.ledger import Ledger
 from builder.state import CertFiles, State
 from builder.writers import deb, openbsd_pkg
 
-from conftest import REPO, mixed_text, tree_fingerprint
+from conftest import REPO, mixed_text, nomad_build, tree_fingerprint
 
 CLIENT = "bi-node-sbg-1"  # an OpenBSD client of the example
 SERVERS = ("bi-core-sbg-1", "bi-core-sbg-2", "bi-core-sbg-3")
@@ -379,6 +381,28 @@ def test_a_store_written_between_plan_and_execute_is_verified_again(site: Path) 
     package = next(a for a in result.artifacts if a.node == CLIENT and a.path.endswith(".tgz"))
     assert new_cert in archive_files(package.data).values()
     assert old_cert not in archive_files(package.data).values()
+
+
+def test_facts_the_plan_learnt_are_recorded_by_the_writing_run(site: Path) -> None:
+    """A store whose ledger has no facts (made before they were kept): the plan verifies
+    each pair in full and learns them; the writing run, which takes the plan's word for
+    the pairs, still records what it learnt, so the next run need not verify again."""
+    build(site)
+    path = site / "state" / "ledger.json"
+    ledger = Ledger.load(site / "state")
+    ledger.entries = {rel: replace(e, facts=None) for rel, e in ledger.entries.items()}
+    path.write_bytes(ledger.dump())
+
+    # a fresh process, as an operator runs it (this one remembers the certificates)
+    again = nomad_build(site, "build", "-c", "cluster.toml", "--json")
+
+    assert again.returncode == 0, again.stderr
+    summary = json.loads(again.stdout)["summary"]
+    assert summary["new"] == summary["changed"] == 0  # a no-op
+    files = json.loads(path.read_bytes())["files"]
+    certs = {rel: e.get("facts") for rel, e in files.items() if rel.endswith("/cert.pem")}
+    assert len(certs) == 6
+    assert all(f and {"cert", "key", "signer"} <= set(f) for f in certs.values()), certs
 
 
 def archive_files(tgz: bytes) -> dict[str, bytes]:
