@@ -28,7 +28,7 @@ from typing import Any
 
 from builder import atomic_io, data, output_dir
 from builder.model import Cluster, Node, PackageSettings
-from builder.writers import Artifact, Keys
+from builder.writers import Artifact, Keys, mode_kept
 
 INPUTS_KEY = "inputs"  # the marker's key: "<writer>:<node or *>" -> {digest, paths}
 WHOLE = "*"  # the node part of the key of a writer that builds all its nodes at once
@@ -302,8 +302,7 @@ class Previous:
             return None
         try:
             st = os.fstat(fd)
-            mode = 0o600 if secret else 0o644
-            if not stat.S_ISREG(st.st_mode) or stat.S_IMODE(st.st_mode) != mode:
+            if not stat.S_ISREG(st.st_mode) or not mode_kept(st.st_mode, bool(secret)):
                 return None
             if st.st_size != entry.get("size"):
                 return None

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from builder import atomic_io
 from builder.errors import BuildError
-from builder.writers import Artifact
+from builder.writers import Artifact, file_mode, mode_kept
 
 FileId = tuple[int, int]  # (st_dev, st_ino)
 _RENAME_EXCHANGE = 2
@@ -33,7 +33,7 @@ def _write_file(path: Path, data: bytes, mode: int) -> None:
 
 
 def _mode(artifact: Artifact) -> int:
-    return 0o600 if artifact.secret else 0o644
+    return file_mode(artifact.secret)
 
 
 def publish_files(out: Path, artifacts: Iterable[Artifact]) -> list[Path]:
@@ -169,7 +169,7 @@ def _bring_up_to_date(
             placed.setdefault(id(a.data), (target, a.secret))
             continue  # the spare holds the very file verified in `out`
         live = f"{live_top}/{a.path}"
-        sources = [live] if verified is not None or _same(live, a.data) else []
+        sources = [live] if verified is not None or _same(live, a.data, a.secret) else []
         twin = placed.get(id(a.data))  # the very bytes placed just before, with its mode
         if twin is not None and twin[1] == a.secret:
             sources.append(twin[0])
@@ -267,9 +267,13 @@ def remove_tree(top: Path) -> None:
     shutil.rmtree(top, ignore_errors=True)  # whatever is left (normally nothing)
 
 
-def _same(path: str, data: bytes) -> bool:
+def _same(path: str, data: bytes, secret: bool) -> bool:
+    """Does the published file hold these bytes, with a mode it may keep?"""
     try:
-        if os.stat(path).st_size != len(data):
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != len(data):
+            return False
+        if not mode_kept(st.st_mode, secret):
             return False
         with open(path, "rb") as f:
             return f.read() == data

@@ -14,6 +14,7 @@ import os
 import random
 import re
 import shutil
+import stat
 import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -324,6 +325,30 @@ def test_a_repository_copy_is_one_file_with_its_package_and_verified_on_its_own(
     assert pool not in again.reused and package in again.reused
     assert tree_fingerprint(site / "dist") == fingerprint
     assert (site / "dist" / pool).stat().st_ino == (site / "dist" / package).stat().st_ino
+
+
+def test_a_group_read_granted_to_a_web_server_is_kept_a_bit_for_others_is_not(
+    site: Path,
+) -> None:
+    """README (Publishing the repositories): `chmod -R g+rX dist/repo` lets the web
+    server read the 0600 packages. The next build keeps that (and is still a no-op);
+    a secret-bearing file readable by others is written again, 0600."""
+    build(site)
+    pool = next(p for p in marker(site) if p.startswith("repo/debian/pool/"))
+    path = site / "dist" / pool
+    path.chmod(0o640)  # the package under debian/ is the same file
+
+    again = build(site)
+
+    assert again.built == 0 and pool in again.reused
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    path.chmod(0o604)
+
+    third = build(site)
+
+    assert pool not in third.reused
+    package = site / "dist" / "debian" / pool.rsplit("/", 1)[1]
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(package.stat().st_mode) == 0o600
 
 
 # ---------------------------------------------------------------- what the plan verified

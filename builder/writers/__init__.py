@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib
+import stat
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,20 @@ class Artifact:
     def __post_init__(self) -> None:
         if self.path.startswith("/") or ".." in self.path.split("/"):
             raise ValueError(f"artifact path must be relative: {self.path}")
+
+
+def file_mode(secret: bool) -> int:
+    """The mode an artifact's file is written with."""
+    return 0o600 if secret else 0o644
+
+
+def mode_kept(mode: int, secret: bool) -> bool:
+    """May a published file with this mode stand for an artifact (be reused, or linked
+    into the next tree)? Its own mode, or, for a secret-bearing one, with the group read
+    an operator grants a web server (README: Publishing the repositories). Never a bit
+    for others: such a file is written again."""
+    mode = stat.S_IMODE(mode)
+    return mode == file_mode(secret) or (secret and mode == 0o640)
 
 
 @dataclass(frozen=True)
