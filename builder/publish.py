@@ -32,19 +32,15 @@ def _write_file(path: Path, data: bytes, mode: int) -> None:
     atomic_io.write_atomic([(path, data, mode)])
 
 
-def _mode(artifact: Artifact) -> int:
-    return file_mode(artifact.secret)
-
-
 def publish_files(out: Path, artifacts: Iterable[Artifact]) -> list[Path]:
     """Put each artifact into `out` atomically; skip files whose bytes are unchanged."""
     written = []
     for a in artifacts:
         path = out / a.path
         if path.is_file() and path.read_bytes() == a.data:
-            os.chmod(path, _mode(a))
+            os.chmod(path, file_mode(a.secret))
         else:
-            _write_file(path, a.data, _mode(a))
+            _write_file(path, a.data, file_mode(a.secret))
         written.append(path)
     return written
 
@@ -174,7 +170,7 @@ def _bring_up_to_date(
         if twin is not None and twin[1] == a.secret:
             sources.append(twin[0])
         if not any(_hold(source, target, changed) for source in sources):
-            _put(target, a.data, _mode(a))
+            _put(target, a.data, file_mode(a.secret))
             changed += [target, parent]
         placed.setdefault(id(a.data), (target, a.secret))
     removed = {d for d in dirs if d not in needed}

@@ -18,17 +18,7 @@ import pytest
 from builder.publish import publish_tree
 from builder.writers import Artifact
 
-
-def tree(directory: Path) -> dict[str, tuple[bytes, int]]:
-    """relpath -> (bytes, mode) of every file; directories as (b'<dir>', mode)."""
-    out = {}
-    for root, dirs, files in os.walk(directory):
-        for name in dirs + files:
-            path = Path(root, name)
-            st = path.lstat()
-            data = b"<dir>" if stat.S_ISDIR(st.st_mode) else path.read_bytes()
-            out[str(path.relative_to(directory))] = (data, stat.S_IMODE(st.st_mode))
-    return out
+from conftest import tree_fingerprint
 
 
 def artifacts(**files: bytes) -> list[Artifact]:
@@ -46,7 +36,14 @@ def expected(arts: list[Artifact]) -> dict[str, bytes]:
 
 
 def files_of(directory: Path) -> dict[str, bytes]:
-    return {k: v for k, (v, _) in tree(directory).items() if v != b"<dir>"}
+    """relpath -> bytes of every file below `directory` (links to directories not
+    followed)."""
+    out = {}
+    for root, _dirs, files in os.walk(directory):
+        for name in files:
+            path = Path(root, name)
+            out[str(path.relative_to(directory))] = path.read_bytes()
+    return out
 
 
 GEN1 = artifacts(a__one=b"1", a__two=b"2", b__node_key=b"k1", old__gone=b"x")
@@ -133,13 +130,13 @@ def test_a_spare_nomad_build_did_not_make_is_left_alone(tmp_path: Path) -> None:
     publish_tree(out, GEN1)
     spare.mkdir(mode=0o755)
     (spare / "notes.txt").write_text("someone else's\n")
-    before = tree(spare)
+    before = tree_fingerprint(spare)
 
     publish_tree(out, GEN2)
     publish_tree(out, GEN3)
 
     assert files_of(out) == expected(GEN3)
-    assert tree(spare) == before
+    assert tree_fingerprint(spare) == before
     assert sorted(os.listdir(tmp_path)) == [".dist.spare", "dist"]  # no staging left
 
 
@@ -148,12 +145,12 @@ def test_a_failed_update_of_the_spare_leaves_dist_as_it_was(tmp_path: Path) -> N
     publish_tree(out, GEN1)
     publish_tree(out, GEN2)
     assert (tmp_path / ".dist.spare" / "tree").is_dir()
-    before = tree(out)
+    before = tree_fingerprint(out)
     # "a/one" as a file and as a directory at once: both ways fail part-way through
     bad = [*GEN3, Artifact("a/one/two", b"3", secret=False)]
     with pytest.raises(OSError):
         publish_tree(out, bad)
-    assert tree(out) == before
+    assert tree_fingerprint(out) == before
     assert sorted(os.listdir(tmp_path)) == ["dist"]  # the spare it could not finish: gone
     publish_tree(out, GEN3)
     assert files_of(out) == expected(GEN3)
