@@ -306,19 +306,18 @@ class Previous:
                 return None
             if st.st_size != entry.get("size"):
                 return None
-            twin = self._inodes.get((st.st_dev, st.st_ino))
-            if twin is not None and twin[0] == entry.get("sha256"):
-                data_ = twin[1]  # the very file verified under another name (a pool copy)
-            else:
-                data_ = atomic_io.read_all(fd, st.st_size)
+            file_id = (st.st_dev, st.st_ino)
+            twin = self._inodes.get(file_id)  # the very file, verified under another name
+            known = twin[1] if twin is not None and twin[0] == entry.get("sha256") else None
+            data_ = known if known is not None else atomic_io.read_all(fd, st.st_size)
         finally:
             os.close(fd)
-        if twin is None or twin[1] is not data_:
+        if known is None:
             digest_ = sha256(data_)
             if digest_ != entry.get("sha256"):
                 return None
-            self._inodes[(st.st_dev, st.st_ino)] = (digest_, data_)
-        self._file_ids[path] = (st.st_dev, st.st_ino)
+            self._inodes[file_id] = (digest_, data_)
+        self._file_ids[path] = file_id
         try:
             return Artifact(path, data_, bool(secret), node if isinstance(node, str) else None)
         except ValueError:
